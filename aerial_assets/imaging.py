@@ -1,0 +1,144 @@
+"""Decode tile images of any format, mode and size into the uint8 RGB squares backbones eat.
+
+Pure functions, no Dagster import: they run inside Spark executors. Conversions are reported back
+(never applied silently) so that the catalog can count them.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image; the message is the quarantine reason."""
+
+
+@dataclass
+class ImageInfo:
+    """What the catalog records about a tile file after a full decode."""
+
+    width: int
+    height: int
+    mode: str
+    bands: int
+    notes: list[str] = field(default_factory=list)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any numeric dtype to uint8: 16-bit and float imagery stretched by its 2-98 % range."""
+    if array.dtype == np.uint8:
+        return array
+    data = array.astype(np.float64)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(array.shape, np.uint8)
+    lo, hi = np.percentile(finite, [2, 98])
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = np.clip((data - lo) / (hi - lo) * 255.0, 0, 255)
+    return np.nan_to_num(scaled).astype(np.uint8)
+
+
+def to_rgb(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Any HxW or HxWxB array to HxWx3 uint8; notes say what was converted."""
+    notes: list[str] = []
+    if array.dtype != np.uint8:
+        notes.append(f"dtype {array.dtype} scaled to uint8")
+        array = to_uint8(array)
+    if array.ndim == 2:
+        notes.append("grayscale to RGB")
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.shape[2] == 1:
+        notes.append("1 band to RGB")
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 2:
+        notes.append("2 bands (gray+alpha) to RGB")
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    elif array.shape[2] > 3:
+        notes.append(f"{array.shape[2]} bands, first 3 kept as RGB")
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array), notes
+
+
+def _open_pillow(data: bytes, target: int | None) -> tuple[np.ndarray, ImageInfo]:
+    with Image.open(io.BytesIO(data)) as img:
+        width, height, mode = img.width, img.height, img.mode
+        bands = len(img.getbands())
+        if target and img.format == "JPEG":
+            # Decode at the smallest power-of-two scale that still covers the target: far less work.
+            img.draft("RGB", (target, target))
+        img.load()
+        notes: list[str] = []
+        if img.mode in ("RGB",):
+            array = np.asarray(img)
+        elif img.mode in ("L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "RGBX"):
+            notes.append(f"mode {img.mode} to RGB")
+            array = np.asarray(img.convert("RGB"))
+        else:
+            array, more = to_rgb(np.asarray(img))
+            notes.extend(more)
+    return array, ImageInfo(width, height, mode, bands, notes)
+
+
+def _open_tifffile(data: bytes) -> tuple[np.ndarray, ImageInfo]:
+    import tifffile
+
+    array = tifffile.imread(io.BytesIO(data))
+    if array.ndim == 3 and array.shape[0] < array.shape[2] and array.shape[0] <= 16:
+        array = np.moveaxis(array, 0, -1)  # planar (bands first) to interleaved
+    if array.ndim not in (2, 3):
+        raise ImageDecodeError(f"unsupported TIFF shape {array.shape}")
+    height, width = array.shape[:2]
+    bands = 1 if array.ndim == 2 else array.shape[2]
+    rgb, notes = to_rgb(array)
+    return rgb, ImageInfo(width, height, f"tiff:{array.dtype}", bands, notes)
+
+
+def decode(data: bytes, target: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image bytes to an HxWx3 uint8 array. Raises :class:`ImageDecodeError` with a reason."""
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        return _open_pillow(data, target)
+    except UnidentifiedImageError as exc:
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            try:
+                return _open_tifffile(data)
+            except Exception as tiff_exc:  # noqa: BLE001 - any failure is a quarantine reason
+                raise ImageDecodeError(f"unreadable TIFF: {tiff_exc}") from tiff_exc
+        raise ImageDecodeError("not an image (unrecognised format)") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            try:
+                return _open_tifffile(data)
+            except Exception:  # noqa: BLE001
+                pass
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def resize_square(array: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB tile to size x size (the whole scene, no crop: a tile has no centre of interest)."""
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    img = Image.fromarray(array)
+    return np.asarray(img.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+
+
+def load_tile(data: bytes, size: int) -> np.ndarray:
+    """Bytes of a tile file to the size x size x 3 uint8 array a backbone expects."""
+    array, _ = decode(data, target=size)
+    return resize_square(array, size)
+
+
+def inspect(data: bytes, expected_size: int) -> ImageInfo:
+    """Fully decode (catching truncation) and report size, mode and the conversions needed."""
+    _, info = decode(data)
+    if (info.width, info.height) != (expected_size, expected_size):
+        info.notes.append(f"resized {info.width}x{info.height} to {expected_size}x{expected_size}")
+    return info

@@ -1,0 +1,131 @@
+"""Pictures people compare: confusion matrices and land-use maps as PNG bytes. No Dagster import.
+
+matplotlib runs headless (Agg). Images also go into Dagster metadata as markdown data URIs, so
+the UI shows them next to the numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+# Colours close to the NLCD legend for the usual land-cover names; others come from a palette.
+KNOWN_COLOURS = {
+    "developed": "#d8302a",
+    "cultivated": "#ab6c28",
+    "forest": "#1c6330",
+    "herbaceous": "#b8d98a",
+    "shrub": "#ccb879",
+    "barren": "#b3aca3",
+    "water": "#476ba1",
+    "wetlands": "#75a5c9",
+}
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+    "#dbdb8d", "#9edae5",
+]
+
+
+def class_colours(classes: Sequence[str]) -> list[str]:
+    """A stable colour per class: NLCD-like for known names, a palette for the rest."""
+    colours, spare = [], iter(_PALETTE * 4)
+    for name in classes:
+        colours.append(KNOWN_COLOURS.get(name.lower()) or next(spare))
+    return colours
+
+
+def hex_to_rgb(colour: str) -> tuple[int, int, int]:
+    colour = colour.lstrip("#")
+    return int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16)
+
+
+def _to_png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    """Row-normalised confusion matrix with counts, true classes down, predictions across."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    rows = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    return _to_png(fig)
+
+
+def _nice_length(max_len: float) -> float:
+    """The largest 1-2-5 x 10^k length not above ``max_len``."""
+    if max_len <= 0:
+        return 0.0
+    power = 10 ** np.floor(np.log10(max_len))
+    for factor in (5, 2, 1):
+        if factor * power <= max_len:
+            return float(factor * power)
+    return float(power)
+
+
+def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: float,
+            extent: tuple[float, float, float, float], crs_name: str, nodata: int = 255) -> bytes:
+    """A land-use map: one cell per tile, class colours with a legend, a title and a scale bar.
+
+    ``extent`` is (left, right, bottom, top) in the CRS units (metres for projected CRSs).
+    """
+    colours = class_colours(classes)
+    masked = np.ma.masked_equal(grid, nodata)
+    height, width = grid.shape
+    aspect = height / max(width, 1)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 8 * aspect)))
+    ax.imshow(masked, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(classes) - 0.5,
+              interpolation="nearest", extent=extent)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"easting ({crs_name})", fontsize=8)
+    ax.set_ylabel("northing", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    counts = np.bincount(grid[grid != nodata].ravel(), minlength=len(classes))
+    total = max(int(counts.sum()), 1)
+    handles = [Patch(color=c, label=f"{name} ({100 * counts[i] / total:.0f} %)")
+               for i, (name, c) in enumerate(zip(classes, colours, strict=True))]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    left, right, bottom, top = extent
+    bar = _nice_length((right - left) / 4)
+    if bar > 0:
+        x0, y0 = left + (right - left) * 0.05, bottom + (top - bottom) * 0.05
+        ax.plot([x0, x0 + bar], [y0, y0], color="black", linewidth=4, solid_capstyle="butt")
+        ax.plot([x0, x0 + bar], [y0, y0], color="white", linewidth=2, solid_capstyle="butt")
+        label = f"{bar / 1000:g} km" if bar >= 1000 else f"{bar:g} m"
+        ax.text(x0 + bar / 2, y0 + (top - bottom) * 0.02, label, ha="center", va="bottom", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    ax.text(1.01, 0.0, f"cell = one {cell_size_m:g} m tile", transform=ax.transAxes, fontsize=7, va="bottom")
+    return _to_png(fig)
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """A markdown image with the PNG inline, which the Dagster UI renders in metadata."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

@@ -1,0 +1,155 @@
+"""``make run`` / ``make demo``: materialize every asset, every partition, with the current settings.
+
+Stages run in dependency order, one Dagster run per partition, recorded in the persistent instance
+under ``$AERIAL_DATA_ROOT/dagster_home`` so the UI (``make ui``) shows their history and metadata.
+One county failing does not stop the others; the exit status says whether everything succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import yaml
+from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
+
+from aerial_assets.backbones import get_backbone
+from aerial_assets.definitions import build_defs
+from aerial_assets.partitions import county_partitions
+from aerial_assets.storage import join, local_path
+from aerial_assets.training import check_algorithm
+
+DEFAULT_BACKBONES = "mobilenet_v2"
+DEFAULT_ALGORITHMS = "logistic_regression,random_forest"
+
+
+def parse_list(value: str, check) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        check(name)
+    return names
+
+
+def prepare_home(env: dict[str, str]) -> None:
+    """Use ``$AERIAL_DATA_ROOT/dagster_home`` (with the project's dagster.yaml) unless DAGSTER_HOME is set."""
+    if env.get("DAGSTER_HOME"):
+        os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
+        return
+    root = env.get("AERIAL_DATA_ROOT", ".aerial_data")
+    home = join(local_path(root), "dagster_home")
+    os.makedirs(home, exist_ok=True)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dagster.yaml")
+    if os.path.exists(src) and not os.path.exists(os.path.join(home, "dagster.yaml")):
+        shutil.copy(src, os.path.join(home, "dagster.yaml"))
+    env["DAGSTER_HOME"] = home
+    os.environ["DAGSTER_HOME"] = home
+
+
+class Runner:
+    """Runs selections of the implicit asset job, partition by partition, and keeps score."""
+
+    def __init__(self, defs: Definitions, instance: DagsterInstance, run_config: Mapping[str, object]):
+        self.job = defs.resolve_implicit_global_asset_job_def()
+        self.instance = instance
+        self.run_config = run_config
+        self.failures: list[str] = []
+
+    def _config_for(self, assets: Sequence[str]) -> dict[str, object]:
+        ops = (self.run_config or {}).get("ops", {})
+        config: dict[str, object] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+        if ops:
+            config["ops"] = {k: v for k, v in ops.items() if k in assets}
+        return config
+
+    def run(self, assets: Sequence[str], partition_key: str | None = None, label: str = "") -> bool:
+        what = f"{', '.join(assets)}" + (f" [{label or partition_key}]" if partition_key else "")
+        print(f"==> materializing {what}", flush=True)
+        result = self.job.execute_in_process(
+            run_config=self._config_for(assets),
+            instance=self.instance,
+            partition_key=partition_key,
+            asset_selection=[AssetKey(a) for a in assets],
+            raise_on_error=False,
+        )
+        if not result.success:
+            self.failures.append(what)
+            for event in result.all_events:
+                if event.is_failure and event.step_failure_data:
+                    print(f"    FAILED: {event.step_failure_data.error.message.strip()}", flush=True)
+        return result.success
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES", DEFAULT_BACKBONES))
+    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS", DEFAULT_ALGORITHMS))
+    parser.add_argument("--counties", default=None, help="comma list; default: every county in the registry")
+    parser.add_argument("--skip-counties", action="store_true", help="stop after the champion model")
+    parser.add_argument("--config", default=None, help="YAML run config (ops: {asset: {config: ...}})")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    backbones = parse_list(args.backbones, get_backbone)
+    algorithms = parse_list(args.algorithms, check_algorithm)
+    prepare_home(env)
+    run_config = yaml.safe_load(open(args.config)) if args.config else {}
+    defs = build_defs(env)
+    resources = defs.resources
+    instance = DagsterInstance.get()
+    runner = Runner(defs, instance, run_config)
+
+    if not runner.run(["labeled_tiles"]):
+        return report(runner, resources, [])
+    for backbone in backbones:
+        runner.run(["backbone_models", "tile_features"], backbone)
+    for backbone in backbones:
+        for algorithm in algorithms:
+            key = MultiPartitionKey({"backbone": backbone, "algorithm": algorithm})
+            runner.run(["land_use_classifiers", "classifier_metrics"], key, f"{backbone}|{algorithm}")
+    if not runner.run(["model_leaderboard", "champion_model"]) or args.skip_counties:
+        return report(runner, resources, [])
+    registry = resources["counties"].load(resources["storage"].layout)
+    keys = parse_list(args.counties, lambda k: k) if args.counties else sorted(registry)
+    missing = [k for k in keys if k not in registry]
+    if missing:
+        print(f"counties not in the registry: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    instance.add_dynamic_partitions(county_partitions.name, [k for k in keys if not instance.has_dynamic_partition(
+        county_partitions.name, k)])
+    for key in keys:
+        runner.run(["county_tiles", "county_predictions", "county_land_use_map"], key)
+    return report(runner, resources, keys)
+
+
+def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[str]) -> int:
+    layout = resources["storage"].layout
+    store = resources["storage"].storage
+    board = join(layout.leaderboard(), "leaderboard.csv")
+    print()
+    if store.exists(board):
+        frame = pd.read_csv(io.StringIO(store.read_text(board)))
+        print("Leaderboard (test split; champion chosen on validation macro-F1):")
+        print(frame[["backbone", "algorithm", "accuracy", "macro_f1", "val_macro_f1", "n_train", "n_test",
+                     "fit_seconds"]].to_string(index=False))
+        print(f"  csv: {board}")
+    for key in counties:
+        png = join(layout.county_map(key), "land_use.png")
+        if store.exists(png):
+            print(f"Map of {key}: {png}")
+            print(f"  GeoTIFF: {join(layout.county_map(key), 'land_use.tif')}")
+    print(f"Outputs under {layout.root}; run history in {os.environ.get('DAGSTER_HOME')} (make ui)")
+    if runner.failures:
+        print(f"{len(runner.failures)} step(s) failed:", file=sys.stderr)
+        for failure in runner.failures:
+            print(f"  - {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Cut county rasters into tiles on Spark executors, and read those tiles back for scoring. No Dagster import.
+
+Tiling runs over ``spark.range(n_tiles)`` so that the tile grid is never built on the driver; each
+executor opens the raster once per batch and only reads small decimated masks to find nodata tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from aerial_assets.inference import batched, get_session, input_size, run_features
+from aerial_assets.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, read_tile, tile_windows
+from aerial_assets.storage import storage_for
+
+TILE_SCHEMA = (
+    "tile_id string, raster_uri string, raster_index int, row int, col int, col_off int, row_off int, "
+    "width_px int, height_px int, left double, bottom double, right double, top double, lon double, lat double, "
+    "min_lon double, min_lat double, max_lon double, max_lat double, nodata_fraction double, status string, "
+    "reason string"
+)
+PASSTHROUGH = ["tile_id", "raster_index", "row", "col", "left", "bottom", "right", "top", "lon", "lat",
+               "min_lon", "min_lat", "max_lon", "max_lat"]
+WINDOW_FEATURE_SCHEMA = (
+    "tile_id string, raster_index int, row int, col int, left double, bottom double, right double, top double, "
+    "lon double, lat double, min_lon double, min_lat double, max_lon double, max_lat double, "
+    "features array<float>, status string, reason string"
+)
+
+
+def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
+                max_nodata: float) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``mapInPandas`` over ``spark.range``: tile windows, bounds and nodata status for each tile index."""
+    raster = RasterInfo(**{**info, "transform": tuple(info["transform"])})
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import rasterio
+
+        with rasterio.open(raster.uri) as ds:
+            for frame in frames:
+                cols = tile_windows(raster, raster_index, county, tile_size_m, frame["id"].to_numpy())
+                fractions, status, reason = [], [], []
+                for col_off, row_off, size in zip(cols["col_off"], cols["row_off"], cols["width_px"], strict=True):
+                    try:
+                        frac = nodata_fraction(ds, int(col_off), int(row_off), int(size))
+                        fractions.append(frac)
+                        status.append("nodata" if frac > max_nodata else "ok")
+                        reason.append(f"{100 * frac:.0f} % nodata" if frac > max_nodata else "")
+                    except rasterio.errors.RasterioError as exc:
+                        fractions.append(float("nan"))
+                        status.append("quarantined")
+                        reason.append(f"unreadable window: {exc}")
+                out = pd.DataFrame(cols)
+                out["nodata_fraction"] = fractions
+                out["status"] = status
+                out["reason"] = reason
+                yield out[TILE_COLUMNS]
+
+    return run
+
+
+def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``mapInPandas`` over county tiles: read each window (resampled to the backbone's input) and featurize."""
+
+    def read(uri: str) -> bytes:
+        return storage_for(uri).read_bytes(uri)
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import rasterio
+
+        session = get_session(model_uri, threads, read)
+        size = input_size(session)
+        open_sets: dict[str, object] = {}
+        try:
+            for frame in frames:
+                frame = frame.sort_values(["raster_uri", "row_off", "col_off"])
+                for rows in batched(frame.itertuples(index=False), batch_size):
+                    images, good, status, reason = [], [], [], []
+                    for row in rows:
+                        try:
+                            if row.raster_uri not in open_sets:
+                                open_sets[row.raster_uri] = rasterio.open(row.raster_uri)
+                            ds = open_sets[row.raster_uri]
+                            scale = (row.scale_lo, row.scale_hi)
+                            images.append(read_tile(ds, row.col_off, row.row_off, row.width_px, size, scale))
+                            good.append(True)
+                            status.append("ok")
+                            reason.append("")
+                        except rasterio.errors.RasterioError as exc:
+                            good.append(False)
+                            status.append("quarantined")
+                            reason.append(f"unreadable window: {exc}")
+                    feats = iter(run_features(session, np.stack(images)) if images else [])
+                    out = pd.DataFrame({col: [getattr(r, col) for r in rows] for col in PASSTHROUGH})
+                    out["features"] = [next(feats) if ok else None for ok in good]
+                    out["status"] = status
+                    out["reason"] = reason
+                    yield out
+        finally:
+            for ds in open_sets.values():
+                ds.close()
+
+    return run
