@@ -100,25 +100,31 @@ def _open_tifffile(data: bytes) -> tuple[np.ndarray, ImageInfo]:
     return rgb, ImageInfo(width, height, f"tiff:{array.dtype}", bands, notes)
 
 
+def _is_tiff(data: bytes) -> bool:
+    return data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def decode(data: bytes, target: int | None = None) -> tuple[np.ndarray, ImageInfo]:
-    """Decode image bytes to an HxWx3 uint8 array. Raises :class:`ImageDecodeError` with a reason."""
+    """Decode image bytes to an HxWx3 uint8 array. Raises :class:`ImageDecodeError` with a reason.
+
+    TIFFs go through tifffile first: it keeps 16-bit samples and extra bands, which Pillow would
+    truncate to their high byte or refuse; Pillow is the fallback (e.g. JPEG-compressed TIFF).
+    """
     if not data:
         raise ImageDecodeError("empty file")
+    tiff_error: Exception | None = None
+    if _is_tiff(data):
+        try:
+            return _open_tifffile(data)
+        except Exception as exc:  # noqa: BLE001 - fall back to Pillow, keep the reason
+            tiff_error = exc
     try:
         return _open_pillow(data, target)
     except UnidentifiedImageError as exc:
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            try:
-                return _open_tifffile(data)
-            except Exception as tiff_exc:  # noqa: BLE001 - any failure is a quarantine reason
-                raise ImageDecodeError(f"unreadable TIFF: {tiff_exc}") from tiff_exc
+        if tiff_error is not None:
+            raise ImageDecodeError(f"unreadable TIFF: {tiff_error}") from exc
         raise ImageDecodeError("not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            try:
-                return _open_tifffile(data)
-            except Exception:  # noqa: BLE001
-                pass
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local Spark session, tiny seeded data, resources rooted in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from aerial_assets import demo_data
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local Spark: 2 cores, few shuffle partitions, no UI."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("aerial_assets_tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tmp_path_factory) -> Path:
+    """Six demo classes x 8 tiles of 64 px (seeded): enough to train and test, fast to featurize."""
+    root = tmp_path_factory.mktemp("tiles")
+    demo_data.write_training_tiles(str(root), per_class=8, size=64, seed=1, fmt="png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_county(tmp_path_factory) -> tuple[Path, object]:
+    """A 5 x 6-tile county at 8 m per pixel (224 m tiles = 28 px), in UTM 19N, and its painted layout."""
+    path = tmp_path_factory.mktemp("county") / "tiny_county.tif"
+    layout = demo_data.write_county_raster(str(path), rows=5, cols=6, tile_px=28, resolution=8.0, seed=3)
+    return path, layout
+
+
+def env_for(root: Path, tiles: Path | str, registry: Path | None = None) -> dict[str, str]:
+    env = {"AERIAL_DATA_ROOT": str(root), "AERIAL_TRAINING_TILES": str(tiles)}
+    if registry is not None:
+        env["AERIAL_COUNTIES"] = str(registry)
+    return env
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (real-data tests run only beside ../shared/datasets)")
+    return path

@@ -1,0 +1,91 @@
+"""Bad training input: quarantined with a reason, converted and counted, or a clear error."""
+
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from dagster import AssetKey, materialize
+from PIL import Image
+
+from aerial_assets.assets.tiles import labeled_tiles, labeled_tiles_quarantine
+from aerial_assets.definitions import build_defs
+
+from .conftest import env_for
+
+
+def _materialize(root, tiles, raise_on_error=True):
+    resources = build_defs(env_for(root, tiles)).resources
+    return materialize([labeled_tiles, labeled_tiles_quarantine], resources=resources, raise_on_error=raise_on_error)
+
+
+@pytest.fixture()
+def messy_tiles(tiny_tiles, tmp_path):
+    root = tmp_path / "tiles"
+    shutil.copytree(tiny_tiles, root)
+    good = (root / "Forest" / "forest_000.png").read_bytes()
+    (root / "Forest" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (root / "Forest" / "empty.jpg").write_bytes(b"")
+    (root / "Forest" / "notes.txt").write_text("field notes")
+    (root / "Forest" / "fake.jpg").write_bytes(b"<html>not a jpeg</html>")
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(root / "Barren" / "gray.png")
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(root / "Shrub" / "rgba.png")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.random.default_rng(0).integers(0, 255, (64, 64, 4), dtype=np.uint8),
+                     photometric="minisblack", planarconfig="contig")
+    (root / "Developed" / "rgbn.tif").write_bytes(buf.getvalue())
+    return root
+
+
+def test_bad_files_are_quarantined_with_reasons_and_conversions_counted(spark, messy_tiles, tmp_path):
+    data_root = tmp_path / "data"
+    result = _materialize(data_root, messy_tiles)
+    catalog = pd.read_parquet(data_root / "labeled_tiles" / "catalog.parquet").set_index("tile_id")
+    quarantined = catalog[catalog["status"] == "quarantined"]
+    assert sorted(quarantined.index) == ["Forest/empty.jpg", "Forest/fake.jpg", "Forest/notes.txt",
+                                         "Forest/truncated.png"]
+    assert quarantined.loc["Forest/empty.jpg", "reason"] == "empty file"
+    assert "not an image" in quarantined.loc["Forest/fake.jpg", "reason"]
+    assert "truncated" in quarantined.loc["Forest/truncated.png", "reason"].lower()
+    assert catalog.loc["Developed/rgbn.tif", "status"] == "ok"
+    assert "first 3 kept" in catalog.loc["Developed/rgbn.tif", "notes"]
+    assert "mode L to RGB" in catalog.loc["Barren/gray.png", "notes"]
+    meta = result.asset_materializations_for_node("labeled_tiles")[0].metadata
+    assert meta["n_quarantined"].value == 4
+    assert meta["n_mode_converted"].value == 3
+    check = result.get_asset_check_evaluations()[0]
+    assert check.asset_key == AssetKey("labeled_tiles") and not check.passed
+    assert "Forest/truncated.png" in check.metadata["files"].value
+    csv = pd.read_csv(data_root / "labeled_tiles" / "quarantine.csv")
+    assert len(csv) == 4
+
+
+def test_missing_folder_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(Exception, match="training folder .*nowhere not found: set AERIAL_TRAINING_TILES"):
+        _materialize(tmp_path / "data", tmp_path / "nowhere")
+
+
+def test_empty_class_folder_is_a_clear_error(spark, tiny_tiles, tmp_path):
+    root = tmp_path / "tiles"
+    shutil.copytree(tiny_tiles, root)
+    (root / "Water").mkdir()
+    with pytest.raises(Exception, match=r"class folder Water/ is empty"):
+        _materialize(tmp_path / "data", root)
+
+
+def test_single_class_is_a_clear_error(spark, tiny_tiles, tmp_path):
+    root = tmp_path / "tiles"
+    shutil.copytree(tiny_tiles / "Forest", root / "Forest")
+    with pytest.raises(Exception, match="needs at least two"):
+        _materialize(tmp_path / "data", root)
+
+
+def test_failed_run_leaves_previous_catalog_intact(spark, tiny_tiles, tmp_path):
+    data_root = tmp_path / "data"
+    _materialize(data_root, tiny_tiles)
+    before = (data_root / "labeled_tiles" / "catalog.parquet").read_bytes()
+    with pytest.raises(Exception):
+        _materialize(data_root, tmp_path / "nowhere")
+    assert (data_root / "labeled_tiles" / "catalog.parquet").read_bytes() == before

@@ -1,0 +1,41 @@
+import pytest
+from dagster import AssetKey
+
+from aerial_assets.definitions import build_defs
+from aerial_assets.errors import ConfigurationError
+from aerial_assets.run import parse_list
+from aerial_assets.training import check_algorithm
+
+ASSETS = ["labeled_tiles", "backbone_models", "tile_features", "land_use_classifiers", "classifier_metrics",
+          "model_leaderboard", "champion_model", "county_tiles", "county_predictions", "county_land_use_map"]
+
+
+def test_definitions_load_with_every_public_asset_and_group():
+    defs = build_defs({})
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(ASSETS) <= keys
+    groups = {graph.get(AssetKey(a)).group_name for a in ASSETS}
+    assert groups == {"tiles", "backbones", "features", "training", "scoring", "maps"}
+    for name in ASSETS:
+        assert graph.get(AssetKey(name)).description, f"{name} has no description"
+
+
+def test_schedule_is_stopped_by_default_and_sensor_exists():
+    defs = build_defs({})
+    schedule = defs.resolve_schedule_def("rescore_counties_schedule")
+    assert schedule.default_status.value == "STOPPED"
+    assert defs.resolve_sensor_def("county_registry_sensor") is not None
+
+
+def test_environment_selects_resources_without_import_time_reads(tmp_path):
+    defs = build_defs({"AERIAL_DATA_ROOT": str(tmp_path), "SPARK_REMOTE": "sc://host:15002"})
+    assert defs.resources["storage"].data_root == str(tmp_path)
+    assert defs.resources["spark"].remote == "sc://host:15002"
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ConfigurationError, match="valid algorithms: logistic_regression, random_forest"):
+        parse_list("logistic_regression,svm", check_algorithm)
+    with pytest.raises(ConfigurationError, match="valid algorithms"):
+        check_algorithm("xgboost")

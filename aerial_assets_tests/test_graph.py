@@ -1,0 +1,102 @@
+"""The whole graph, materialized for real on tiny seeded data with local Spark and local storage."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from dagster import DagsterInstance, MultiPartitionKey, instance_for_test
+
+from aerial_assets.counties import County, render_registry
+from aerial_assets.definitions import build_defs
+from aerial_assets.partitions import county_partitions
+from aerial_assets.run import Runner
+
+from .conftest import env_for
+
+
+@pytest.fixture(scope="module")
+def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
+    """Materialize every asset once (1 backbone x 2 algorithms, 1 county)."""
+    root = tmp_path_factory.mktemp("data_root")
+    raster, layout = tiny_county
+    registry = root / "counties.yaml"
+    registry.write_text(render_registry({"tiny": County("tiny", "Tiny county", [str(raster)])}))
+    env = env_for(root, tiny_tiles, registry)
+    defs = build_defs(env)
+    with instance_for_test() as instance:
+        runner = Runner(defs, instance, {})
+        assert runner.run(["labeled_tiles"])
+        assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
+        for algorithm in ("logistic_regression", "random_forest"):
+            key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
+            assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
+        assert runner.run(["model_leaderboard", "champion_model"])
+        instance.add_dynamic_partitions(county_partitions.name, ["tiny"])
+        assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], "tiny")
+        yield {"root": root, "layout": layout, "instance": instance, "defs": defs}
+
+
+def test_leaderboard_has_every_backbone_x_algorithm_row(graph_run):
+    board = pd.read_csv(graph_run["root"] / "model_leaderboard" / "leaderboard.csv")
+    assert list(board.columns[:7]) == ["backbone", "algorithm", "accuracy", "macro_f1", "n_train", "n_test",
+                                       "fit_seconds"]
+    assert sorted(zip(board["backbone"], board["algorithm"], strict=True)) == [
+        ("mobilenet_v2", "logistic_regression"), ("mobilenet_v2", "random_forest")]
+    assert (board["n_test"] == 12).all()  # 6 classes x round(8 x 0.2) test tiles
+    # The synthetic classes are visually distinct: the transfer-learned features separate them.
+    assert board["accuracy"].max() >= 0.8
+
+
+def test_champion_is_chosen_on_validation_and_bundled(graph_run):
+    champion = json.loads((graph_run["root"] / "champion_model" / "champion.json").read_text())
+    board = pd.read_csv(graph_run["root"] / "model_leaderboard" / "leaderboard.csv")
+    assert champion["val_macro_f1"] == pytest.approx(board["val_macro_f1"].max())
+    assert "validation macro-F1" in champion["why"]
+    assert (graph_run["root"] / "champion_model" / "model.onnx").stat().st_size > 1_000_000
+    assert (graph_run["root"] / "champion_model" / "pipeline_model").is_dir()
+
+
+def test_predictions_cover_every_tile_with_probabilities_and_model_id(graph_run, spark):
+    root = graph_run["root"]
+    tiles = spark.read.parquet(str(root / "county_tiles" / "tiny" / "tiles.parquet")).toPandas()
+    preds = spark.read.parquet(str(root / "county_predictions" / "tiny" / "predictions.parquet")).toPandas()
+    assert len(tiles) == 30 and (tiles["status"] == "ok").all()
+    assert len(preds) == len(tiles)
+    prob_cols = [c for c in preds.columns if c.startswith("prob_")]
+    assert len(prob_cols) == 6
+    np.testing.assert_allclose(preds[prob_cols].sum(axis=1), 1.0, atol=1e-6)
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())
+    assert set(preds["model_id"]) == {champion["model_id"]}
+    # centroids are real longitudes/latitudes in Middlesex County, MA
+    assert preds["lon"].between(-71.6, -71.0).all() and preds["lat"].between(42.4, 42.7).all()
+
+
+def test_map_files_exist_with_county_crs_transform_and_truth(graph_run):
+    folder = graph_run["root"] / "county_land_use_map" / "tiny"
+    assert (folder / "land_use.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with rasterio.open(folder / "land_use.tif") as ds:
+        assert ds.crs.to_epsg() == 26919
+        assert ds.shape == (5, 6)
+        assert ds.transform.a == pytest.approx(224.0) and ds.transform.e == pytest.approx(-224.0)
+        assert (ds.transform.c, ds.transform.f) == pytest.approx((305_000.0, 4_720_000.0))
+        grid = ds.read(1)
+        assert ds.colormap(1)[0][:3] != (0, 0, 0)
+    # the painted layout is recovered for most tiles
+    assert (grid == graph_run["layout"]).mean() >= 0.8
+
+
+def test_metadata_is_rich_enough_to_compare_in_the_ui(graph_run):
+    instance: DagsterInstance = graph_run["instance"]
+    from dagster import AssetKey
+
+    event = instance.get_latest_materialization_event(AssetKey("model_leaderboard"))
+    meta = event.asset_materialization.metadata
+    assert "| mobilenet_v2 | logistic_regression |" in meta["leaderboard"].value
+    tiles_meta = instance.get_latest_materialization_event(AssetKey("labeled_tiles")).asset_materialization.metadata
+    assert "| **total** |" in tiles_meta["counts_per_class_and_split"].value
+    assert tiles_meta["n_resized"].value == 48  # every 64 px tile is resized to 224
+    map_meta = instance.get_latest_materialization_event(AssetKey("county_land_use_map")).asset_materialization.metadata
+    assert map_meta["map"].value.startswith("![land use map of tiny](data:image/png;base64,")
