@@ -8,7 +8,13 @@ location loads (``@definitions``), never at import time.
 import os
 from collections.abc import Mapping
 
-from dagster import Definitions, definitions, in_process_executor, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    definitions,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from aerial_assets.assets import backbones, features, maps, scoring, tiles, training
 from aerial_assets.automation import county_job, county_registry_sensor, rescore_counties_schedule, rescore_job

@@ -59,7 +59,7 @@ def _cultivated(rng: np.random.Generator, s: int) -> np.ndarray:
     split = rng.integers(s // 4, 3 * s // 4)
     vertical = rng.random() < 0.5
     coord = xx if vertical else yy
-    for field, sel in enumerate([coord < split, coord >= split]):
+    for sel in (coord < split, coord >= split):
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(s / 40, s / 18)
         rows = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from aerial_assets.assets.tiles import labeled_tiles, labeled_tiles_quarantine
 from aerial_assets.definitions import build_defs
+from aerial_assets.errors import TrainingDataError
 
 from .conftest import env_for
 
@@ -63,7 +64,7 @@ def test_bad_files_are_quarantined_with_reasons_and_conversions_counted(spark, m
 
 
 def test_missing_folder_is_a_clear_error(spark, tmp_path):
-    with pytest.raises(Exception, match="training folder .*nowhere not found: set AERIAL_TRAINING_TILES"):
+    with pytest.raises(TrainingDataError, match="training folder .*nowhere not found: set AERIAL_TRAINING_TILES"):
         _materialize(tmp_path / "data", tmp_path / "nowhere")
 
 
@@ -71,14 +72,14 @@ def test_empty_class_folder_is_a_clear_error(spark, tiny_tiles, tmp_path):
     root = tmp_path / "tiles"
     shutil.copytree(tiny_tiles, root)
     (root / "Water").mkdir()
-    with pytest.raises(Exception, match=r"class folder Water/ is empty"):
+    with pytest.raises(TrainingDataError, match=r"class folder Water/ is empty"):
         _materialize(tmp_path / "data", root)
 
 
 def test_single_class_is_a_clear_error(spark, tiny_tiles, tmp_path):
     root = tmp_path / "tiles"
     shutil.copytree(tiny_tiles / "Forest", root / "Forest")
-    with pytest.raises(Exception, match="needs at least two"):
+    with pytest.raises(TrainingDataError, match="needs at least two"):
         _materialize(tmp_path / "data", root)
 
 
@@ -86,6 +87,6 @@ def test_failed_run_leaves_previous_catalog_intact(spark, tiny_tiles, tmp_path):
     data_root = tmp_path / "data"
     _materialize(data_root, tiny_tiles)
     before = (data_root / "labeled_tiles" / "catalog.parquet").read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(TrainingDataError):
         _materialize(data_root, tmp_path / "nowhere")
     assert (data_root / "labeled_tiles" / "catalog.parquet").read_bytes() == before

@@ -1,6 +1,5 @@
 """The whole graph, materialized for real on tiny seeded data with local Spark and local storage."""
 
-import io
 import json
 
 import numpy as np

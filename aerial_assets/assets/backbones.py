@@ -7,7 +7,7 @@ from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, 
 from aerial_assets.assets._io import read_json, write_json
 from aerial_assets.backbones import IMAGENET_CATS, IMAGENET_ESPRESSO, export_backbone, get_backbone
 from aerial_assets.imaging import resize_square
-from aerial_assets.inference import make_session, run_features
+from aerial_assets.inference import make_session
 from aerial_assets.partitions import backbone_partitions
 from aerial_assets.resources import StorageResource
 from aerial_assets.storage import join, storage_for
