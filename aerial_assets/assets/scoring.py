@@ -128,7 +128,7 @@ def county_predictions(
     layout, store = storage.layout, storage.storage
     champion = read_json(store, layout.champion(), "champion.json")
     classes, model_id = champion["classes"], champion["model_id"]
-    model = PipelineModel.load(store.spark_path(join(layout.champion(), "pipeline_model")))
+    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(layout.champion(), "pipeline_model")))
     model_uri = join(layout.champion(), "model.onnx")
     session = spark.session
     featurize = window_featurizer(model_uri, config.threads_per_task, config.batch_size)

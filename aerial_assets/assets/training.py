@@ -124,7 +124,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     clf_dir = layout.classifier(backbone, algorithm)
     info = read_json(store, clf_dir, "classifier.json")
     classes = info["classes"]
-    model = PipelineModel.load(store.spark_path(join(clf_dir, "pipeline_model")))
+    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(clf_dir, "pipeline_model")))
     features = _features(spark, storage, backbone)
     test = evaluate(model, features.filter("split = 'test'"), classes)
     validation = evaluate(model, features.filter("split = 'validation'"), classes)
