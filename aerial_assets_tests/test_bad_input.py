@@ -90,3 +90,28 @@ def test_failed_run_leaves_previous_catalog_intact(spark, tiny_tiles, tmp_path):
     with pytest.raises(TrainingDataError):
         _materialize(data_root, tmp_path / "nowhere")
     assert (data_root / "labeled_tiles" / "catalog.parquet").read_bytes() == before
+
+
+def test_real_aid_jpegs_are_catalogued_resized_and_featurized(spark, tmp_path):
+    """A small real subset of AID (150 px JPEG): every file usable, every one counted as resized."""
+    from aerial_assets.assets.backbones import backbone_models
+    from aerial_assets.assets.features import tile_features
+
+    from .conftest import shared_dataset
+
+    aid = shared_dataset("aid")
+    root = tmp_path / "aid_subset"
+    for cls in ("Forest", "Farmland", "DenseResidential"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((aid / cls).glob("*.jpg"))[:6]:
+            shutil.copy(src, root / cls / src.name)
+    data_root = tmp_path / "data"
+    result = _materialize(data_root, root)
+    meta = result.asset_materializations_for_node("labeled_tiles")[0].metadata
+    assert meta["n_quarantined"].value == 0 and meta["n_resized"].value == 18
+    resources = build_defs(env_for(data_root, root)).resources
+    features = materialize([backbone_models, tile_features], resources=resources, partition_key="mobilenet_v2")
+    fmeta = features.asset_materializations_for_node("tile_features")[0].metadata
+    assert fmeta["dagster/row_count"].value == 18 and fmeta["feature_dim"].value == 1280
+    frame = spark.read.parquet(str(data_root / "tile_features" / "mobilenet_v2" / "features.parquet")).toPandas()
+    assert frame["features"].map(len).eq(1280).all()

@@ -99,3 +99,33 @@ def test_metadata_is_rich_enough_to_compare_in_the_ui(graph_run):
     assert tiles_meta["n_resized"].value == 48  # every 64 px tile is resized to 224
     map_meta = instance.get_latest_materialization_event(AssetKey("county_land_use_map")).asset_materialization.metadata
     assert map_meta["map"].value.startswith("![land use map of tiny](data:image/png;base64,")
+
+
+def test_real_naip_vintages_go_through_the_whole_county_path(graph_run, spark):
+    """Two real NAIP vintages (4-band RGBN, 5 m, EPSG:26914) scored by the champion and mapped."""
+    import yaml
+
+    from .conftest import shared_dataset
+
+    naip = shared_dataset("naip_nd")
+    rasters = {"naip_2014": sorted(naip.glob("*_2014*.tif")), "naip_2020": sorted(naip.glob("*_2020*.tif"))}
+    root = graph_run["root"]
+    registry = root / "counties.yaml"
+    doc = yaml.safe_load(registry.read_text())
+    for key, files in rasters.items():
+        assert files, f"no {key} raster in {naip}"
+        doc["counties"][key] = {"name": f"NAIP {key[-4:]}", "rasters": [str(files[0])]}
+    registry.write_text(yaml.safe_dump(doc))
+    instance = graph_run["instance"]
+    instance.add_dynamic_partitions(county_partitions.name, list(rasters))
+    runner = Runner(graph_run["defs"], instance, {})
+    for key in rasters:
+        assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], key)
+        with rasterio.open(root / "county_land_use_map" / key / "land_use.tif") as ds:
+            assert ds.crs.to_epsg() == 26914
+            assert ds.shape == (16, 20)  # 723 x 934 px at 5 m, cut into 45 px (225 m) tiles
+            assert ds.transform.a == pytest.approx(225.0)
+        preds = spark.read.parquet(str(root / "county_predictions" / key / "predictions.parquet"))
+        assert preds.count() == 16 * 20
+        means = preds.agg({"lon": "avg", "lat": "avg"}).first()
+        assert -99.3 < means["avg(lon)"] < -99.0 and 46.9 < means["avg(lat)"] < 47.1  # quad 47099: 47 N, 99 W
