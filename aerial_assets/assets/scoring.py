@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from aerial_assets.assets._io import read_json, write_json
+from aerial_assets.assets.features import FeaturizeConfig
 from aerial_assets.errors import CountyError
 from aerial_assets.featurization import chunked_write
 from aerial_assets.partitions import county_partitions
@@ -101,12 +102,10 @@ def county_tiles(
     )
 
 
-class ScoringConfig(Config):
-    """Throughput knobs for scoring (same meaning as for featurization)."""
+class ScoringConfig(FeaturizeConfig):
+    """Throughput knobs for scoring: as for featurization, with larger chunks between progress reports."""
 
-    batch_size: int = 32
     chunk_tiles: int = 4000
-    threads_per_task: int = 1
 
 
 @asset(
