@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -85,6 +86,8 @@ class Runner:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster flags beta APIs on every import; they are pinned here, so keep the terminal for progress.
+    warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES", DEFAULT_BACKBONES))
     parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS", DEFAULT_ALGORITHMS))
