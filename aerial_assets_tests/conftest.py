@@ -42,9 +42,10 @@ def tiny_tiles(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_county(tmp_path_factory) -> tuple[Path, object]:
-    """A 5 x 6-tile county at 8 m per pixel (224 m tiles = 28 px), in UTM 19N, and its painted layout."""
+    """A 5 x 6-tile county at 3.5 m per pixel (224 m tiles = 64 px, as the training tiles), in UTM 19N,
+    and its painted layout."""
     path = tmp_path_factory.mktemp("county") / "tiny_county.tif"
-    layout = demo_data.write_county_raster(str(path), rows=5, cols=6, tile_px=28, resolution=8.0, seed=3)
+    layout = demo_data.write_county_raster(str(path), rows=5, cols=6, tile_px=64, resolution=3.5, seed=3)
     return path, layout
 
 

@@ -168,8 +168,7 @@ def leaderboard_frame(storage: StorageResource, keys: list[tuple[str, str]]) -> 
             "model_id": m["model_id"],
         })
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS + EXTRA_COLUMNS)
-    frame = frame.sort_values(["val_macro_f1", "val_accuracy", "fit_seconds"], ascending=[False, False, True])
-    return frame.reset_index(drop=True), missing
+    return rank(frame).reset_index(drop=True), missing
 
 
 @asset(group_name="training", deps=["classifier_metrics"], kinds={"csv"})
@@ -196,9 +195,16 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
     )
 
 
+def rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Best validation macro-F1 first, then validation accuracy; remaining ties by name, so that the same
+    seed always gives the same order (fit time would make it depend on the machine's load)."""
+    return frame.sort_values(["val_macro_f1", "val_accuracy", "backbone", "algorithm"],
+                             ascending=[False, False, True, True], kind="mergesort")
+
+
 def pick_champion(frame: pd.DataFrame) -> tuple[pd.Series, str]:
-    """Best validation macro-F1 (then validation accuracy, then faster fit). Never looks at test scores."""
-    ranked = frame.sort_values(["val_macro_f1", "val_accuracy", "fit_seconds"], ascending=[False, False, True])
+    """The top of :func:`rank`. Never looks at test scores."""
+    ranked = rank(frame)
     best = ranked.iloc[0]
     why = f"highest validation macro-F1 ({best['val_macro_f1']:.4f}) of {len(ranked)} models"
     if len(ranked) > 1:
