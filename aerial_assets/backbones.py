@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
 from aerial_assets.errors import BackboneError, ConfigurationError
@@ -130,7 +129,3 @@ def export_backbone(spec: BackboneSpec) -> ExportedBackbone:
         "onnx_opset": model.opset_import[0].version,
     }
     return ExportedBackbone(model=model, record=record)
-
-
-def imagenet_top1(logits: np.ndarray) -> list[int]:
-    return [int(i) for i in np.argmax(logits, axis=1)]

@@ -93,10 +93,6 @@ class Storage(ABC):
     def spark_path(self, uri: str) -> str:
         """The path string Spark should use to read or write ``uri``."""
 
-    @abstractmethod
-    def local_copy(self, uri: str) -> contextlib.AbstractContextManager[str]:
-        """A local file path holding ``uri``'s bytes, for libraries that need a real file."""
-
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
 
@@ -188,13 +184,6 @@ class LocalStorage(Storage):
 
     def spark_path(self, uri: str) -> str:
         return local_path(uri)
-
-    @contextlib.contextmanager
-    def local_copy(self, uri: str) -> Iterator[str]:
-        path = local_path(uri)
-        if not os.path.exists(path):
-            raise StorageError(f"no file at {uri!r}")
-        yield path
 
 
 def storage_for(uri: str) -> Storage:

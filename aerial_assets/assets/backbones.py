@@ -67,7 +67,3 @@ def backbone_imagenet_sanity(context, storage: StorageResource) -> AssetCheckRes
             "expected": f"cat in {sorted(IMAGENET_CATS)}, espresso {sorted(IMAGENET_ESPRESSO)}",
         },
     )
-
-
-def features_dim(storage: StorageResource, backbone: str) -> int:
-    return int(read_json(storage.storage, storage.layout.backbone_model(backbone), "backbone.json")["feature_dim"])
