@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo run test ui lint clean
+.PHONY: install demo run test ui lint clean bench-county
 
 install: $(STAMP)
 
@@ -42,3 +42,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .aerial_data .pytest_cache
+
+bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: time per stage, peak memory
+	$(BIN)/python -m benchmarks.bench_county

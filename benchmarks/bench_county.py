@@ -1,0 +1,177 @@
+"""``make bench-county``: a Middlesex-size county (65,563 tiles) end to end on local Spark, and half of it.
+
+Trains the champion on the demo tiles, generates a synthetic tiled GeoTIFF county (seeded), then runs
+tiling, featurization + prediction (MobileNetV2) and the map, printing wall time per stage and the peak
+memory (RSS) of the whole process tree: this process, the Spark JVM and every Python worker.
+The county is painted at 4 m per pixel (56 px per 224 m tile) to keep generation short; every tile is
+still resampled to the backbone's 224 px input, so inference cost is that of 1 m imagery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+TILES_FULL = 65_563
+COLS = 257
+
+
+class PeakMemory:
+    """Samples the memory of this process and all its descendants every ``interval`` seconds.
+
+    Uses PSS (proportional set size) where the OS reports it: forked Python workers share pages, and
+    summing their RSS would count those pages once per worker.
+    """
+
+    def __init__(self, interval: float = 1.0):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    info = proc.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_synthetic_county(path: str, n_tiles: int, tile_px: int, resolution: float, seed: int = 0) -> int:
+    """A tiled GeoTIFF with exactly ``n_tiles`` non-empty tiles (the rest of the last row is nodata).
+
+    Tiles are drawn from a pool of painted tiles per class (painting 65 k tiles one by one would take
+    longer than scoring them), placed by the demo's land-cover layout, and written one tile-row at a time.
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from aerial_assets import demo_data
+
+    rows = -(-n_tiles // COLS)
+    layout = demo_data.county_layout(rows, COLS, seed)
+    rng = np.random.default_rng(seed)
+    pool = {c: [np.moveaxis(demo_data.paint_tile(name, rng, tile_px), -1, 0) for _ in range(16)]
+            for c, name in enumerate(demo_data.DEMO_CLASSES)}
+    profile = {"driver": "GTiff", "width": COLS * tile_px, "height": rows * tile_px, "count": 3, "dtype": "uint8",
+               "crs": demo_data.DEMO_CRS, "nodata": 0, "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "compress": "deflate", "BIGTIFF": "IF_SAFER",
+               "transform": from_origin(demo_data.DEMO_ORIGIN[0], demo_data.DEMO_ORIGIN[1], resolution, resolution)}
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(rows):
+            strip = np.zeros((3, tile_px, COLS * tile_px), np.uint8)
+            for c in range(COLS):
+                if r * COLS + c >= n_tiles:
+                    break
+                tile = pool[int(layout[r, c])][int(rng.integers(16))]
+                strip[:, :, c * tile_px:(c + 1) * tile_px] = np.maximum(tile, 1)  # 0 is nodata
+            dst.write(strip, window=Window(0, r * tile_px, COLS * tile_px, tile_px))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiles", type=int, default=TILES_FULL)
+    parser.add_argument("--sizes", default="1.0,0.5", help="fractions of --tiles to run, side by side")
+    parser.add_argument("--resolution", type=float, default=4.0)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_county_")
+    os.environ["AERIAL_DATA_ROOT"] = os.path.join(workdir, "data")
+    os.environ.pop("AERIAL_TRAINING_TILES", None)
+    registry = os.path.join(workdir, "counties.yaml")
+    os.environ["AERIAL_COUNTIES"] = registry
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    from dagster import DagsterInstance
+
+    from aerial_assets.counties import County, render_registry
+    from aerial_assets.definitions import build_defs
+    from aerial_assets.partitions import county_partitions
+    from aerial_assets.run import Runner, prepare_home
+
+    env = dict(os.environ)
+    prepare_home(env)
+    tile_px = round(224 / args.resolution)
+    sizes = [float(s) for s in args.sizes.split(",")]
+    counties = {}
+    for frac in sizes:
+        key = f"bench_{int(round(frac * 100))}pct"
+        path = os.path.join(workdir, f"{key}.tif")
+        n = int(round(args.tiles * frac))
+        started = time.monotonic()
+        if not os.path.exists(path):
+            write_synthetic_county(path, n, tile_px, args.resolution)
+        print(f"generated {key}: {n} tiles in {time.monotonic() - started:.0f} s ({os.path.getsize(path) / 1e6:.0f} MB)",
+              flush=True)
+        counties[key] = (County(key, key, [path]), n)
+    with open(registry, "w") as handle:
+        handle.write(render_registry({k: c for k, (c, _) in counties.items()}))
+
+    defs = build_defs(env)
+    instance = DagsterInstance.get()
+    runner = Runner(defs, instance, {})
+    print("training the champion on the demo tiles ...", flush=True)
+    ok = runner.run(["labeled_tiles"]) and runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
+    from dagster import MultiPartitionKey
+
+    ok = ok and runner.run(["land_use_classifiers", "classifier_metrics"],
+                           MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": "logistic_regression"}))
+    ok = ok and runner.run(["model_leaderboard", "champion_model"])
+    if not ok:
+        print("training failed", file=sys.stderr)
+        return 1
+    instance.add_dynamic_partitions(county_partitions.name, list(counties))
+    rows = []
+    with PeakMemory() as memory:
+        for key, (_, n) in counties.items():
+            memory.reset()
+            times = {}
+            for asset in ("county_tiles", "county_predictions", "county_land_use_map"):
+                started = time.monotonic()
+                if not runner.run([asset], key):
+                    print(f"{asset} failed for {key}", file=sys.stderr)
+                    return 1
+                times[asset] = time.monotonic() - started
+            rows.append((key, n, times, memory.peak))
+    print()
+    print("| county | tiles | tiling s | featurize + predict s | map s | total s | tiles/s | peak memory (PSS, process tree) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key, n, t, peak in rows:
+        total = sum(t.values())
+        print(f"| {key} | {n} | {t['county_tiles']:.0f} | {t['county_predictions']:.0f} | "
+              f"{t['county_land_use_map']:.0f} | {total:.0f} | {n / total:.0f} | {peak / 2**30:.2f} GiB |")
+    if len(rows) == 2:
+        (_, n0, t0, p0), (_, n1, t1, p1) = rows
+        print(f"\nratio full/half: tiles {n0 / n1:.2f}, time {sum(t0.values()) / sum(t1.values()):.2f}, "
+              f"peak memory {p0 / p1:.2f}")
+    print(f"work folder: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
