@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo run test ui lint clean bench-county
+.PHONY: install demo demo-naip run test ui lint clean bench-county
 
 install: $(STAMP)
 
@@ -45,3 +45,6 @@ clean:
 
 bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: time per stage, peak memory
 	$(BIN)/python -m benchmarks.bench_county
+
+demo-naip: $(STAMP)  ## the demo model on ten real NAIP vintages (needs ../shared/datasets/naip_nd): maps and change
+	env -u AERIAL_TRAINING_TILES AERIAL_COUNTIES=examples/naip_nd.yaml $(BIN)/python -m aerial_assets.run

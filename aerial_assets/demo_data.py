@@ -154,19 +154,23 @@ def county_layout(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 
 
 def write_county_raster(path: str, rows: int = 10, cols: int = 12, tile_px: int = 224, resolution: float = 1.0,
-                        seed: int = 0, bands: int = 3) -> np.ndarray:
+                        seed: int = 0, bands: int = 3, dtype: str = "uint8", layout: np.ndarray | None = None,
+                        nodata_tiles: int = 0) -> np.ndarray:
     """Write a tiled, compressed GeoTIFF mosaic painted from :func:`county_layout`; returns the layout.
 
     The raster is written one tile-row at a time, so memory stays at one strip whatever the size.
+    ``dtype="uint16"`` writes 16-bit samples (x 257, as a 16-bit sensor would); ``bands=4`` adds a
+    near-infrared band; the last ``nodata_tiles`` tiles are left empty (0, the nodata value).
     """
     import rasterio
     from rasterio.transform import from_origin
 
-    layout = county_layout(rows, cols, seed)
+    layout = county_layout(rows, cols, seed) if layout is None else layout
     rng = np.random.default_rng(seed + 1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     profile = {
-        "driver": "GTiff", "width": cols * tile_px, "height": rows * tile_px, "count": bands, "dtype": "uint8",
+        "driver": "GTiff", "width": cols * tile_px, "height": rows * tile_px, "count": bands, "dtype": dtype,
+        "nodata": 0 if nodata_tiles else None,
         "crs": DEMO_CRS, "transform": from_origin(DEMO_ORIGIN[0], DEMO_ORIGIN[1], resolution, resolution),
         "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
     }
@@ -175,10 +179,15 @@ def write_county_raster(path: str, rows: int = 10, cols: int = 12, tile_px: int 
         for r in range(rows):
             strip = np.zeros((bands, tile_px, cols * tile_px), np.uint8)
             for c in range(cols):
+                if r * cols + c >= rows * cols - nodata_tiles:
+                    continue
                 tile = paint_tile(DEMO_CLASSES[layout[r, c]], rng, tile_px)
+                if nodata_tiles:
+                    tile = np.maximum(tile, 1)  # 0 is reserved for nodata
                 strip[:3, :, c * tile_px:(c + 1) * tile_px] = np.moveaxis(tile, -1, 0)
                 if bands > 3:  # a plausible near-infrared band: bright over vegetation
                     strip[3, :, c * tile_px:(c + 1) * tile_px] = np.clip(tile[..., 1] * 1.3, 0, 255)
-            dst.write(strip, window=rasterio.windows.Window(0, r * tile_px, cols * tile_px, tile_px))
+            data = strip.astype(np.uint16) * 257 if dtype == "uint16" else strip
+            dst.write(data.astype(dtype), window=rasterio.windows.Window(0, r * tile_px, cols * tile_px, tile_px))
     os.replace(tmp, path)
     return layout

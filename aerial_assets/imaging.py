@@ -30,18 +30,34 @@ class ImageInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric dtype to uint8: 16-bit and float imagery stretched by its 2-98 % range."""
+def value_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
+    """The range mapped linearly onto 0..255 when converting imagery of ``dtype`` to 8 bits.
+
+    Integer imagery keeps its radiometry: the range is its bit depth (8 to 16 bits, from the 99.9th
+    percentile), so a 12-bit sensor is divided by 16 and 8-bit data stored as 16-bit by 257 -- a
+    per-image contrast stretch would change the colours a classifier learned from. Floats in [0, 1]
+    are reflectances; other floats get a 2-98 % stretch.
+    """
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    if np.issubdtype(dtype, np.integer):
+        top = float(np.percentile(values, 99.9))
+        bits = int(np.clip(np.ceil(np.log2(max(top, 1.0) + 1)), 8, 16))
+        return 0.0, float(2**bits - 1)
+    if values.min() >= 0 and values.max() <= 1.0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [2, 98])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def to_uint8(array: np.ndarray, value_range_: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale any numeric dtype to uint8 over ``value_range_`` (default: :func:`value_range` of the array)."""
     if array.dtype == np.uint8:
         return array
-    data = array.astype(np.float64)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        return np.zeros(array.shape, np.uint8)
-    lo, hi = np.percentile(finite, [2, 98])
-    if hi <= lo:
-        hi = lo + 1.0
-    scaled = np.clip((data - lo) / (hi - lo) * 255.0, 0, 255)
+    lo, hi = value_range_ or value_range(array, array.dtype)
+    scaled = np.clip((array.astype(np.float64) - lo) / (hi - lo) * 255.0, 0, 255)
     return np.nan_to_num(scaled).astype(np.uint8)
 
 

@@ -13,7 +13,8 @@ find their inputs here and nowhere else. README.md documents this tree; keep the
 <root>/champion_model/                      model.onnx, pipeline_model/, champion.json
 <root>/county_tiles/<county>/               tiles.parquet/, summary.json
 <root>/county_predictions/<county>/         predictions.parquet/, summary.json
-<root>/county_land_use_map/<county>/        land_use.png, land_use.tif, summary.json
+<root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), summary.json
+<root>/county_land_use_change/<county>/     transitions.parquet, transition_matrix.csv, change.png, change.tif
 <root>/demo/                                generated demo imagery (only when no data is configured)
 ```
 """
@@ -60,6 +61,9 @@ class Layout:
 
     def county_map(self, county: str) -> str:
         return join(self.root, "county_land_use_map", county)
+
+    def county_change(self, county: str) -> str:
+        return join(self.root, "county_land_use_change", county)
 
     def demo(self) -> str:
         return join(self.root, "demo")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from aerial_assets.errors import CountyError
-from aerial_assets.imaging import to_uint8
+from aerial_assets.imaging import to_uint8, value_range
 
 TILE_COLUMNS = [
     "tile_id", "raster_uri", "raster_index", "row", "col", "col_off", "row_off", "width_px", "height_px",
@@ -47,19 +47,16 @@ class RasterInfo:
         return asdict(self)
 
 
-def _percentile_scale(ds, bands: Sequence[int]) -> tuple[float, float]:
-    """Global 2-98 % stretch for non-uint8 rasters, from a decimated read (at most ~1 M pixels)."""
-    if ds.dtypes[0] == "uint8":
+def _value_scale(ds, bands: Sequence[int]) -> tuple[float, float]:
+    """The raster's 8-bit conversion range (:func:`imaging.value_range`), from a decimated read (<= ~1 M px)."""
+    dtype = np.dtype(ds.dtypes[0])
+    if dtype == np.uint8:
         return 0.0, 255.0
     factor = max(1, int(math.sqrt(ds.width * ds.height / 1_000_000)))
     shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
-    sample = ds.read(list(bands), out_shape=shape, masked=True).astype("float64")
+    sample = ds.read(list(bands), out_shape=shape, masked=True)
     values = sample.compressed() if np.ma.isMaskedArray(sample) else sample.ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(values, [2, 98])
-    return float(lo), float(hi if hi > lo else lo + 1)
+    return value_range(values, dtype)
 
 
 def rgb_bands(count: int) -> list[int]:
@@ -80,7 +77,7 @@ def open_info(uri: str) -> RasterInfo:
                     f"raster {uri} is in a geographic CRS ({ds.crs}); tiles are sized in metres: reproject it "
                     "to a projected CRS first (gdalwarp -t_srs EPSG:326XX)"
                 )
-            lo, hi = _percentile_scale(ds, rgb_bands(ds.count))
+            lo, hi = _value_scale(ds, rgb_bands(ds.count))
             epsg = ds.crs.to_epsg()
             return RasterInfo(
                 uri=uri, crs=f"EPSG:{epsg}" if epsg else ds.crs.to_wkt(), crs_name=str(ds.crs.to_string()),
@@ -89,6 +86,15 @@ def open_info(uri: str) -> RasterInfo:
             )
     except rasterio.errors.RasterioIOError as exc:
         raise CountyError(f"cannot open raster {uri}: {exc}") from exc
+
+
+def lonlat_bounds(info: RasterInfo) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of the raster in EPSG:4326."""
+    from rasterio.warp import transform_bounds
+
+    a, _, x0, _, e, y0 = info.transform
+    x1, y1 = x0 + a * info.width, y0 + e * info.height
+    return transform_bounds(info.crs, "EPSG:4326", min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
 def grid_shape(info: RasterInfo, tile_size_m: float) -> tuple[int, int, int]:
@@ -154,13 +160,10 @@ def read_tile(ds, col_off: int, row_off: int, size: int, out_size: int, scale: t
     bands = rgb_bands(ds.count)
     data = ds.read(bands, window=Window(col_off, row_off, size, size), out_shape=(len(bands), out_size, out_size),
                    resampling=Resampling.bilinear)
-    if data.dtype != np.uint8:
-        lo, hi = scale
-        data = np.clip((data.astype(np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    rgb = np.moveaxis(data, 0, -1)
+    rgb = to_uint8(np.moveaxis(data, 0, -1), scale)
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
-    return np.ascontiguousarray(to_uint8(rgb))
+    return np.ascontiguousarray(rgb)
 
 
 @dataclass(frozen=True)
@@ -198,17 +201,25 @@ def map_grid(left: np.ndarray, right: np.ndarray, bottom: np.ndarray, top: np.nd
     return MapGrid(left=x0, top=y0, cell=cell, rows=rows, cols=cols)
 
 
-def write_class_geotiff(path: str, grid: np.ndarray, map_grid_: MapGrid, crs: str, colours: Sequence[tuple[int, int, int]],
-                        nodata: int = 255) -> None:
-    """A single-band uint8 GeoTIFF of class ids, with the tiles' CRS and transform and a colour table."""
+def write_class_geotiff(path: str, grid: np.ndarray, map_grid_: MapGrid, crs: str,
+                        colours: Sequence[tuple[int, int, int]], nodata: int = 255) -> None:
+    """A single-band uint8 Cloud-Optimized GeoTIFF of class ids, in the tiles' CRS and transform, with a colour
+    table. Written as a plain GeoTIFF first (the COG driver only copies), then converted."""
+    import os
+    import tempfile
+
     import rasterio
+    from rasterio.shutil import copy as raster_copy
 
     profile = {
         "driver": "GTiff", "width": grid.shape[1], "height": grid.shape[0], "count": 1, "dtype": "uint8",
-        "crs": crs, "transform": map_grid_.transform, "nodata": nodata, "compress": "deflate",
+        "crs": crs, "transform": map_grid_.transform, "nodata": nodata,
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(grid.astype(np.uint8), 1)
-        table = {i: (*rgb, 255) for i, rgb in enumerate(colours)}
-        table[nodata] = (0, 0, 0, 0)
-        dst.write_colormap(1, table)
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = os.path.join(scratch, "plain.tif")
+        with rasterio.open(plain, "w", **profile) as dst:
+            dst.write(grid.astype(np.uint8), 1)
+            table = {i: (*rgb, 255) for i, rgb in enumerate(colours)}
+            table[nodata] = (0, 0, 0, 0)
+            dst.write_colormap(1, table)
+        raster_copy(plain, path, driver="COG", COMPRESS="DEFLATE", RESAMPLING="NEAREST", OVERVIEWS="NONE")

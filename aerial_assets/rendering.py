@@ -126,6 +126,27 @@ def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: f
     return _to_png(fig)
 
 
+def change_png(grid: np.ndarray, classes: Sequence[str], title: str, extent: tuple[float, float, float, float],
+               crs_name: str, unchanged: int = 254, nodata: int = 255) -> bytes:
+    """Change map: tiles that changed in the colour of their new class, unchanged tiles light grey."""
+    colours = class_colours(classes)
+    rgba = np.zeros((*grid.shape, 4))
+    for i, colour in enumerate(colours):
+        rgba[grid == i] = (*[v / 255 for v in hex_to_rgb(colour)], 1.0)
+    rgba[grid == unchanged] = (0.88, 0.88, 0.88, 1.0)
+    height, width = grid.shape
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 8 * height / max(width, 1))))
+    ax.imshow(rgba, interpolation="nearest", extent=extent)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"easting ({crs_name})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    changed = [(name, colours[i]) for i, name in enumerate(classes) if (grid == i).any()]
+    handles = [Patch(color="#e0e0e0", label="unchanged")] + [Patch(color=c, label=f"became {n}") for n, c in changed]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _to_png(fig)
+
+
 def markdown_image(png: bytes, alt: str) -> str:
     """A markdown image with the PNG inline, which the Dagster UI renders in metadata."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

@@ -20,6 +20,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
 
 from aerial_assets.backbones import get_backbone
+from aerial_assets.counties import earlier_vintages
 from aerial_assets.definitions import build_defs
 from aerial_assets.partitions import county_partitions
 from aerial_assets.storage import join, local_path
@@ -67,20 +68,26 @@ class Runner:
             config["ops"] = {k: v for k, v in ops.items() if k in assets}
         return config
 
-    def run(self, assets: Sequence[str], partition_key: str | None = None, label: str = "") -> bool:
-        what = f"{', '.join(assets)}" + (f" [{label or partition_key}]" if partition_key else "")
+    def run(self, assets: Sequence[str], partition_key: str | None = None, label: str = "",
+            partition_range: tuple[str, str] | None = None) -> bool:
+        """One run of ``assets`` for one partition, or for a range of partitions in a single run."""
+        shown = label or partition_key or (f"{partition_range[0]}...{partition_range[1]}" if partition_range else "")
+        what = f"{', '.join(assets)}" + (f" [{shown}]" if shown else "")
         print(f"==> materializing {what}", flush=True)
+        tags = ({"dagster/asset_partition_range_start": partition_range[0],
+                 "dagster/asset_partition_range_end": partition_range[1]} if partition_range else None)
         result = self.job.execute_in_process(
             run_config=self._config_for(assets),
             instance=self.instance,
             partition_key=partition_key,
             asset_selection=[AssetKey(a) for a in assets],
             raise_on_error=False,
+            tags=tags,
         )
         if not result.success:
             self.failures.append(what)
             for event in result.all_events:
-                if event.is_failure and event.step_failure_data:
+                if event.is_step_failure:
                     print(f"    FAILED: {event.step_failure_data.error.message.strip()}", flush=True)
         return result.success
 
@@ -126,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         county_partitions.name, k)])
     for key in keys:
         runner.run(["county_tiles", "county_predictions", "county_land_use_map"], key)
+    # Change between vintages, once every vintage of an area is scored.
+    for key in keys:
+        if earlier_vintages(registry, registry[key]):
+            runner.run(["county_land_use_change"], key)
     return report(runner, resources, keys)
 
 
@@ -145,6 +156,9 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         if store.exists(png):
             print(f"Map of {key}: {png}")
             print(f"  GeoTIFF: {join(layout.county_map(key), 'land_use.tif')}")
+        change = join(layout.county_change(key), "change.png")
+        if store.exists(change):
+            print(f"Change map of {key}: {change}")
     print(f"Outputs under {layout.root}; run history in {os.environ.get('DAGSTER_HOME')} (make ui)")
     if runner.failures:
         print(f"{len(runner.failures)} step(s) failed:", file=sys.stderr)

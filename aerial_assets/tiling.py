@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from aerial_assets.imaging import ImageDecodeError, load_tile
 from aerial_assets.inference import batched, get_session, input_size, run_features
 from aerial_assets.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, read_tile, tile_windows
 from aerial_assets.storage import storage_for
@@ -80,6 +81,12 @@ def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable
                     images, good, status, reason = [], [], [], []
                     for row in rows:
                         try:
+                            if row.raster_index < 0:  # a ready-made tile file, not a raster window
+                                images.append(load_tile(read(row.raster_uri), size))
+                                good.append(True)
+                                status.append("ok")
+                                reason.append("")
+                                continue
                             if row.raster_uri not in open_sets:
                                 open_sets[row.raster_uri] = rasterio.open(row.raster_uri)
                             ds = open_sets[row.raster_uri]
@@ -88,10 +95,10 @@ def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable
                             good.append(True)
                             status.append("ok")
                             reason.append("")
-                        except rasterio.errors.RasterioError as exc:
+                        except (rasterio.errors.RasterioError, ImageDecodeError, OSError) as exc:
                             good.append(False)
                             status.append("quarantined")
-                            reason.append(f"unreadable window: {exc}")
+                            reason.append(f"unreadable tile: {exc}")
                     feats = iter(run_features(session, np.stack(images)) if images else [])
                     out = pd.DataFrame({col: [getattr(r, col) for r in rows] for col in PASSTHROUGH})
                     out["features"] = [next(feats) if ok else None for ok in good]
@@ -103,3 +110,31 @@ def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable
                 ds.close()
 
     return run
+
+
+def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) -> pd.DataFrame:
+    """County tile rows for ready-made tile files (``raster_index`` -1 marks a file, not a window)."""
+    from rasterio.warp import transform as warp
+
+    from aerial_assets.storage import join
+
+    n = len(summary)
+    left, bottom = summary["left"].to_numpy(), summary["bottom"].to_numpy()
+    right, top = summary["right"].to_numpy(), summary["top"].to_numpy()
+    xs = np.concatenate([(left + right) / 2, left, right, left, right])
+    ys = np.concatenate([(bottom + top) / 2, top, top, bottom, bottom])
+    lons, lats = (np.asarray(v).reshape(5, -1) for v in warp(crs, "EPSG:4326", xs.tolist(), ys.tolist()))
+    cell = float(np.median(right - left))
+    return pd.DataFrame({
+        "tile_id": [f"{county}/{name}" for name in summary["filename"]],
+        "raster_uri": [join(folder, name) for name in summary["filename"]],
+        "raster_index": np.full(n, -1, np.int32),
+        "row": np.rint((top.max() - top) / cell).astype(np.int32),
+        "col": np.rint((left - left.min()) / cell).astype(np.int32),
+        "col_off": np.zeros(n, np.int32), "row_off": np.zeros(n, np.int32),
+        "width_px": np.zeros(n, np.int32), "height_px": np.zeros(n, np.int32),
+        "left": left, "bottom": bottom, "right": right, "top": top,
+        "lon": lons[0], "lat": lats[0], "min_lon": lons[1:].min(axis=0), "min_lat": lats[1:].min(axis=0),
+        "max_lon": lons[1:].max(axis=0), "max_lat": lats[1:].max(axis=0),
+        "nodata_fraction": np.zeros(n), "status": ["ok"] * n, "reason": [""] * n,
+    })[TILE_COLUMNS]

@@ -7,8 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from dagster import MultiPartitionKey, instance_for_test
 
 from aerial_assets import demo_data
+from aerial_assets.counties import County, render_registry
+from aerial_assets.definitions import build_defs
+from aerial_assets.partitions import county_partitions
+from aerial_assets.run import Runner
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -47,6 +52,28 @@ def tiny_county(tmp_path_factory) -> tuple[Path, object]:
     path = tmp_path_factory.mktemp("county") / "tiny_county.tif"
     layout = demo_data.write_county_raster(str(path), rows=5, cols=6, tile_px=64, resolution=3.5, seed=3)
     return path, layout
+
+
+@pytest.fixture(scope="session")
+def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
+    """Materialize every asset once (1 backbone x 2 algorithms, 1 county)."""
+    root = tmp_path_factory.mktemp("data_root")
+    raster, layout = tiny_county
+    registry = root / "counties.yaml"
+    registry.write_text(render_registry({"tiny": County("tiny", "Tiny county", [str(raster)])}))
+    env = env_for(root, tiny_tiles, registry)
+    defs = build_defs(env)
+    with instance_for_test() as instance:
+        runner = Runner(defs, instance, {})
+        assert runner.run(["labeled_tiles"])
+        assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
+        for algorithm in ("logistic_regression", "random_forest"):
+            key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
+            assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
+        assert runner.run(["model_leaderboard", "champion_model"])
+        instance.add_dynamic_partitions(county_partitions.name, ["tiny"])
+        assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], "tiny")
+        yield {"root": root, "layout": layout, "instance": instance, "defs": defs}
 
 
 def env_for(root: Path, tiles: Path | str, registry: Path | None = None) -> dict[str, str]:

@@ -6,36 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from dagster import DagsterInstance, MultiPartitionKey, instance_for_test
+from dagster import DagsterInstance
 
-from aerial_assets.counties import County, render_registry
-from aerial_assets.definitions import build_defs
 from aerial_assets.partitions import county_partitions
 from aerial_assets.run import Runner
-
-from .conftest import env_for
-
-
-@pytest.fixture(scope="module")
-def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
-    """Materialize every asset once (1 backbone x 2 algorithms, 1 county)."""
-    root = tmp_path_factory.mktemp("data_root")
-    raster, layout = tiny_county
-    registry = root / "counties.yaml"
-    registry.write_text(render_registry({"tiny": County("tiny", "Tiny county", [str(raster)])}))
-    env = env_for(root, tiny_tiles, registry)
-    defs = build_defs(env)
-    with instance_for_test() as instance:
-        runner = Runner(defs, instance, {})
-        assert runner.run(["labeled_tiles"])
-        assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
-        for algorithm in ("logistic_regression", "random_forest"):
-            key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
-            assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
-        assert runner.run(["model_leaderboard", "champion_model"])
-        instance.add_dynamic_partitions(county_partitions.name, ["tiny"])
-        assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], "tiny")
-        yield {"root": root, "layout": layout, "instance": instance, "defs": defs}
 
 
 def test_leaderboard_has_every_backbone_x_algorithm_row(graph_run):
@@ -102,25 +76,26 @@ def test_metadata_is_rich_enough_to_compare_in_the_ui(graph_run):
 
 
 def test_real_naip_vintages_go_through_the_whole_county_path(graph_run, spark):
-    """Two real NAIP vintages (4-band RGBN, 5 m, EPSG:26914) scored by the champion and mapped."""
+    """Two real NAIP vintages (4-band RGBN, 5 m, EPSG:26914): tiled, scored, mapped and compared."""
     import yaml
 
     from .conftest import shared_dataset
 
     naip = shared_dataset("naip_nd")
-    rasters = {"naip_2014": sorted(naip.glob("*_2014*.tif")), "naip_2020": sorted(naip.glob("*_2020*.tif"))}
+    files = {2014: sorted(naip.glob("*_2014*.tif")), 2020: sorted(naip.glob("*_2020*.tif"))}
+    assert all(files.values()), f"NAIP 2014/2020 rasters missing in {naip}"
     root = graph_run["root"]
     registry = root / "counties.yaml"
     doc = yaml.safe_load(registry.read_text())
-    for key, files in rasters.items():
-        assert files, f"no {key} raster in {naip}"
-        doc["counties"][key] = {"name": f"NAIP {key[-4:]}", "rasters": [str(files[0])]}
+    doc["counties"]["nd"] = {"name": "NAIP quarter-quad", "bounds": [-99.25, 46.95, -99.05, 47.05],
+                             "vintages": {year: [str(f[0])] for year, f in files.items()}}
     registry.write_text(yaml.safe_dump(doc))
+    keys = ["nd@2014", "nd@2020"]
     instance = graph_run["instance"]
-    instance.add_dynamic_partitions(county_partitions.name, list(rasters))
+    instance.add_dynamic_partitions(county_partitions.name, keys)
     runner = Runner(graph_run["defs"], instance, {})
-    for key in rasters:
-        assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], key)
+    assert runner.run(["county_tiles", "county_predictions", "county_land_use_map"], partition_range=tuple(keys))
+    for key in keys:
         with rasterio.open(root / "county_land_use_map" / key / "land_use.tif") as ds:
             assert ds.crs.to_epsg() == 26914
             assert ds.shape == (16, 20)  # 723 x 934 px at 5 m, cut into 45 px (225 m) tiles
@@ -129,3 +104,6 @@ def test_real_naip_vintages_go_through_the_whole_county_path(graph_run, spark):
         assert preds.count() == 16 * 20
         means = preds.agg({"lon": "avg", "lat": "avg"}).first()
         assert -99.3 < means["avg(lon)"] < -99.0 and 46.9 < means["avg(lat)"] < 47.1  # quad 47099: 47 N, 99 W
+    assert runner.run(["county_land_use_change"], "nd@2020")
+    summary = json.loads((root / "county_land_use_change" / "nd@2020" / "summary.json").read_text())
+    assert summary["baseline"] == "nd@2014" and sum(map(sum, summary["matrix"])) == 320

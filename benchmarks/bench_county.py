@@ -32,23 +32,29 @@ class PeakMemory:
 
     def __init__(self, interval: float = 1.0):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.breakdown: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total, parts = 0, {}
             for proc in [me, *me.children(recursive=True)]:
                 try:
                     info = proc.memory_full_info()
-                    total += getattr(info, "pss", info.rss)
+                    size = getattr(info, "pss", info.rss)
+                    name = "java (Spark JVM)" if "java" in proc.name() else (
+                        "this process" if proc.pid == me.pid else "python workers")
+                    parts[name] = parts.get(name, 0) + size
+                    total += size
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            if total > self.peak:
+                self.peak, self.breakdown = total, parts
             time.sleep(self.interval)
 
     def reset(self) -> None:
-        self.peak = 0
+        self.peak, self.breakdown = 0, {}
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 times[asset] = time.monotonic() - started
             rows.append((key, n, times, memory.peak))
+            print("peak memory by process: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
+                                                          for k, v in sorted(memory.breakdown.items())), flush=True)
     print()
     print("| county | tiles | tiling s | featurize + predict s | map s | total s | tiles/s | peak memory (PSS, process tree) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -17,9 +17,13 @@ from aerial_assets.storage import join, storage_for
 
 
 class FeaturizeConfig(Config):
-    """Throughput knobs: tiles per onnxruntime call, tiles between progress reports, threads per task."""
+    """Throughput knobs: tiles per onnxruntime call, tiles between progress reports, threads per task.
 
-    batch_size: int = 32
+    Batches of 8 were measured faster than 32 here (229 vs 191 images/s for MobileNetV2 on one thread) and
+    keep onnxruntime's memory arena at ~200 MiB per worker instead of ~500 MiB.
+    """
+
+    batch_size: int = 8
     chunk_tiles: int = 2000
     threads_per_task: int = 1
 

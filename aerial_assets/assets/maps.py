@@ -1,20 +1,47 @@
-"""Group ``maps``: the predicted land use of a county as a GeoTIFF and a PNG."""
+"""Group ``maps``: the predicted land use of a county as a Cloud-Optimized GeoTIFF and a PNG, and the change
+between two vintages of a county."""
 
-
+import io
 import os
 import tempfile
 
 import numpy as np
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+import pandas as pd
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
 
-from aerial_assets.assets._io import markdown_table, read_json, write_json
+from aerial_assets.assets._io import markdown_table, read_json, run_per_county, write_json
+from aerial_assets.counties import earlier_vintages
+from aerial_assets.errors import CountyError
 from aerial_assets.partitions import county_partitions
-from aerial_assets.rasters import map_grid, write_class_geotiff
-from aerial_assets.rendering import class_colours, hex_to_rgb, map_png, markdown_image
-from aerial_assets.resources import SparkResource, StorageResource
-from aerial_assets.storage import join, storage_for
+from aerial_assets.rasters import MapGrid, map_grid, write_class_geotiff
+from aerial_assets.rendering import change_png, class_colours, hex_to_rgb, map_png, markdown_image
+from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
+from aerial_assets.spatial import plurality_smooth, transition_matrix
+from aerial_assets.storage import Storage, join, storage_for
 
 NODATA = 255
+UNCHANGED = 254
+
+
+class LandUseMapConfig(Config):
+    """``smoothing``: a 3 x 3 plurality vote over neighbouring tiles (centre weighted), off by default."""
+
+    smoothing: bool = False
+
+
+def _cells(spark: SparkResource, store: Storage, folder: str) -> pd.DataFrame:
+    """One small row per scored tile (its corner and class): this is the map itself."""
+    path = store.spark_path(join(folder, "predictions.parquet"))
+    return (spark.session.read.parquet(path).filter("status = 'ok'")
+            .select("tile_id", "left", "right", "bottom", "top", "predicted_index").toPandas())
+
+
+def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        tif = os.path.join(scratch, "map.tif")
+        write_class_geotiff(tif, grid, grid_def, crs, colours, NODATA)
+        with open(tif, "rb") as handle:
+            store.write_bytes(uri, handle.read())
 
 
 @asset(
@@ -25,26 +52,27 @@ NODATA = 255
     kinds={"geotiff", "png"},
 )
 def county_land_use_map(
-    context: AssetExecutionContext, spark: SparkResource, storage: StorageResource
-) -> MaterializeResult:
-    """A county's predicted land use: a single-band GeoTIFF of class ids (one pixel per tile, in the county's
-    CRS, with a colour table) and a PNG map with legend, title and scale bar; class shares in metadata."""
-    import pandas as pd
-
+    context: AssetExecutionContext, config: LandUseMapConfig, spark: SparkResource, storage: StorageResource
+):
+    """A county's predicted land use: a single-band Cloud-Optimized GeoTIFF of class ids (one pixel per tile, in
+    the county's CRS, with a colour table) and a PNG map with legend, title and scale bar; class shares in
+    metadata. Optional 3 x 3 plurality smoothing, with the number of tiles it changed."""
     layout, store = storage.layout, storage.storage
-    meta: dict[str, object] = {}
-    for key in context.partition_keys:
+
+    def work(key: str) -> dict:
         summary = read_json(store, layout.county_predictions(key), "summary.json")
         classes, model_id = summary["classes"], summary["model_id"]
-        path = store.spark_path(join(layout.county_predictions(key), "predictions.parquet"))
-        # One small row per tile (its corner and class): this is the map itself.
-        cells = spark.session.read.parquet(path).select("left", "right", "bottom", "top", "predicted_index").toPandas()
+        cells = _cells(spark, store, layout.county_predictions(key))
+        if cells.empty:
+            raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
         grid_def = map_grid(cells["left"], cells["right"], cells["bottom"], cells["top"])
-        grid = np.full((grid_def.rows, grid_def.cols), NODATA, np.uint8)
+        raw = np.full((grid_def.rows, grid_def.cols), NODATA, np.uint8)
         rows, cols = grid_def.cells(cells["left"], cells["top"])
-        grid[rows, cols] = cells["predicted_index"].to_numpy().astype(np.uint8)
+        raw[rows, cols] = cells["predicted_index"].to_numpy().astype(np.uint8)
+        grid = plurality_smooth(raw, len(classes), NODATA) if config.smoothing else raw
+        changed = int((grid != raw).sum())
         colours = class_colours(classes)
-        title = f"Predicted land use: {key} (model {model_id})"
+        title = f"Predicted land use: {key} (model {model_id}){', smoothed 3x3' if config.smoothing else ''}"
         png = map_png(grid, classes, title, grid_def.cell, grid_def.extent, summary["crs"], NODATA)
         counts = np.bincount(grid[grid != NODATA].ravel(), minlength=len(classes))
         shares = pd.DataFrame({"class": classes, "tiles": counts.astype(int),
@@ -52,18 +80,16 @@ def county_land_use_map(
         out = layout.county_map(key)
         with store.atomic_dir(out) as tmp:
             tmp_store = storage_for(tmp)
-            with tempfile.TemporaryDirectory() as scratch:
-                tif = os.path.join(scratch, "land_use.tif")
-                write_class_geotiff(tif, grid, grid_def, summary["crs"], [hex_to_rgb(c) for c in colours], NODATA)
-                with open(tif, "rb") as handle:
-                    tmp_store.write_bytes(join(tmp, "land_use.tif"), handle.read())
+            _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, summary["crs"],
+                           [hex_to_rgb(c) for c in colours])
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
             write_json(tmp_store, tmp, "summary.json", {
                 "county": key, "model_id": model_id, "crs": summary["crs"], "classes": classes,
                 "grid": [grid_def.rows, grid_def.cols], "cell_m": grid_def.cell, "counts": counts.tolist(),
+                "smoothing": config.smoothing, "tiles_changed_by_smoothing": changed,
             })
         context.log.info(f"map of {key}: {join(out, 'land_use.png')}")
-        meta = {
+        return {
             "map_png": MetadataValue.path(join(out, "land_use.png")),
             "map_geotiff": MetadataValue.path(join(out, "land_use.tif")),
             "map": MetadataValue.md(markdown_image(png, f"land use map of {key}")),
@@ -72,6 +98,97 @@ def county_land_use_map(
             "crs": summary["crs"],
             "grid_rows": grid_def.rows,
             "grid_cols": grid_def.cols,
-            "counties_in_run": ", ".join(context.partition_keys),
+            "smoothing": config.smoothing,
+            "tiles_changed_by_smoothing": changed,
         }
-    return MaterializeResult(metadata=meta)
+
+    return run_per_county(context, work)
+
+
+class LandUseChangeConfig(Config):
+    """``baseline``: the partition key of the earlier vintage; empty = the latest earlier vintage registered."""
+
+    baseline: str = ""
+
+
+@asset(
+    group_name="maps",
+    partitions_def=county_partitions,
+    deps=["county_predictions"],
+    kinds={"parquet", "geotiff", "png"},
+)
+def county_land_use_change(
+    context: AssetExecutionContext,
+    config: LandUseChangeConfig,
+    spark: SparkResource,
+    storage: StorageResource,
+    counties: CountyRegistryResource,
+):
+    """Land-use change of a county vintage (partition `area@year`) since an earlier vintage of the same area:
+    per-tile transitions (for example tiles that became Developed), the transition matrix, and a change map
+    (PNG and GeoTIFF: the new class where a tile changed, 254 where it did not)."""
+    layout, store = storage.layout, storage.storage
+    registry = counties.load(layout)
+
+    def work(key: str) -> dict:
+        county = counties.get(layout, key)
+        earlier = [c.key for c in earlier_vintages(registry, county)]
+        base = config.baseline and (config.baseline if "@" in config.baseline else f"{county.area_key}@{config.baseline}")
+        base = base or (earlier[-1] if earlier else "")
+        if not base:
+            raise CountyError(f"county {key} has no earlier vintage to compare with: register the area with "
+                              "'vintages:' (see README) or set the baseline config")
+        if not store.exists(join(layout.county_predictions(base), "summary.json")):
+            raise CountyError(f"baseline {base} of {key} has no predictions yet: materialize county_predictions[{base}]")
+        before_summary = read_json(store, layout.county_predictions(base), "summary.json")
+        after_summary = read_json(store, layout.county_predictions(key), "summary.json")
+        classes = after_summary["classes"]
+        if before_summary["classes"] != classes:
+            raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
+        before = _cells(spark, store, layout.county_predictions(base))
+        after = _cells(spark, store, layout.county_predictions(key))
+        # Tiles of two vintages are matched by position on one grid, not by id: rasters of different years
+        # rarely share an origin to the metre, so a tile matches the cell its corner falls nearest to.
+        both = pd.concat([before, after])
+        grid_def = map_grid(both["left"], both["right"], both["bottom"], both["top"])
+        for frame in (before, after):
+            frame["r"], frame["c"] = grid_def.cells(frame["left"], frame["top"])
+        pairs = after.merge(before[["r", "c", "predicted_index"]], on=["r", "c"], suffixes=("", "_before"))
+        if pairs.empty:
+            raise CountyError(f"{base} and {key} share no tile position: are they the same area and tile size?")
+        matrix = transition_matrix(pairs["predicted_index_before"], pairs["predicted_index"], len(classes))
+        pairs["from_label"] = [classes[i] for i in pairs["predicted_index_before"]]
+        pairs["to_label"] = [classes[i] for i in pairs["predicted_index"]]
+        pairs["changed"] = pairs["from_label"] != pairs["to_label"]
+        grid = np.full((grid_def.rows, grid_def.cols), NODATA, np.uint8)
+        grid[pairs["r"], pairs["c"]] = np.where(pairs["changed"], pairs["predicted_index"], UNCHANGED).astype(np.uint8)
+        colours = class_colours(classes)
+        title = f"Land-use change {base} -> {key} ({int(pairs['changed'].sum())} of {len(pairs)} tiles changed)"
+        crs = after_summary["crs"]
+        png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA)
+        table = pd.DataFrame(matrix, index=[f"from {c}" for c in classes], columns=classes)
+        became = {c: int(matrix[:, i].sum() - matrix[i, i]) for i, c in enumerate(classes)}
+        out = layout.county_change(key)
+        with store.atomic_dir(out) as tmp:
+            tmp_store = storage_for(tmp)
+            transitions = pairs[["tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed"]]
+            buf = io.BytesIO()
+            transitions.to_parquet(buf, index=False)
+            tmp_store.write_bytes(join(tmp, "transitions.parquet"), buf.getvalue())
+            tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
+            tmp_store.write_bytes(join(tmp, "change.png"), png)
+            _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
+                           [hex_to_rgb(c) for c in colours])
+            write_json(tmp_store, tmp, "summary.json", {"county": key, "baseline": base, "classes": classes,
+                                                        "matrix": matrix.tolist(), "became": became})
+        return {
+            "baseline": base,
+            "tiles_compared": len(pairs),
+            "tiles_changed": int(pairs["changed"].sum()),
+            **{f"became_{c}": n for c, n in became.items()},
+            "transition_matrix": MetadataValue.md(markdown_table(table.reset_index(names="tiles"))),
+            "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),
+            "transitions": MetadataValue.path(join(out, "transitions.parquet")),
+        }
+
+    return run_per_county(context, work)

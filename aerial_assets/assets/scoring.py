@@ -1,27 +1,29 @@
 """Group ``scoring``: counties cut into tiles, and every tile scored by the champion model."""
 
-
 import time
 
-from dagster import (
-    AssetExecutionContext,
-    BackfillPolicy,
-    Config,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
 
-from aerial_assets.assets._io import read_json, write_json
+from aerial_assets.assets._io import read_json, run_per_county, write_json
 from aerial_assets.assets.features import FeaturizeConfig
+from aerial_assets.counties import County
 from aerial_assets.errors import CountyError
 from aerial_assets.featurization import chunked_write
+from aerial_assets.geoparquet import rewrite_as_geoparquet
 from aerial_assets.partitions import county_partitions
 from aerial_assets.progress import Progress
-from aerial_assets.rasters import grid_shape, open_info
+from aerial_assets.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
-from aerial_assets.storage import join, storage_for
-from aerial_assets.tiling import PASSTHROUGH, TILE_SCHEMA, WINDOW_FEATURE_SCHEMA, tile_frames, window_featurizer
+from aerial_assets.storage import join, local_path, storage_for
+from aerial_assets.tile_summaries import parse_tile_summary
+from aerial_assets.tiling import (
+    PASSTHROUGH,
+    TILE_SCHEMA,
+    WINDOW_FEATURE_SCHEMA,
+    file_tile_rows,
+    tile_frames,
+    window_featurizer,
+)
 from aerial_assets.training import with_vectors
 
 
@@ -30,6 +32,54 @@ class CountyTilesConfig(Config):
 
     tile_size_m: float = 224.0
     max_nodata_fraction: float = 0.5
+
+
+def _check_overlap(county: County, info: RasterInfo) -> None:
+    if county.bounds is None:
+        return
+    west, south, east, north = lonlat_bounds(info)
+    cw, cs, ce, cn = county.bounds
+    if west >= ce or east <= cw or south >= cn or north <= cs:
+        raise CountyError(
+            f"county {county.key}: raster {info.uri} covers lon {west:.3f}..{east:.3f}, lat {south:.3f}..{north:.3f}, "
+            f"outside the county's declared bounds {list(county.bounds)}: check the raster or the bounds"
+        )
+
+
+def _raster_tiles(spark: SparkResource, county: County, config: CountyTilesConfig):
+    from pyspark.sql import functions as F
+
+    frames, infos = [], []
+    for index, uri in enumerate(county.rasters):
+        info = open_info(uri)
+        if infos and info.crs != infos[0].crs:
+            raise CountyError(f"county {county.key}: raster {uri} is in {info.crs}, the first one in {infos[0].crs}; "
+                              "reproject them to one CRS")
+        _check_overlap(county, info)
+        rows, cols, _ = grid_shape(info, config.tile_size_m)
+        if rows * cols == 0:
+            raise CountyError(f"county {county.key}: raster {uri} ({info.width}x{info.height} px) is smaller than one "
+                              f"{config.tile_size_m} m tile; lower tile_size_m")
+        infos.append(info)
+        n_tasks = max(spark.task_parallelism(), (rows * cols) // 2000)
+        frames.append(spark.session.range(0, rows * cols, numPartitions=n_tasks).mapInPandas(
+            tile_frames(info.to_dict(), index, county.key, config.tile_size_m, config.max_nodata_fraction), TILE_SCHEMA
+        ).withColumn("scale_lo", F.lit(info.scale_lo)).withColumn("scale_hi", F.lit(info.scale_hi)))
+    tiles = frames[0]
+    for other in frames[1:]:
+        tiles = tiles.unionByName(other)
+    return tiles, infos[0].crs, [i.to_dict() for i in infos]
+
+
+def _folder_tiles(spark: SparkResource, county: County):
+    from pyspark.sql import functions as F
+
+    source = county.tiles
+    summary = parse_tile_summary(storage_for(source.summary).read_text(source.summary), source.summary)
+    rows = file_tile_rows(summary, source.folder, county.key, source.crs)
+    tiles = spark.session.createDataFrame(rows, TILE_SCHEMA)
+    tiles = tiles.withColumn("scale_lo", F.lit(0.0)).withColumn("scale_hi", F.lit(255.0))
+    return tiles, source.crs, [{"folder": source.folder, "summary": source.summary}]
 
 
 @asset(
@@ -44,62 +94,38 @@ def county_tiles(
     spark: SparkResource,
     storage: StorageResource,
     counties: CountyRegistryResource,
-) -> MaterializeResult:
+):
     """A county's imagery cut into square tiles: window offsets, bounds in the raster's CRS and in
     longitude/latitude, and a status (`ok`, `nodata` for mostly-empty tiles, `quarantined` for unreadable
-    windows). Only headers and decimated masks are read here; pixels are read when scoring."""
-    from pyspark.sql import functions as F
+    windows). Only headers and decimated masks are read here; pixels are read when scoring. Many counties
+    run in one Spark session; one failing county does not stop the others."""
 
-    results = {}
-    for key in context.partition_keys:
+    def work(key: str) -> dict:
         county = counties.get(storage.layout, key)
-        session = spark.session
-        frames, infos = [], []
-        for index, uri in enumerate(county.rasters):
-            info = open_info(uri)
-            if infos and info.crs != infos[0].crs:
-                raise CountyError(f"county {key}: raster {uri} is in {info.crs}, the first one in {infos[0].crs}; "
-                                  "reproject them to one CRS")
-            rows, cols, tile_px = grid_shape(info, config.tile_size_m)
-            if rows * cols == 0:
-                raise CountyError(f"county {key}: raster {uri} ({info.width}x{info.height} px) is smaller than one "
-                                  f"{config.tile_size_m} m tile; lower tile_size_m")
-            infos.append(info)
-            n_tasks = max(spark.task_parallelism(), (rows * cols) // 2000)
-            frame = session.range(0, rows * cols, numPartitions=n_tasks).mapInPandas(
-                tile_frames(info.to_dict(), index, key, config.tile_size_m, config.max_nodata_fraction), TILE_SCHEMA
-            ).withColumn("scale_lo", F.lit(info.scale_lo)).withColumn("scale_hi", F.lit(info.scale_hi))
-            frames.append(frame)
-        tiles = frames[0]
-        for other in frames[1:]:
-            tiles = tiles.unionByName(other)
+        tiles, crs, sources = _folder_tiles(spark, county) if county.tiles else _raster_tiles(spark, county, config)
         out = storage.layout.county_tiles(key)
         with storage.storage.atomic_dir(out) as tmp:
             path = storage_for(tmp).spark_path(join(tmp, "tiles.parquet"))
             tiles.write.parquet(path)
-            stats = {r["status"]: int(r["count"]) for r in session.read.parquet(path).groupBy("status").count().collect()}
-            summary = {
-                "county": key, "name": county.name, "crs": infos[0].crs, "tile_size_m": config.tile_size_m,
-                "rasters": [i.to_dict() for i in infos], "counts": stats,
-            }
-            write_json(storage_for(tmp), tmp, "summary.json", summary)
-        results[key] = summary
+            stats = {r["status"]: int(r["count"])
+                     for r in spark.session.read.parquet(path).groupBy("status").count().collect()}
+            write_json(storage_for(tmp), tmp, "summary.json", {
+                "county": key, "name": county.name, "area": county.area_key, "year": county.year, "crs": crs,
+                "tile_size_m": config.tile_size_m, "sources": sources, "counts": stats,
+            })
         context.log.info(f"county {key}: {stats}")
-    summary = results[context.partition_keys[0]]
-    stats = summary["counts"]
-    return MaterializeResult(
-        metadata={
-            "tiles": MetadataValue.path(join(storage.layout.county_tiles(summary["county"]), "tiles.parquet")),
+        return {
+            "tiles": MetadataValue.path(join(out, "tiles.parquet")),
             "dagster/row_count": int(sum(stats.values())),
             "n_ok": stats.get("ok", 0),
             "n_nodata_skipped": stats.get("nodata", 0),
             "n_quarantined": stats.get("quarantined", 0),
-            "crs": summary["crs"],
-            "rasters": len(summary["rasters"]),
+            "crs": crs,
+            "year": county.year if county.year is not None else "",
             "tile_size_m": config.tile_size_m,
-            "counties_in_run": ", ".join(context.partition_keys),
         }
-    )
+
+    return run_per_county(context, work)
 
 
 class ScoringConfig(FeaturizeConfig):
@@ -113,13 +139,14 @@ class ScoringConfig(FeaturizeConfig):
     partitions_def=county_partitions,
     deps=["county_tiles", "champion_model"],
     backfill_policy=BackfillPolicy.single_run(),
-    kinds={"spark", "onnx", "parquet"},
+    kinds={"spark", "onnx", "geoparquet"},
 )
 def county_predictions(
     context: AssetExecutionContext, config: ScoringConfig, spark: SparkResource, storage: StorageResource
-) -> MaterializeResult:
-    """Every usable tile of a county scored by the champion: tile id, bounds, centroid lon/lat, predicted
-    label, the probability of every class, and the id of the model that made the prediction."""
+):
+    """Every usable tile of a county scored by the champion, as GeoParquet (tile polygons in the county's CRS):
+    tile id, bounds, centroid lon/lat, predicted label, the probability of every class, the id of the model
+    that made the prediction and the vintage. Tiles whose pixels cannot be read are kept with their reason."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
@@ -127,50 +154,56 @@ def county_predictions(
     layout, store = storage.layout, storage.storage
     champion = read_json(store, layout.champion(), "champion.json")
     classes, model_id = champion["classes"], champion["model_id"]
-    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(layout.champion(), "pipeline_model")))
-    model_uri = join(layout.champion(), "model.onnx")
+    dim = int(champion["backbone_record"]["feature_dim"])
     session = spark.session
-    featurize = window_featurizer(model_uri, config.threads_per_task, config.batch_size)
+    model = PipelineModel.read().session(session).load(store.spark_path(join(layout.champion(), "pipeline_model")))
+    featurize = window_featurizer(join(layout.champion(), "model.onnx"), config.threads_per_task, config.batch_size)
     label_of = F.array(*[F.lit(c) for c in classes])
-    last = {}
-    for key in context.partition_keys:
-        tiles_path = store.spark_path(join(layout.county_tiles(key), "tiles.parquet"))
-        tiles = session.read.parquet(tiles_path).filter("status = 'ok'")
+
+    def score(part, year: int | None):
+        feats = part.mapInPandas(featurize, WINDOW_FEATURE_SCHEMA)
+        ok = F.col("status") == "ok"
+        # Unreadable tiles get a zero vector so that one pass scores everything; their outputs are nulled.
+        feats = feats.withColumn("features", F.when(ok, F.col("features")).otherwise(
+            F.array_repeat(F.lit(0.0).cast("float"), dim)))
+        scored = model.transform(with_vectors(feats)).withColumn("p", vector_to_array("probability"))
+        cols = [F.when(ok, F.element_at(label_of, F.col("prediction").cast("int") + 1)).alias("predicted_label"),
+                F.when(ok, F.col("prediction").cast("int")).alias("predicted_index")]
+        cols += [F.when(ok, F.col("p")[i]).alias(f"prob_{c}") for i, c in enumerate(classes)]
+        return scored.select(*PASSTHROUGH, *cols, "status", "reason").withColumn(
+            "model_id", F.lit(model_id)).withColumn("vintage", F.lit(year).cast("int"))
+
+    def work(key: str) -> dict:
+        tile_summary = read_json(store, layout.county_tiles(key), "summary.json")
+        tiles = session.read.parquet(store.spark_path(join(layout.county_tiles(key), "tiles.parquet")))
+        tiles = tiles.filter("status = 'ok'")
         n_tiles = tiles.count()
-
-        def score(part):
-            feats = part.mapInPandas(featurize, WINDOW_FEATURE_SCHEMA)
-            ok = with_vectors(feats.filter("status = 'ok'"))
-            scored = model.transform(ok).withColumn("p", vector_to_array("probability"))
-            cols = [F.element_at(label_of, F.col("prediction").cast("int") + 1).alias("predicted_label"),
-                    F.col("prediction").cast("int").alias("predicted_index")]
-            cols += [F.col("p")[i].alias(f"prob_{c}") for i, c in enumerate(classes)]
-            return scored.select(*PASSTHROUGH, *cols).withColumn("model_id", F.lit(model_id))
-
         progress = Progress(n_tiles, f"scoring {key} with {model_id}", context.log.info)
         out = layout.county_predictions(key)
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
             path = storage_for(tmp).spark_path(join(tmp, "predictions.parquet"))
-            chunked_write(tiles, score, path, spark.task_parallelism(), config.chunk_tiles, progress)
+            chunked_write(tiles, lambda part: score(part, tile_summary.get("year")), path,
+                          spark.task_parallelism(), config.chunk_tiles, progress)
+            rewrite_as_geoparquet(local_path(path), tile_summary["crs"])
             written = session.read.parquet(path)
-            counts = {r["predicted_label"]: int(r["count"]) for r in written.groupBy("predicted_label").count().collect()}
-            n_scored = int(sum(counts.values()))
-            if n_scored != n_tiles:
-                raise CountyError(f"county {key}: scored {n_scored} of {n_tiles} tiles; unreadable windows are "
-                                  "listed in the run log")
-            tile_summary = read_json(store, layout.county_tiles(key), "summary.json")
+            counts = {r["predicted_label"]: int(r["count"])
+                      for r in written.filter("status = 'ok'").groupBy("predicted_label").count().collect()}
+            bad = written.filter("status != 'ok'").select("tile_id", "reason").toPandas()
+            storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
+            seconds = time.monotonic() - started
             summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts,
-                       "crs": tile_summary["crs"], "n_tiles": n_scored, "seconds": time.monotonic() - started}
+                       "crs": tile_summary["crs"], "year": tile_summary.get("year"), "area": tile_summary.get("area"),
+                       "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds}
             write_json(storage_for(tmp), tmp, "summary.json", summary)
-        last = summary
-    return MaterializeResult(
-        metadata={
+        return {
             "model_id": model_id,
-            "predictions": MetadataValue.path(join(layout.county_predictions(last["county"]), "predictions.parquet")),
-            "dagster/row_count": last["n_tiles"],
-            "tiles_per_second": round(last["n_tiles"] / max(last["seconds"], 1e-9), 1),
-            "counts_per_class": MetadataValue.json(last["counts"]),
-            "counties_in_run": ", ".join(context.partition_keys),
+            "predictions": MetadataValue.path(join(out, "predictions.parquet")),
+            "dagster/row_count": summary["n_tiles"],
+            "n_quarantined": len(bad),
+            "tiles_per_second": round(n_tiles / max(seconds, 1e-9), 1),
+            "counts_per_class": MetadataValue.json(counts),
+            "crs": tile_summary["crs"],
         }
-    )
+
+    return run_per_county(context, work)
