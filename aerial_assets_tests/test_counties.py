@@ -224,3 +224,33 @@ def test_smoothing_is_off_by_default_and_its_effect_is_in_metadata(graph_run):
     assert meta["tiles_changed_by_smoothing"].value == int((expected != raw).sum())
     with rasterio.open(tif) as ds:
         np.testing.assert_array_equal(ds.read(1), expected)
+
+
+def test_raster_without_crs_is_a_clear_error(tmp_path):
+    from aerial_assets.rasters import open_info
+
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.ones((3, 8, 8), np.uint8))
+    with pytest.raises(CountyError, match="has no CRS: georeference it"):
+        open_info(str(path))
+
+
+def test_corrupt_window_is_quarantined_with_its_reason(tmp_path):
+    """A damaged compressed block fails only the tiles that read it; they are kept with the reason."""
+    from aerial_assets.rasters import open_info
+    from aerial_assets.tiling import tile_frames
+
+    path = tmp_path / "damaged.tif"
+    demo_data.write_county_raster(str(path), rows=2, cols=2, tile_px=256, resolution=0.875, seed=1)
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))  # block (row 1, col 1) of band 1
+    data = bytearray(path.read_bytes())
+    data[offset + 10:offset + 400] = bytes(390)  # zero the middle of that deflate stream
+    path.write_bytes(bytes(data))
+    info = open_info(str(path))
+    frames = tile_frames(info.to_dict(), 0, "damaged", 224.0, 0.5)(iter([pd.DataFrame({"id": [0, 1, 2, 3]})]))
+    out = pd.concat(frames).set_index("tile_id")
+    assert out.loc["damaged/0/1_1", "status"] == "quarantined"
+    assert out.loc["damaged/0/1_1", "reason"].startswith("unreadable window")
+    assert (out.drop("damaged/0/1_1")["status"] == "ok").all()
