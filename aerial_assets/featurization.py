@@ -14,19 +14,29 @@ import numpy as np
 import pandas as pd
 
 from aerial_assets.imaging import ImageDecodeError, load_tile
-from aerial_assets.inference import batched, get_session, input_size, run_features
+from aerial_assets.inference import batched, get_session, input_size, run_view_features
 from aerial_assets.progress import Progress
 from aerial_assets.storage import storage_for
 
-FEATURE_SCHEMA = "tile_id string, label string, split string, features array<float>, status string, reason string"
+FEATURE_SCHEMA = (
+    "tile_id string, label string, split string, features array<float>, view_features array<float>, "
+    "status string, reason string"
+)
 
 
 def _read(uri: str) -> bytes:
     return storage_for(uri).read_bytes(uri)
 
 
-def file_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` function for catalog rows (tile_id, uri, label, split)."""
+def file_featurizer(
+    model_uri: str, threads: int, batch_size: int, views: int = 1
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function for catalog rows (tile_id, uri, label, split).
+
+    ``features`` is the mean over ``views`` rotations/flips of the tile (test-time augmentation); with
+    more than one view, ``view_features`` keeps every view's vector, concatenated view after view
+    (``views * D`` floats), for train-time augmentation and for choosing fewer views later.
+    """
 
     def featurize(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         session = get_session(model_uri, threads, _read)
@@ -44,14 +54,16 @@ def file_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable[[
                         good.append(False)
                         status.append("quarantined")
                         reason.append(str(exc) or type(exc).__name__)
-                feats = run_features(session, np.stack(images)) if images else None
-                it = iter(feats if feats is not None else [])
+                per_view = run_view_features(session, np.stack(images), views) if images else None
+                it = iter(per_view.mean(axis=0) if per_view is not None else [])
+                flat = iter(per_view.transpose(1, 0, 2).reshape(len(images), -1) if views > 1 and images else [])
                 yield pd.DataFrame(
                     {
                         "tile_id": [r.tile_id for r in rows],
                         "label": [r.label for r in rows],
                         "split": [r.split for r in rows],
                         "features": [next(it) if ok else None for ok in good],
+                        "view_features": [next(flat) if ok and views > 1 else None for ok in good],
                         "status": status,
                         "reason": reason,
                     }
@@ -86,3 +98,41 @@ def chunked_write(
         progress.advance(sizes[chunk])
     if not wrote:  # no rows at all: still write an empty dataset with the right schema
         transform(df.limit(0)).write.mode("append").parquet(out_path)
+
+
+def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``mapInPandas`` joining cached features of several backbones into the combined backbone's rows.
+
+    Input columns: tile_id, label, split, and per part ``i``: ``f{i}``, ``v{i}`` (view features),
+    ``s{i}`` (status), ``r{i}`` (reason). A tile is usable only when every part's is; views are
+    concatenated view by view, so the layout matches what the combined graph computes itself.
+    """
+
+    def concat(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            ok = np.ones(len(frame), bool)
+            reasons = [""] * len(frame)
+            for i in range(n_parts):
+                bad = (frame[f"s{i}"] != "ok").to_numpy()
+                for j in np.flatnonzero(bad & ok):
+                    reasons[j] = str(frame[f"r{i}"].iloc[j])
+                ok &= ~bad
+            feats, view_feats = [], []
+            for j in range(len(frame)):
+                if not ok[j]:
+                    feats.append(None)
+                    view_feats.append(None)
+                    continue
+                feats.append(np.concatenate([frame[f"f{i}"].iloc[j] for i in range(n_parts)]))
+                if views > 1:
+                    per_part = [np.asarray(frame[f"v{i}"].iloc[j]).reshape(views, -1) for i in range(n_parts)]
+                    view_feats.append(np.concatenate(per_part, axis=1).reshape(-1))
+                else:
+                    view_feats.append(None)
+            yield pd.DataFrame({
+                "tile_id": frame["tile_id"], "label": frame["label"], "split": frame["split"],
+                "features": feats, "view_features": view_feats,
+                "status": np.where(ok, "ok", "quarantined"), "reason": reasons,
+            })
+
+    return concat

@@ -42,20 +42,48 @@ def crs_projjson(crs: str) -> dict:
     return CRS.from_user_input(crs).to_dict(projjson=True)
 
 
+def _with_geometry(table: pa.Table, projjson: dict) -> pa.Table:
+    cols = {c: table.column(c).to_numpy() for c in ("left", "bottom", "right", "top")}
+    geometry = pa.array(rectangles_wkb(cols["left"], cols["bottom"], cols["right"], cols["top"]), pa.binary())
+    table = table.append_column("geometry", geometry)
+    bbox = ([float(cols["left"].min()), float(cols["bottom"].min()), float(cols["right"].max()),
+             float(cols["top"].max())] if table.num_rows else [])
+    metadata = {**(table.schema.metadata or {}), b"geo": json.dumps(geo_metadata(projjson, bbox)).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def _rewrite_in_storage(folder: str, projjson: dict) -> int:
+    """The same for a folder that Spark wrote straight to cloud storage (``abfss://``), part by part."""
+    import io
+
+    from aerial_assets.storage import storage_for
+
+    store, rows = storage_for(folder), 0
+    for entry in store.list_files(folder):
+        if "/" in entry.relative_path or not entry.relative_path.endswith(".parquet"):
+            continue
+        table = _with_geometry(pq.read_table(io.BytesIO(store.read_bytes(entry.uri))), projjson)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="snappy")
+        store.write_bytes(entry.uri, buf.getvalue())
+        rows += table.num_rows
+    return rows
+
+
 def rewrite_as_geoparquet(folder: str, crs: str) -> int:
-    """Add geometry and ``geo`` metadata to every Parquet part under ``folder``; returns the row count."""
+    """Add geometry and ``geo`` metadata to every Parquet part under ``folder`` (a local path or a storage URI);
+    returns the row count."""
+    from aerial_assets.storage import is_local, local_path
+
     projjson = crs_projjson(crs)
+    if not is_local(folder):
+        return _rewrite_in_storage(folder, projjson)
+    folder = local_path(folder)
     rows = 0
     for part in sorted(glob.glob(os.path.join(folder, "*.parquet"))):
-        table = pq.read_table(part)
-        cols = {c: table.column(c).to_numpy() for c in ("left", "bottom", "right", "top")}
-        geometry = pa.array(rectangles_wkb(cols["left"], cols["bottom"], cols["right"], cols["top"]), pa.binary())
-        table = table.append_column("geometry", geometry)
-        bbox = ([float(cols["left"].min()), float(cols["bottom"].min()), float(cols["right"].max()),
-                 float(cols["top"].max())] if table.num_rows else [])
-        metadata = {**(table.schema.metadata or {}), b"geo": json.dumps(geo_metadata(projjson, bbox)).encode()}
+        table = _with_geometry(pq.read_table(part), projjson)
         tmp = f"{part}.tmp"
-        pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="snappy")
+        pq.write_table(table, tmp, compression="snappy")
         os.replace(tmp, part)
         # Hadoop's local filesystem keeps a checksum beside each part; the rewritten part has a new one.
         crc = os.path.join(os.path.dirname(part), f".{os.path.basename(part)}.crc")

@@ -65,3 +65,32 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     if batch:
         yield batch
 
+
+
+VIEW_COUNTS = (1, 4, 8)
+
+
+def dihedral_views(images: np.ndarray, views: int) -> np.ndarray:
+    """``[N, S, S, C]`` -> ``[views, N, S, S, C]``: the tiles under the symmetries of the square.
+
+    Aerial tiles have no "up": a field rotated by 90 degrees is still a field. View 0 is the tile
+    itself, views 1-3 its rotations by 90, 180 and 270 degrees, views 4-7 the same four of its
+    mirror image, so the first 4 views are the rotations and all 8 the full dihedral group.
+    """
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {views}")
+    out = []
+    for flip in (False, True):
+        base = images[:, :, ::-1] if flip else images
+        for k in range(4):
+            out.append(np.ascontiguousarray(np.rot90(base, k, axes=(1, 2))))
+            if len(out) == views:
+                return np.stack(out)
+    return np.stack(out)
+
+
+def run_view_features(session: ort.InferenceSession, images: np.ndarray, views: int) -> np.ndarray:
+    """``[N, S, S, 3]`` uint8 -> ``[views, N, D]`` features of every view (one onnxruntime call per view)."""
+    if views == 1:
+        return run_features(session, images)[None]
+    return np.stack([run_features(session, view) for view in dihedral_views(images, views)])

@@ -6,6 +6,9 @@ mean and scale. Preprocessing then travels with the model, so an executor cannot
 the executors ship four times fewer bytes than float tensors. Outputs: ``features`` (the pooled
 penultimate layer, ``[N, D]``) and, where the network has one, ``logits`` (``[N, 1000]``).
 Batch norms are folded into the preceding convolutions.
+
+This module holds only the generic pieces (:class:`GraphBuilder`, batch-norm folding); each
+network's builder lives in :mod:`aerial_assets.nets`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 BN_EPS = 1e-5
+
+Pads = int | tuple[int, int, int, int]  # one value for all sides, or (top, left, bottom, right)
+
+
+def _pads(pad: Pads) -> list[int]:
+    """ONNX order: [top, left, bottom, right] (begin of H, W, then end of H, W)."""
+    if isinstance(pad, int):
+        return [pad, pad, pad, pad]
+    top, left, bottom, right = pad
+    return [top, left, bottom, right]
 
 
 class GraphBuilder:
@@ -56,6 +69,8 @@ class GraphBuilder:
         if bgr:
             x = self.op("Gather", [x, self.const(np.array([2, 1, 0], np.int64), "bgr")], axis=1)
         x = self.op("Sub", [x, self.const(mean_arr.reshape(1, 3, 1, 1), "mean")])
+        if np.all(std_arr == 1.0):  # Caffe-style nets only subtract the mean
+            return x
         return self.op("Mul", [x, self.const((1.0 / std_arr).reshape(1, 3, 1, 1), "inv_std")])
 
     def conv(
@@ -64,15 +79,16 @@ class GraphBuilder:
         weight: np.ndarray,
         bias: np.ndarray | None,
         stride: int = 1,
-        pad: int = 0,
+        pad: Pads = 0,
         groups: int = 1,
     ) -> str:
+        """A 2-D convolution; ``weight`` is OIHW (torch layout), ``pad`` may be asymmetric (TF 'SAME')."""
         inputs = [x, self.const(weight.astype(np.float32), "w")]
         if bias is not None:
             inputs.append(self.const(bias.astype(np.float32), "b"))
         k_h, k_w = weight.shape[2], weight.shape[3]
         return self.op(
-            "Conv", inputs, kernel_shape=[k_h, k_w], strides=[stride, stride], pads=[pad, pad, pad, pad], group=groups
+            "Conv", inputs, kernel_shape=[k_h, k_w], strides=[stride, stride], pads=_pads(pad), group=groups
         )
 
     def conv_bn(
@@ -82,7 +98,7 @@ class GraphBuilder:
         conv: str,
         bn: str,
         stride: int = 1,
-        pad: int = 0,
+        pad: Pads = 0,
         groups: int = 1,
         eps: float = BN_EPS,
     ) -> str:
@@ -95,10 +111,28 @@ class GraphBuilder:
     def relu6(self, x: str) -> str:
         return self.op("Clip", [x, self.const(np.array(0, np.float32)), self.const(np.array(6, np.float32))])
 
+    def max_pool(self, x: str, kernel: int, stride: int, pad: int = 0, ceil_mode: bool = False) -> str:
+        """Max pooling; ``ceil_mode`` as in torch/Caffe (a last, partial window is kept)."""
+        return self.op(
+            "MaxPool", [x], kernel_shape=[kernel, kernel], strides=[stride, stride], pads=_pads(pad),
+            ceil_mode=int(ceil_mode),
+        )
+
+    def avg_pool(self, x: str, kernel: int, stride: int) -> str:
+        return self.op("AveragePool", [x], kernel_shape=[kernel, kernel], strides=[stride, stride])
+
+    def concat(self, xs: Sequence[str], axis: int = 1) -> str:
+        return self.op("Concat", list(xs), axis=axis)
+
+    def flatten(self, x: str) -> str:
+        """[N, C, H, W] -> [N, C*H*W] in C, H, W order (as ``torch.flatten(x, 1)``)."""
+        return self.op("Flatten", [x], axis=1)
+
     def global_pool(self, x: str) -> str:
-        return self.op("Flatten", [self.op("GlobalAveragePool", [x])], axis=1)
+        return self.flatten(self.op("GlobalAveragePool", [x]))
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, name: str | None = None) -> str:
+        """``y = x W^T + b`` with torch's ``[out, in]`` weight."""
         inputs = [x, self.const(weight.astype(np.float32), "fc_w"), self.const(bias.astype(np.float32), "fc_b")]
         if name:
             return self.output("Gemm", inputs, name, transB=1)
@@ -134,39 +168,12 @@ def fold_batch_norm(
     return folded_w.astype(np.float32), folded_b.astype(np.float32)
 
 
-# --- MobileNetV2 (torchvision layout) ----------------------------------------------------------
-MOBILENET_V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                         (6, 320, 1, 1)]
-
-
-def mobilenet_v2_blocks() -> list[tuple[int, int, int, int]]:
-    """(input channels, output channels, stride, expansion) of features.1 .. features.17."""
-    blocks, channels = [], 32
-    for t, c, n, s in MOBILENET_V2_SETTINGS:
-        for i in range(n):
-            blocks.append((channels, c, s if i == 0 else 1, t))
-            channels = c
-    return blocks
-
-
-def build_mobilenet_v2(
-    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False
-) -> onnx.ModelProto:
-    """torchvision's MobileNetV2: 1280-d features after global pooling, 1000 ImageNet logits."""
-    g = GraphBuilder()
-    x = g.preprocess("image", mean, std, bgr)
-    x = g.relu6(g.conv_bn(x, sd, "features.0.0", "features.0.1", stride=2, pad=1))
-    for idx, (inp, out, stride, t) in enumerate(mobilenet_v2_blocks(), start=1):
-        p = f"features.{idx}.conv"
-        y, layer = x, 0
-        hidden = inp * t
-        if t != 1:
-            y = g.relu6(g.conv_bn(y, sd, f"{p}.0.0", f"{p}.0.1"))
-            layer = 1
-        y = g.relu6(g.conv_bn(y, sd, f"{p}.{layer}.0", f"{p}.{layer}.1", stride=stride, pad=1, groups=hidden))
-        y = g.conv_bn(y, sd, f"{p}.{layer + 1}", f"{p}.{layer + 2}")
-        x = g.op("Add", [x, y]) if stride == 1 and inp == out else y
-    x = g.relu6(g.conv_bn(x, sd, "features.18.0", "features.18.1"))
-    feats = g.output("Identity", [g.global_pool(x)], "features")
-    g.linear(feats, sd["classifier.1.weight"], sd["classifier.1.bias"], name="logits")
-    return g.model(input_size, [("features", 1280), ("logits", 1000)], "torchvision MobileNetV2, ImageNet weights")
+def conv_out(size: int, kernel: int, stride: int, pad_total: int, ceil_mode: bool = False) -> int:
+    """Output size of a convolution or pooling along one axis (torch's rule, ceil mode included)."""
+    span = size + pad_total - kernel
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad_total // 2:  # the last window must start inside the input (torch)
+        out -= 1
+    return out

@@ -8,10 +8,10 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
-from aerial_assets.backbones import BACKBONES
 from aerial_assets.training import ALGORITHMS
+from aerial_assets.zoo import zoo_names
 
-backbone_partitions = StaticPartitionsDefinition(sorted(BACKBONES))
+backbone_partitions = StaticPartitionsDefinition(zoo_names())
 algorithm_partitions = StaticPartitionsDefinition(list(ALGORITHMS))
 classifier_partitions = MultiPartitionsDefinition({"backbone": backbone_partitions, "algorithm": algorithm_partitions})
 county_partitions = DynamicPartitionsDefinition(name="counties")

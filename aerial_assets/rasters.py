@@ -15,6 +15,7 @@ import numpy as np
 
 from aerial_assets.errors import CountyError
 from aerial_assets.imaging import to_uint8, value_range
+from aerial_assets.storage import raster_opener
 
 TILE_COLUMNS = [
     "tile_id", "raster_uri", "raster_index", "row", "col", "col_off", "row_off", "width_px", "height_px",
@@ -69,7 +70,7 @@ def open_info(uri: str) -> RasterInfo:
     import rasterio
 
     try:
-        with rasterio.open(uri) as ds:
+        with rasterio.open(uri, opener=raster_opener(uri)) as ds:
             if ds.crs is None:
                 raise CountyError(f"raster {uri} has no CRS: georeference it (gdal_edit.py -a_srs EPSG:XXXX)")
             if not ds.crs.is_projected:

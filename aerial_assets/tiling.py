@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from aerial_assets.imaging import ImageDecodeError, load_tile
-from aerial_assets.inference import batched, get_session, input_size, run_features
+from aerial_assets.inference import batched, get_session, input_size, run_view_features
 from aerial_assets.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, read_tile, tile_windows
-from aerial_assets.storage import storage_for
+from aerial_assets.storage import raster_opener, storage_for
 
 TILE_SCHEMA = (
     "tile_id string, raster_uri string, raster_index int, row int, col int, col_off int, row_off int, "
@@ -39,7 +39,7 @@ def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import rasterio
 
-        with rasterio.open(raster.uri) as ds:
+        with rasterio.open(raster.uri, opener=raster_opener(raster.uri)) as ds:
             for frame in frames:
                 cols = tile_windows(raster, raster_index, county, tile_size_m, frame["id"].to_numpy())
                 fractions, status, reason = [], [], []
@@ -62,8 +62,13 @@ def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
     return run
 
 
-def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """``mapInPandas`` over county tiles: read each window (resampled to the backbone's input) and featurize."""
+def window_featurizer(
+    model_uri: str, threads: int, batch_size: int, views: int = 1
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``mapInPandas`` over county tiles: read each window (resampled to the backbone's input) and featurize.
+
+    ``views`` must match the champion's training features (mean over that many rotations/flips).
+    """
 
     def read(uri: str) -> bytes:
         return storage_for(uri).read_bytes(uri)
@@ -88,7 +93,7 @@ def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable
                                 reason.append("")
                                 continue
                             if row.raster_uri not in open_sets:
-                                open_sets[row.raster_uri] = rasterio.open(row.raster_uri)
+                                open_sets[row.raster_uri] = rasterio.open(row.raster_uri, opener=raster_opener(row.raster_uri))
                             ds = open_sets[row.raster_uri]
                             scale = (row.scale_lo, row.scale_hi)
                             images.append(read_tile(ds, row.col_off, row.row_off, row.width_px, size, scale))
@@ -99,7 +104,7 @@ def window_featurizer(model_uri: str, threads: int, batch_size: int) -> Callable
                             good.append(False)
                             status.append("quarantined")
                             reason.append(f"unreadable tile: {exc}")
-                    feats = iter(run_features(session, np.stack(images)) if images else [])
+                    feats = iter(run_view_features(session, np.stack(images), views).mean(axis=0) if images else [])
                     out = pd.DataFrame({col: [getattr(r, col) for r in rows] for col in PASSTHROUGH})
                     out["features"] = [next(feats) if ok else None for ok in good]
                     out["status"] = status

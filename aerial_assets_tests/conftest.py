@@ -14,6 +14,7 @@ from aerial_assets.counties import County, render_registry
 from aerial_assets.definitions import build_defs
 from aerial_assets.partitions import county_partitions
 from aerial_assets.run import Runner
+from aerial_assets.training import ALGORITHMS
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -56,7 +57,7 @@ def tiny_county(tmp_path_factory) -> tuple[Path, object]:
 
 @pytest.fixture(scope="session")
 def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
-    """Materialize every asset once (1 backbone x 2 algorithms, 1 county)."""
+    """Materialize every asset once (1 backbone x every algorithm, 1 county)."""
     root = tmp_path_factory.mktemp("data_root")
     raster, layout = tiny_county
     registry = root / "counties.yaml"
@@ -67,7 +68,7 @@ def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
         runner = Runner(defs, instance, {})
         assert runner.run(["labeled_tiles"])
         assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
-        for algorithm in ("logistic_regression", "random_forest"):
+        for algorithm in ALGORITHMS:
             key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
             assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
         assert runner.run(["model_leaderboard", "champion_model"])

@@ -41,3 +41,34 @@ def test_unknown_scheme_and_missing_file_are_clear():
         storage_for("gopher://nowhere/x")
     with pytest.raises(StorageError, match="no file at"):
         LocalStorage().read_bytes("/nonexistent/file")
+
+
+def test_azure_uris_are_served_without_reading_secrets_at_import():
+    from aerial_assets.azure_storage import AzureStorage, parse
+    from aerial_assets.storage import is_local, raster_opener
+
+    assert isinstance(storage_for("az://container/x"), AzureStorage)
+    assert isinstance(storage_for("abfss://container@acct.dfs.core.windows.net/x"), AzureStorage)
+    assert parse("abfss://data@acct.dfs.core.windows.net/a/b/").account == "acct"
+    assert parse("az://data/a/b").fs_path == "data/a/b" and is_local("/x") and not is_local("az://data/x")
+    assert raster_opener("/local/file.tif") is None and raster_opener("https://host/cog.tif") is None
+    with pytest.raises(StorageError, match="not a valid container name"):
+        parse("az://Bad_Name/x")
+
+
+def test_azure_credentials_precedence_repr_pickle_and_redaction():
+    import pickle
+
+    from aerial_assets.azure_storage import AzureCredentials, redact
+
+    key = "c2VjcmV0LWtleS1ub3Qtc2hvd24tYW55d2hlcmUtMTIzNDU2Nzg5MA=="
+    cs = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
+    creds = AzureCredentials.from_env({"AZURE_STORAGE_CONNECTION_STRING": cs, "AZURE_STORAGE_ACCOUNT_KEY": "other"})
+    assert creds.kind == "connection string" and creds.account == "acct" and not creds.account_key
+    assert key not in repr(creds) and key.encode() not in pickle.dumps(creds)
+    assert redact(f"failed with {cs} and {key}", creds).count("***") == 2 and key not in redact(cs, creds)
+    sas = AzureCredentials.from_env({"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=abc%2Bdef"})
+    assert sas.kind == "SAS token" and "abc" not in redact("https://acct.blob.core.windows.net/c?sv=1&sig=abc%2Bdef", sas)
+    assert AzureCredentials.from_env({"AZURE_STORAGE_ACCOUNT_NAME": "acct"}).kind == "DefaultAzureCredential"
+    with pytest.raises(StorageError, match="no Azure storage account configured"):
+        AzureCredentials().adlfs_kwargs()

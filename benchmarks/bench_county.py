@@ -13,56 +13,14 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
+
+from benchmarks.memory import PeakMemory
 
 TILES_FULL = 65_563
 COLS = 257
-
-
-class PeakMemory:
-    """Samples the memory of this process and all its descendants every ``interval`` seconds.
-
-    Uses PSS (proportional set size) where the OS reports it: forked Python workers share pages, and
-    summing their RSS would count those pages once per worker.
-    """
-
-    def __init__(self, interval: float = 1.0):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self.breakdown: dict[str, float] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total, parts = 0, {}
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    info = proc.memory_full_info()
-                    size = getattr(info, "pss", info.rss)
-                    name = "java (Spark JVM)" if "java" in proc.name() else (
-                        "this process" if proc.pid == me.pid else "python workers")
-                    parts[name] = parts.get(name, 0) + size
-                    total += size
-                except psutil.Error:
-                    pass
-            if total > self.peak:
-                self.peak, self.breakdown = total, parts
-            time.sleep(self.interval)
-
-    def reset(self) -> None:
-        self.peak, self.breakdown = 0, {}
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def write_synthetic_county(path: str, n_tiles: int, tile_px: int, resolution: float, seed: int = 0) -> int:

@@ -14,7 +14,7 @@ from aerial_assets.partitions import county_partitions
 from aerial_assets.progress import Progress
 from aerial_assets.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
-from aerial_assets.storage import join, local_path, storage_for
+from aerial_assets.storage import join, storage_for
 from aerial_assets.tile_summaries import parse_tile_summary
 from aerial_assets.tiling import (
     PASSTHROUGH,
@@ -157,7 +157,9 @@ def county_predictions(
     dim = int(champion["backbone_record"]["feature_dim"])
     session = spark.session
     model = PipelineModel.read().session(session).load(store.spark_path(join(layout.champion(), "pipeline_model")))
-    featurize = window_featurizer(join(layout.champion(), "model.onnx"), config.threads_per_task, config.batch_size)
+    views = int(champion.get("views", 1))  # the champion was trained on features averaged over this many views
+    featurize = window_featurizer(join(layout.champion(), "model.onnx"), config.threads_per_task, config.batch_size,
+                                  views)
     label_of = F.array(*[F.lit(c) for c in classes])
 
     def score(part, year: int | None):
@@ -185,14 +187,14 @@ def county_predictions(
             path = storage_for(tmp).spark_path(join(tmp, "predictions.parquet"))
             chunked_write(tiles, lambda part: score(part, tile_summary.get("year")), path,
                           spark.task_parallelism(), config.chunk_tiles, progress)
-            rewrite_as_geoparquet(local_path(path), tile_summary["crs"])
+            rewrite_as_geoparquet(path, tile_summary["crs"])
             written = session.read.parquet(path)
             counts = {r["predicted_label"]: int(r["count"])
                       for r in written.filter("status = 'ok'").groupBy("predicted_label").count().collect()}
             bad = written.filter("status != 'ok'").select("tile_id", "reason").toPandas()
             storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
             seconds = time.monotonic() - started
-            summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts,
+            summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts, "views": views,
                        "crs": tile_summary["crs"], "year": tile_summary.get("year"), "area": tile_summary.get("area"),
                        "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds}
             write_json(storage_for(tmp), tmp, "summary.json", summary)

@@ -16,8 +16,9 @@ from dagster import (
 )
 
 from aerial_assets import catalog
-from aerial_assets.assets._io import markdown_table, write_json
-from aerial_assets.errors import TrainingDataError
+from aerial_assets.assets._io import markdown_table, read_json, write_json
+from aerial_assets.errors import ConfigurationError, TrainingDataError
+from aerial_assets.label_map import apply_label_map, parse_label_map
 from aerial_assets.resources import SparkResource, StorageResource, TrainingTilesResource
 from aerial_assets.storage import join, storage_for
 
@@ -75,9 +76,10 @@ def labeled_tiles(
     catalog.check_class_folders(class_dirs, listed)
     table = catalog.assign_splits(listed, settings)
     catalog.check_splits(table)
+    table, mapping_report = _apply_label_map(table, training_tiles.label_map)
 
     out = storage.layout.labeled_tiles()
-    quarantine = table[table["status"] != catalog.OK]
+    quarantine = table[table["status"] == catalog.QUARANTINED]
     conversions = catalog.conversion_counts(table)
     counts = table[table["status"] == catalog.OK].groupby("split").size().to_dict()
     summary = {
@@ -91,6 +93,7 @@ def labeled_tiles(
         storage_for(tmp).write_bytes(join(tmp, "catalog.parquet"), buf.getvalue())
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
         write_json(storage_for(tmp), tmp, "summary.json", summary)
+        write_json(storage_for(tmp), tmp, "label_map.json", mapping_report)
 
     return MaterializeResult(
         metadata={
@@ -110,7 +113,52 @@ def labeled_tiles(
             "quarantine": MetadataValue.md(
                 markdown_table(quarantine[["tile_id", "reason"]].head(50)) if len(quarantine) else "none"
             ),
+            "label_map": MetadataValue.md(_mapping_markdown(mapping_report)),
+            "n_unmapped": mapping_report["n_unmapped_tiles"],
+            "unmapped_classes": ", ".join(mapping_report["unmapped"]) or "none",
         }
+    )
+
+
+def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, dict]:
+    """Relabel with the map at ``uri`` (AERIAL_LABEL_MAP); without one, classes are the folder names."""
+    if not uri:
+        out = table.copy()
+        out["source_label"] = out["label"]
+        return out, {"label_map": None, "unmapped": [], "ignored": [], "not_found": [], "n_unmapped_tiles": 0,
+                     "n_ignored_tiles": 0, "classes": {}}
+    store = storage_for(uri)
+    if not store.exists(uri):
+        raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
+    mapped, report = apply_label_map(table, parse_label_map(store.read_text(uri), uri), catalog.OK)
+    if not (mapped["status"] == catalog.OK).any():
+        raise ConfigurationError(
+            f"the label map {uri} maps none of the classes found: {', '.join(sorted(report['classes']))}")
+    catalog.check_splits(mapped)
+    return mapped, {"label_map": uri, **report}
+
+
+def _mapping_markdown(report: dict) -> str:
+    if not report.get("label_map"):
+        return "no label map: classes are the folder names"
+    rows = pd.DataFrame([{"source class": src, "target": v["target"], "tiles": v["tiles"]}
+                         for src, v in report["classes"].items()])
+    text = f"map: `{report['label_map']}`\n\n" + markdown_table(rows)
+    if report["not_found"]:
+        text += f"\n\nin the map but no such folder: {', '.join(report['not_found'])}"
+    return text
+
+
+@asset_check(asset=labeled_tiles, description="Warns when a class of the data is not in the label map.")
+def labeled_tiles_label_map(storage: StorageResource) -> AssetCheckResult:
+    """Unmapped classes are excluded from training: say which, so a typo in the map is seen, not absorbed."""
+    report = read_json(storage.storage, storage.layout.labeled_tiles(), "label_map.json")
+    return AssetCheckResult(
+        passed=not report["unmapped"] and not report["not_found"],
+        severity=AssetCheckSeverity.WARN,
+        metadata={"unmapped_classes": ", ".join(report["unmapped"]) or "none",
+                  "n_unmapped_tiles": report["n_unmapped_tiles"],
+                  "map_classes_without_folder": ", ".join(report["not_found"]) or "none"},
     )
 
 

@@ -1,0 +1,124 @@
+"""The comparison on real Spark: every algorithm with a searched grid, rotation/flip views (averaged and
+augmented), the label mapping and the accuracy floor, on generated tiles (and on an AID subset when present)."""
+
+import json
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, MultiPartitionKey, instance_for_test
+
+from aerial_assets.definitions import build_defs
+from aerial_assets.run import Runner
+from aerial_assets.training import ALGORITHMS
+from aerial_assets_tests.conftest import env_for, shared_dataset
+
+LABEL_MAP = """
+classes:
+  Built: [Developed]
+  Green: [Forest, Herbaceous, Shrub]
+  Farm: [Cultivated]
+"""  # 'Barren' is left out on purpose: it must be reported as unmapped
+
+
+@pytest.fixture(scope="module")
+def views_run(spark, tiny_tiles, tmp_path_factory):
+    """Features with 4 views, a label map, and classifiers trained with augmentation."""
+    root = tmp_path_factory.mktemp("views_root")
+    label_map = root / "map.yaml"
+    label_map.write_text(LABEL_MAP)
+    env = {**env_for(root, tiny_tiles), "AERIAL_LABEL_MAP": str(label_map)}
+    defs = build_defs(env)
+    with instance_for_test() as instance:
+        runner = Runner(defs, instance, {"ops": {"tile_features": {"config": {"views": 4}}}})
+        assert runner.run(["labeled_tiles"])
+        assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
+        yield {"root": root, "runner": runner, "instance": instance}
+
+
+def test_label_map_relabels_and_reports_unmapped(views_run):
+    root = views_run["root"]
+    catalog = pd.read_parquet(root / "labeled_tiles" / "catalog.parquet")
+    ok = catalog[catalog["status"] == "ok"]
+    assert sorted(ok["label"].unique()) == ["Built", "Farm", "Green"]
+    unmapped = catalog[catalog["status"] == "unmapped"]
+    assert set(unmapped["source_label"]) == {"Barren"} and len(unmapped) == 8  # kept, with a reason
+    assert unmapped["reason"].str.contains("not in the label map").all()
+    report = json.loads((root / "labeled_tiles" / "label_map.json").read_text())
+    assert report["unmapped"] == ["Barren"]
+    check = views_run["instance"].get_latest_asset_check_evaluation_record(
+        __import__("dagster").AssetCheckKey(AssetKey("labeled_tiles"), "labeled_tiles_label_map"))
+    assert check is not None and check.event.dagster_event.event_specific_data.passed is False
+
+
+def test_four_views_store_every_view(views_run):
+    feats = pd.read_parquet(views_run["root"] / "tile_features" / "mobilenet_v2" / "features.parquet")
+    ok = feats[feats["status"] == "ok"]
+    assert ok["features"].map(len).eq(1280).all()
+    assert ok["view_features"].map(len).eq(4 * 1280).all()
+    # the stored feature is the mean of the four views
+    first = ok.iloc[0]
+    mean = first["view_features"].reshape(4, 1280).mean(axis=0)
+    assert abs(mean - first["features"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("augmentation", ["augment", "average"])
+def test_augmented_training_has_four_rows_per_training_tile(views_run, augmentation):
+    runner, root = views_run["runner"], views_run["root"]
+    runner.run_config = {"ops": {"land_use_classifiers": {"config": {"augmentation": augmentation}}}}
+    key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": "logistic_regression"})
+    assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
+    info = json.loads((root / "land_use_classifiers" / "mobilenet_v2" / "logistic_regression" /
+                       "classifier.json").read_text())
+    assert info["views"] == 4 and info["augmentation"] == augmentation
+    assert info["n_train_rows"] == info["n_train"] * (4 if augmentation == "augment" else 1)
+    assert info["search"]["method"] == "train_validation_split"
+    assert len(info["search"]["candidates"]) == 3 and info["params"]["regParam"] in (0.001, 0.01, 0.1)
+    metrics = json.loads((root / "classifier_metrics" / "mobilenet_v2" / "logistic_regression" /
+                          "metrics.json").read_text())
+    assert sum(metrics["test"]["support"]) == 10  # 5 mapped source classes x 2; one row per test tile
+    assert metrics["views"] == 4
+
+
+def test_every_algorithm_trains_and_the_floor_check_runs(views_run):
+    runner, instance = views_run["runner"], views_run["instance"]
+    runner.run_config = {}
+    for algorithm in ALGORITHMS:
+        key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
+        assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
+    runner.run_config = {"ops": {"champion_model": {"config": {}}}}
+    assert runner.run(["model_leaderboard", "champion_model"])
+    board = pd.read_csv(views_run["root"] / "model_leaderboard" / "leaderboard.csv")
+    assert set(board["algorithm"]) == set(ALGORITHMS) and (board["views"] == 4).all()
+    from dagster import AssetCheckKey
+
+    record = instance.get_latest_asset_check_evaluation_record(
+        AssetCheckKey(AssetKey("champion_model"), "champion_accuracy_floor"))
+    data = record.event.dagster_event.event_specific_data
+    champion = json.loads((views_run["root"] / "champion_model" / "champion.json").read_text())
+    assert data.passed == (champion["test_accuracy"] >= 0.8)
+    assert champion["views"] == 4
+
+
+def test_aid_subset_every_algorithm(spark, tmp_path):
+    """A small real subset of AID (4 classes x 12 images): every algorithm trains and scores above chance."""
+    import shutil
+
+    aid = shared_dataset("aid")
+    tiles = tmp_path / "aid_subset"
+    for cls in ("Beach", "Forest", "Parking", "Farmland"):
+        (tiles / cls).mkdir(parents=True)
+        for src in sorted((aid / cls).iterdir())[:12]:
+            shutil.copy(src, tiles / cls / src.name)
+    defs = build_defs(env_for(tmp_path / "root", tiles))
+    with instance_for_test() as instance:
+        runner = Runner(defs, instance, {"ops": {"labeled_tiles": {"config": {"test_fraction": 0.5}}}})
+        assert runner.run(["labeled_tiles"])
+        assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
+        runner.run_config = {}
+        for algorithm in ALGORITHMS:
+            assert runner.run(["land_use_classifiers", "classifier_metrics"],
+                              MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm}))
+        assert runner.run(["model_leaderboard"])
+    board = pd.read_csv(tmp_path / "root" / "model_leaderboard" / "leaderboard.csv")
+    assert len(board) == len(ALGORITHMS)
+    assert (board["accuracy"] > 0.5).all()  # chance is 0.25

