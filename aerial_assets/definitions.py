@@ -94,7 +94,8 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
     return {
         "spark": SparkResource(master=env.get("AERIAL_SPARK_MASTER", "local[2]"), remote=env.get("SPARK_REMOTE", ""),
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
-                               ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1"))),
+                               ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
+                               driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", "4g")),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
                                                 label_map=env.get("AERIAL_LABEL_MAP", "")),

@@ -42,6 +42,7 @@ class SparkResource(ConfigurableResource):
     parallelism: int = 0
     ship_code: bool = True
     remote_token: str = ""
+    driver_memory: str = "4g"
 
     _session: Any = PrivateAttr(default=None)
 
@@ -72,7 +73,14 @@ class SparkResource(ConfigurableResource):
                 "spark.sql.shuffle.partitions": str(max(2, 2 * self.task_parallelism())),
                 "spark.sql.execution.arrow.pyspark.enabled": "true",
                 "spark.python.worker.reuse": "true",
-                "spark.driver.memory": "2g",
+                # local mode: the driver JVM also runs the executors; a triple backbone combination with
+                # 8-view train-time augmentation trains on ~1 GB of doubles, more than 2g leaves room for.
+                "spark.driver.memory": self.driver_memory,
+                # A feature row holds views x D floats (8 x 3072 for a triple combination: 96 KiB). Spark's
+                # default batches (4096 rows per Parquet read, 10000 per Arrow batch) would then need
+                # hundreds of MB per task and overflow a 2g heap; these keep each batch in tens of MB.
+                "spark.sql.parquet.columnarReaderBatchSize": "256",
+                "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
                 "spark.ui.showConsoleProgress": "false",
             }
             for key, value in {**defaults, **self.conf}.items():

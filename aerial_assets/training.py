@@ -137,13 +137,18 @@ class SearchResult:
 
 
 def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_classes: int,
-        parallelism: int) -> tuple[Any, SearchResult]:
+        parallelism: int, group_col: str | None = None) -> tuple[Any, SearchResult]:
     """Fit the pipeline, searching the grid first when it has more than one candidate.
 
     The MLP's hidden width changes the layer list, which a ParamGrid cannot express on one estimator,
     so every candidate is its own pipeline; the search then compares whole pipelines, evaluated the
     same way (TrainValidationSplit / CrossValidator over a one-element grid each is wasteful, so the
     split is done once here for the MLP and through Spark ML's tuning classes for the others).
+
+    ``group_col`` (the tile id, with train-time augmentation): rows sharing it are views of one tile
+    and must fall on the same side of every search split. Spark ML's tuners split rows at random,
+    which would put a tile's rotations on both sides, score memorised tiles and favour the weakest
+    regularisation; grouped searches therefore split by a hash of the group column.
     """
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
@@ -157,8 +162,8 @@ def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_clas
     evaluator = MulticlassClassificationEvaluator(labelCol=LABEL_COL, metricName="accuracy")
     names = list(grid)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
-    if algorithm == "mlp":
-        return _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator)
+    if algorithm == "mlp" or group_col is not None:
+        return _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col)
     pipeline = build_pipeline(algorithm, params, n_features, n_classes)
     clf = pipeline.getStages()[-1]
     builder = ParamGridBuilder()
@@ -178,15 +183,30 @@ def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_clas
     return fitted.bestModel, SearchResult(params.search, {**base, **candidates[best]}, candidates, scores)
 
 
-def _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator):
-    """Search by fitting one pipeline per candidate on a seeded split of the training data."""
-    if params.search == "cross_validation":
-        folds = train.randomSplit([1.0] * params.search_folds, seed=params.seed)
-        splits = [(_union(folds[:i] + folds[i + 1:]), folds[i]) for i in range(len(folds))]
-    else:
+def search_splits(train, params: ClassifierParams, group_col: str | None = None) -> list[tuple[Any, Any]]:
+    """(fit part, held-out part) pairs of the search: one for train_validation_split, ``search_folds``
+    for cross_validation. Seeded row splits, or, with ``group_col``, splits by a seeded hash of it so
+    that all rows of a group land on the same side."""
+    if group_col is None:
+        if params.search == "cross_validation":
+            folds = train.randomSplit([1.0] * params.search_folds, seed=params.seed)
+            return [(_union(folds[:i] + folds[i + 1:]), folds[i]) for i in range(len(folds))]
         fit_part, held = train.randomSplit([params.search_train_ratio, 1 - params.search_train_ratio],
                                            seed=params.seed)
-        splits = [(fit_part, held)]
+        return [(fit_part, held)]
+    from pyspark.sql import functions as F
+
+    bucket = F.pmod(F.xxhash64(F.col(group_col), F.lit(params.seed)), F.lit(1000))
+    if params.search == "cross_validation":
+        k = params.search_folds
+        return [(train.filter(bucket % k != i), train.filter(bucket % k == i)) for i in range(k)]
+    cut = int(round(params.search_train_ratio * 1000))
+    return [(train.filter(bucket < cut), train.filter(bucket >= cut))]
+
+
+def _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col=None):
+    """Search by fitting one pipeline per candidate on seeded splits of the training data."""
+    splits = search_splits(train, params, group_col)
     scores = []
     for combo in combos:
         values = [evaluator.evaluate(build_pipeline(algorithm, params, n_features, n_classes, combo).fit(a).transform(b))

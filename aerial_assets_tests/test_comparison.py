@@ -79,6 +79,32 @@ def test_augmented_training_has_four_rows_per_training_tile(views_run, augmentat
     assert metrics["views"] == 4
 
 
+@pytest.mark.parametrize("search", ["train_validation_split", "cross_validation"])
+def test_search_keeps_the_views_of_a_tile_on_one_side(spark, search):
+    """With train-time augmentation a tile's rotations must never be both fitted and scored by the search."""
+    from aerial_assets.training import ClassifierParams, search_splits
+
+    rows = spark.createDataFrame([(f"t{t}", v) for t in range(60) for v in range(4)], "tile_id string, view int")
+    params = ClassifierParams(search=search, search_folds=3)
+
+    def tiles(df):
+        return {r["tile_id"]: r["n"] for r in df.groupBy("tile_id").count().withColumnRenamed("count", "n").collect()}
+
+    grouped = search_splits(rows, params, group_col="tile_id")
+    assert len(grouped) == (3 if search == "cross_validation" else 1)
+    held_out = []
+    for fit_part, held in grouped:
+        fitted, scored = tiles(fit_part), tiles(held)
+        assert fitted and scored and not set(fitted) & set(scored)
+        assert set(fitted.values()) | set(scored.values()) == {4}  # every view of a tile stays together
+        assert len(fitted) + len(scored) == 60
+        held_out += list(scored)
+    if search == "cross_validation":
+        assert sorted(held_out) == sorted(f"t{t}" for t in range(60))  # each tile is held out exactly once
+    fit_part, held = search_splits(rows, params)[0]  # a plain row split mixes a tile's views
+    assert set(tiles(fit_part)) & set(tiles(held))
+
+
 def test_every_algorithm_trains_and_the_floor_check_runs(views_run):
     runner, instance = views_run["runner"], views_run["instance"]
     runner.run_config = {}

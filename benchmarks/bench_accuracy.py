@@ -40,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.environ.get("AERIAL_TRAINING_TILES", str(DEFAULT_DATA)))
     parser.add_argument("--root", default=os.environ.get("BENCH_ROOT", str(REPO / ".aerial_data" / "bench_accuracy")))
     parser.add_argument("--backbones", default=os.environ.get(
-        "BENCH_BACKBONES", "mobilenet_v2,efficientnet_lite0,mobilenet_v2+efficientnet_lite0"))
+        "BENCH_BACKBONES", "mobilenet_v2,mobilenet_v2+efficientnet_lite0+squeezenet1_1"))
     parser.add_argument("--algorithms", default=os.environ.get("BENCH_ALGORITHMS", "logistic_regression,mlp,random_forest"))
-    parser.add_argument("--views", default=os.environ.get("BENCH_VIEWS", "1,8"),
+    parser.add_argument("--views", default=os.environ.get("BENCH_VIEWS", "1,8,8a"),
                         help="comma list of view settings per classifier; suffix 'a' = train-time augmentation")
-    parser.add_argument("--feature-views", type=int, default=8, help="views computed by tile_features")
+    parser.add_argument("--feature-views", type=int, default=8,
+                        help="views computed by tile_features (features already stored with as many or more are reused)")
     parser.add_argument("--sample-frac", type=float, default=1.0)
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             stamp_file = join(folder, "bench_catalog.json")
             summary_file = join(folder, "summary.json")
             reuse = (store.exists(stamp_file) and store.read_text(stamp_file) == catalog_stamp
-                     and json.loads(store.read_text(summary_file)).get("views") == args.feature_views)
+                     and json.loads(store.read_text(summary_file)).get("views", 1) >= args.feature_views)
             if not reuse:
                 runner.run_config = {"ops": {"tile_features": {"config": {"views": args.feature_views}}}}
                 if not runner.run(["backbone_models", "tile_features"], backbone):

@@ -115,7 +115,7 @@ def land_use_classifiers(
     n_features = len(train.select("features").first()["features"])
     started = time.monotonic()
     model, search = fit(algorithm, params, with_vectors(train, classes), n_features, len(classes),
-                        spark.task_parallelism())
+                        spark.task_parallelism(), group_col="tile_id" if augment else None)
     fit_seconds = time.monotonic() - started
     train.unpersist()
     n_train_tiles = int(sum(counts.values()) // (views if augment else 1))
