@@ -24,11 +24,6 @@ FEATURE_SCHEMA = (
 )
 
 
-# Output rows per yielded frame: every frame costs an Arrow round trip, so one per inference batch (8
-# images) wastes time, while a whole input batch of wide multi-view rows would cost memory.
-_ROWS_PER_OUTPUT = 256
-
-
 def _read(uri: str) -> bytes:
     return storage_for(uri).read_bytes(uri)
 
@@ -47,34 +42,32 @@ def file_featurizer(
         session = get_session(model_uri, threads, _read)
         size = input_size(session)
         for frame in frames:
-            out: dict[str, list] = {k: [] for k in ("tile_id", "label", "split", "features", "view_features",
-                                                    "status", "reason")}
             for rows in batched(frame.itertuples(index=False), batch_size):
-                images, good = [], []
+                images, good, status, reason = [], [], [], []
                 for row in rows:
                     try:
                         images.append(load_tile(_read(row.uri), size))
                         good.append(True)
-                        out["status"].append("ok")
-                        out["reason"].append("")
+                        status.append("ok")
+                        reason.append("")
                     except (ImageDecodeError, OSError) as exc:
                         good.append(False)
-                        out["status"].append("quarantined")
-                        out["reason"].append(str(exc) or type(exc).__name__)
+                        status.append("quarantined")
+                        reason.append(str(exc) or type(exc).__name__)
                 per_view = run_view_features(session, np.stack(images), views) if images else None
                 it = iter(per_view.mean(axis=0) if per_view is not None else [])
                 flat = iter(per_view.transpose(1, 0, 2).reshape(len(images), -1) if views > 1 and images else [])
-                for row, ok in zip(rows, good, strict=True):
-                    out["tile_id"].append(row.tile_id)
-                    out["label"].append(row.label)
-                    out["split"].append(row.split)
-                    out["features"].append(next(it) if ok else None)
-                    out["view_features"].append(next(flat) if ok and views > 1 else None)
-                if len(out["tile_id"]) >= _ROWS_PER_OUTPUT:
-                    yield pd.DataFrame(out)
-                    out = {k: [] for k in out}
-            if out["tile_id"]:
-                yield pd.DataFrame(out)
+                yield pd.DataFrame(
+                    {
+                        "tile_id": [r.tile_id for r in rows],
+                        "label": [r.label for r in rows],
+                        "split": [r.split for r in rows],
+                        "features": [next(it) if ok else None for ok in good],
+                        "view_features": [next(flat) if ok and views > 1 else None for ok in good],
+                        "status": status,
+                        "reason": reason,
+                    }
+                )
 
     return featurize
 
@@ -96,10 +89,7 @@ def chunked_write(
 
     n_chunks = max(1, -(-progress.total // max(1, chunk_rows)))
     bucketed = df.withColumn("_chunk", F.pmod(F.xxhash64("tile_id"), F.lit(n_chunks)))
-    if n_chunks == 1:  # one chunk holds every row: no need for a counting job
-        sizes = {0: progress.total} if progress.total else {}
-    else:
-        sizes = {int(r["_chunk"]): int(r["count"]) for r in bucketed.groupBy("_chunk").count().collect()}
+    sizes = {int(r["_chunk"]): int(r["count"]) for r in bucketed.groupBy("_chunk").count().collect()}
     wrote = False
     for chunk in sorted(sizes):
         part = bucketed.filter(F.col("_chunk") == chunk).drop("_chunk").repartition(parallelism)
