@@ -24,6 +24,24 @@ FEATURE_SCHEMA = (
 )
 
 
+# Rows per frame handed back to Spark. Every frame is one Arrow round trip: with one frame per inference batch
+# (8 images) bench-features measured (b)/(a) 0.84-0.91, with frames of 256 rows 1.03-1.20 (two runs, same day).
+_ROWS_PER_OUTPUT = 256
+
+
+def coalesce_frames(frames: Iterator[pd.DataFrame], min_rows: int) -> Iterator[pd.DataFrame]:
+    """Merge consecutive frames until each holds at least ``min_rows`` rows (the last may hold fewer)."""
+    pending, rows = [], 0
+    for frame in frames:
+        pending.append(frame)
+        rows += len(frame)
+        if rows >= min_rows:
+            yield pd.concat(pending, ignore_index=True)
+            pending, rows = [], 0
+    if pending:
+        yield pd.concat(pending, ignore_index=True)
+
+
 def _read(uri: str) -> bytes:
     return storage_for(uri).read_bytes(uri)
 
@@ -39,6 +57,9 @@ def file_featurizer(
     """
 
     def featurize(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from coalesce_frames(per_batch(frames), _ROWS_PER_OUTPUT)
+
+    def per_batch(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         session = get_session(model_uri, threads, _read)
         size = input_size(session)
         for frame in frames:
