@@ -48,6 +48,17 @@ def _flag(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def _count(name: str, value: str) -> int:
+    """A non-negative whole number setting (empty: 0, meaning "ask Spark")."""
+    value = value.strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ConfigurationError(f"{name}={value!r} is not a whole number: set it to the cluster's task slots "
+                                 "(executor cores in total), or leave it unset to ask Spark")
+    return int(value)
+
+
 def _local_storage(env: Mapping[str, str]) -> StorageResource:
     for name in AZURE_URI_SETTINGS:
         if scheme_of(env.get(name, "")) in AZURE_SCHEMES:
@@ -95,7 +106,8 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         "spark": SparkResource(master=env.get("AERIAL_SPARK_MASTER", "local[2]"), remote=env.get("SPARK_REMOTE", ""),
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
                                ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
-                               driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", "4g")),
+                               driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", "4g"),
+                               parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
                                                 label_map=env.get("AERIAL_LABEL_MAP", "")),

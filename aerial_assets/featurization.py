@@ -1,9 +1,8 @@
 """Turn tiles into feature vectors on Spark: files of the labelled catalog, or windows of county rasters.
 
 DataFrame API only (``mapInPandas``; no SparkContext, no RDD), so the same code runs over Spark
-Connect. Work is cut into chunks so that the driver can report progress between them; each chunk
-is spread over ``parallelism`` tasks and appended to a temporary Parquet folder that the caller
-moves into place once complete. Nothing is collected to the driver except counts.
+Connect. The caller runs featurization as one Spark job, as wide as the data and the cluster allow
+(:mod:`aerial_assets.spark_jobs`); nothing is collected to the driver except counts.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from aerial_assets.errors import StorageError
 from aerial_assets.imaging import ImageDecodeError, load_tile
 from aerial_assets.inference import batched, get_session, input_size, run_view_features
-from aerial_assets.progress import Progress
 from aerial_assets.storage import storage_for
 
 FEATURE_SCHEMA = (
@@ -71,7 +70,7 @@ def file_featurizer(
                         good.append(True)
                         status.append("ok")
                         reason.append("")
-                    except (ImageDecodeError, OSError) as exc:
+                    except (ImageDecodeError, StorageError, OSError) as exc:  # one bad file: quarantined
                         good.append(False)
                         status.append("quarantined")
                         reason.append(str(exc) or type(exc).__name__)
@@ -91,34 +90,6 @@ def file_featurizer(
                 )
 
     return featurize
-
-
-def chunked_write(
-    df,
-    transform: Callable,
-    out_path: str,
-    parallelism: int,
-    chunk_rows: int,
-    progress: Progress,
-) -> None:
-    """Apply ``transform`` to ``df`` chunk by chunk, appending each to Parquet at ``out_path``.
-
-    Chunks are hash buckets of ``tile_id``; their sizes are counted up front (one small query) so
-    progress reports true tile counts.
-    """
-    from pyspark.sql import functions as F
-
-    n_chunks = max(1, -(-progress.total // max(1, chunk_rows)))
-    bucketed = df.withColumn("_chunk", F.pmod(F.xxhash64("tile_id"), F.lit(n_chunks)))
-    sizes = {int(r["_chunk"]): int(r["count"]) for r in bucketed.groupBy("_chunk").count().collect()}
-    wrote = False
-    for chunk in sorted(sizes):
-        part = bucketed.filter(F.col("_chunk") == chunk).drop("_chunk").repartition(parallelism)
-        transform(part).write.mode("append").parquet(out_path)
-        wrote = True
-        progress.advance(sizes[chunk])
-    if not wrote:  # no rows at all: still write an empty dataset with the right schema
-        transform(df.limit(0)).write.mode("append").parquet(out_path)
 
 
 def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:

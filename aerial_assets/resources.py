@@ -15,8 +15,9 @@ from pydantic import PrivateAttr
 
 from aerial_assets import demo_data
 from aerial_assets.counties import County, parse_registry
-from aerial_assets.errors import CountyError
+from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.layout import Layout
+from aerial_assets.spark_jobs import is_connect, task_slots
 from aerial_assets.storage import Storage, is_local, join, local_path, scheme_of, storage_for
 
 DEMO_COUNTY_KEY = "demo_middlesex"
@@ -39,7 +40,7 @@ class SparkResource(ConfigurableResource):
     master: str = "local[2]"
     remote: str = ""
     conf: dict[str, str] = {}
-    parallelism: int = 0
+    parallelism: int = 0  # task slots of the cluster; 0 = ask Spark (classic) or 2 (Connect): AERIAL_SPARK_PARALLELISM
     ship_code: bool = True
     remote_token: str = ""
     driver_memory: str = "4g"
@@ -62,30 +63,52 @@ class SparkResource(ConfigurableResource):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.appName("aerial_assets")
         if self.remote:
+            check_reachable(self.remote)
             session = builder.remote(self.remote_url()).getOrCreate()
             if self.ship_code:
                 ship_package(session)
             return session
-        else:
-            builder = builder.master(self.master)
-            defaults = {
-                "spark.ui.enabled": "false",
-                "spark.sql.shuffle.partitions": str(max(2, 2 * self.task_parallelism())),
-                "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.python.worker.reuse": "true",
+        builder = builder.master(self.master)
+        for key, value in {**self.default_conf(), **self.conf}.items():
+            builder = builder.config(key, value)
+        session = builder.getOrCreate()
+        if self.ship_code and not self.is_local:
+            # A cluster's executors have the third-party packages (README) but not this project: ship it, as
+            # over Spark Connect. Local executors run this very interpreter and import it as the driver does.
+            ship_package(session)
+        return session
+
+    @property
+    def is_local(self) -> bool:
+        return not self.remote and (self.master or "").strip().startswith("local")
+
+    def default_conf(self) -> dict[str, str]:
+        """Settings every classic session gets (``conf`` and the cluster's spark-defaults.conf can override them).
+
+        Local masters bind the driver (and the executors it runs) to loopback: nothing a local run opens
+        listens on another interface. A cluster master leaves addresses to the cluster's own configuration.
+        """
+        conf = {
+            "spark.ui.enabled": "false",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.python.worker.reuse": "true",
+            # A feature row holds views x D floats (8 x 3072 for a triple combination: 96 KiB). Spark's
+            # default batches (4096 rows per Parquet read, 10000 per Arrow batch) would then need
+            # hundreds of MB per task and overflow a 2g heap; these keep each batch in tens of MB.
+            "spark.sql.parquet.columnarReaderBatchSize": "256",
+            "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        if self.is_local:
+            conf.update({
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
                 # local mode: the driver JVM also runs the executors; a triple backbone combination with
                 # 8-view train-time augmentation trains on ~1 GB of doubles, more than 2g leaves room for.
                 "spark.driver.memory": self.driver_memory,
-                # A feature row holds views x D floats (8 x 3072 for a triple combination: 96 KiB). Spark's
-                # default batches (4096 rows per Parquet read, 10000 per Arrow batch) would then need
-                # hundreds of MB per task and overflow a 2g heap; these keep each batch in tens of MB.
-                "spark.sql.parquet.columnarReaderBatchSize": "256",
-                "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
-                "spark.ui.showConsoleProgress": "false",
-            }
-            for key, value in {**defaults, **self.conf}.items():
-                builder = builder.config(key, value)
-        return builder.getOrCreate()
+                "spark.sql.shuffle.partitions": str(max(2, 2 * _local_cores(self.master))),
+            })
+        return conf
 
     def remote_url(self) -> str:
         token = _value(self.remote_token)
@@ -95,15 +118,30 @@ class SparkResource(ConfigurableResource):
         return f"{url};token={token}"
 
     def task_parallelism(self) -> int:
-        """How many tasks run at once: ``parallelism`` if set, else N of ``local[N]``, else 2."""
-        if self.parallelism > 0:
-            return self.parallelism
-        match = re.match(r"local\[(\d+)\]", self.master or "")
-        if match and not self.remote:
-            return int(match.group(1))
-        if (self.master or "").strip() in ("local[*]",) and not self.remote:
-            return os.cpu_count() or 2
-        return 2
+        """How many tasks the cluster runs at once (see :func:`aerial_assets.spark_jobs.task_slots`)."""
+        return task_slots(self.session, self.parallelism)
+
+
+def _local_cores(master: str) -> int:
+    match = re.match(r"local\[(\d+)", master or "")
+    return int(match.group(1)) if match else (os.cpu_count() or 2)
+
+
+def check_reachable(remote: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, in one line naming the endpoint, when a Spark Connect server does not answer: the gRPC client
+    would otherwise retry for many minutes (and hang on SIGTERM). The token is never part of the message."""
+    import socket
+
+    target = remote.split("://", 1)[-1].split("/", 1)[0].split(";", 1)[0]
+    host, _, port = target.rpartition(":")
+    host, port = (host or target).strip("[]"), int(port) if port.isdigit() else 15002
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the Spark Connect server at sc://{host}:{port} (SPARK_REMOTE) is unreachable: {exc}. Start it "
+            "(sbin/start-connect-server.sh) or fix SPARK_REMOTE") from None
 
 
 _SHIPPED: set[tuple[str, str]] = set()
@@ -142,11 +180,21 @@ def package_zip() -> str:
 
 
 def ship_package(session) -> str:
-    """Add the package zip to a Spark Connect session (once per session and content); returns its path."""
+    """Add the package zip to a session's executors (once per session and content); returns its path.
+
+    Spark Connect: ``addArtifacts(pyfile=True)``, on the path of this session's Python workers only. A classic
+    session on a cluster: ``SparkContext.addPyFile``, on the path of every Python worker of the application.
+    """
     path = package_zip()
-    key = (str(getattr(session, "session_id", id(session))), path)
+    if is_connect(session):
+        key = (str(getattr(session, "session_id", id(session))), path)
+        if key not in _SHIPPED:
+            session.addArtifacts(path, pyfile=True)
+            _SHIPPED.add(key)
+        return path
+    key = (session.sparkContext.applicationId, path)
     if key not in _SHIPPED:
-        session.addArtifacts(path, pyfile=True)
+        session.sparkContext.addPyFile(path)
         _SHIPPED.add(key)
     return path
 

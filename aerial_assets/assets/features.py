@@ -12,25 +12,26 @@ from pydantic import Field
 from aerial_assets.assets._io import markdown_table, read_json, write_json
 from aerial_assets.catalog import OK, SPLITS
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.featurization import FEATURE_SCHEMA, chunked_write, file_featurizer, part_concatenator
+from aerial_assets.featurization import FEATURE_SCHEMA, file_featurizer, part_concatenator
 from aerial_assets.inference import VIEW_COUNTS
 from aerial_assets.partitions import backbone_partitions
-from aerial_assets.progress import Progress
 from aerial_assets.resources import SparkResource, StorageResource
+from aerial_assets.spark_jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
 from aerial_assets.storage import join, storage_for
 from aerial_assets.zoo import COMBINATION, ZooEntry, zoo_entry
 
 
 class FeaturizeConfig(Config):
-    """Throughput knobs (tiles per onnxruntime call, tiles between progress reports, threads per task) and
-    the number of rotated/flipped views per tile.
+    """Throughput knobs (tiles per onnxruntime call, tiles per Spark task, threads per task) and the number of
+    rotated/flipped views per tile.
 
     Batches of 8 were measured faster than 32 here (229 vs 191 images/s for MobileNetV2 on one thread) and
-    keep onnxruntime's memory arena at ~200 MiB per worker instead of ~500 MiB.
+    keep onnxruntime's memory arena at ~200 MiB per worker instead of ~500 MiB. ``tiles_per_task``: the job
+    gets about this many tiles per task, and never fewer tasks than the cluster's slots (spark_jobs.task_count).
     """
 
     batch_size: int = 8
-    chunk_tiles: int = 2000
+    tiles_per_task: int = Field(default=DEFAULT_TILES_PER_TASK, ge=1)
     threads_per_task: int = 1
     views: int = Field(default=1, description="1, 4 or 8: features averaged over this many rotations/flips "
                        "of each tile (each view costs one more inference); every view is also kept for "
@@ -64,28 +65,26 @@ def tile_features(
     record = read_json(store, layout.backbone_model(backbone), "backbone.json")
     session = spark.session
     reusable = _reusable_parts(storage, entry, catalog_sha, config.views)
-    progress = Progress(len(usable), f"featurizing with {backbone}", context.log.info)
     out = layout.tile_features(backbone)
     started = time.monotonic()
     with store.atomic_dir(out) as tmp:
         features_path = storage_for(tmp).spark_path(join(tmp, "features.parquet"))
+        n_tasks = task_count(len(usable), spark.task_parallelism(), config.tiles_per_task)
         if reusable:
             context.log.info(f"{backbone}: concatenating the cached features of {', '.join(entry.parts)}")
-            _concatenate_parts(spark, storage, entry, config.views).write.parquet(features_path)
+            _concatenate_parts(spark, storage, entry, config.views, n_tasks).write.parquet(features_path)
         else:
             frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
             featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
-            chunked_write(
-                frame,
-                lambda part: part.mapInPandas(featurize, FEATURE_SCHEMA),
-                features_path,
-                spark.task_parallelism(),
-                config.chunk_tiles,
-                progress,
-            )
+            # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows.
+            with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info):
+                frame.repartition(n_tasks).mapInPandas(featurize, FEATURE_SCHEMA).write.parquet(features_path)
+            context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
         written = session.read.parquet(features_path)
         stats = written.groupBy("split", "status").count().toPandas()
-        bad = written.filter(written.status != OK).select("tile_id", "reason").toPandas()
+        n_bad = int(stats.loc[stats["status"] != OK, "count"].sum())
+        bad = (written.filter(written.status != OK).select("tile_id", "reason").toPandas() if n_bad
+               else pd.DataFrame({"tile_id": [], "reason": []}))
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
         write_json(storage_for(tmp), tmp, "summary.json", {
@@ -126,7 +125,7 @@ def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str,
     return True
 
 
-def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntry, views: int):
+def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntry, views: int, n_tasks: int):
     """Join the parts' stored features on tile id and concatenate them (no inference)."""
     from pyspark.sql import functions as F
 
@@ -137,5 +136,5 @@ def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: Zo
             "tile_id", "label", "split", F.col("features").alias(f"f{i}"), F.col("view_features").alias(f"v{i}"),
             F.col("status").alias(f"s{i}"), F.col("reason").alias(f"r{i}"))
         joined = frame if joined is None else joined.join(frame.drop("label", "split"), "tile_id", "inner")
-    return joined.repartition(spark.task_parallelism()).mapInPandas(
+    return joined.repartition(n_tasks).mapInPandas(
         part_concatenator(len(entry.parts), views), FEATURE_SCHEMA)

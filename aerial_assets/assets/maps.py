@@ -1,7 +1,6 @@
 """Group ``maps``: the predicted land use of a county as a Cloud-Optimized GeoTIFF and a PNG, and the change
 between two vintages of a county."""
 
-import io
 import os
 import tempfile
 
@@ -12,11 +11,12 @@ from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue
 from aerial_assets.assets._io import markdown_table, read_json, run_per_county, write_json
 from aerial_assets.counties import earlier_vintages
 from aerial_assets.errors import CountyError
+from aerial_assets.map_cells import grid_of, paint, with_cells
 from aerial_assets.partitions import county_partitions
-from aerial_assets.rasters import MapGrid, map_grid, write_class_geotiff
+from aerial_assets.rasters import MapGrid, write_class_geotiff
 from aerial_assets.rendering import change_png, class_colours, hex_to_rgb, map_png, markdown_image
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
-from aerial_assets.spatial import plurality_smooth, transition_matrix
+from aerial_assets.spatial import plurality_smooth
 from aerial_assets.storage import Storage, join, storage_for
 
 NODATA = 255
@@ -29,11 +29,11 @@ class LandUseMapConfig(Config):
     smoothing: bool = False
 
 
-def _cells(spark: SparkResource, store: Storage, folder: str) -> pd.DataFrame:
-    """One small row per scored tile (its corner and class): this is the map itself."""
+def _scored(spark: SparkResource, store: Storage, folder: str):
+    """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
     path = store.spark_path(join(folder, "predictions.parquet"))
     return (spark.session.read.parquet(path).filter("status = 'ok'")
-            .select("tile_id", "left", "right", "bottom", "top", "predicted_index").toPandas())
+            .select("tile_id", "left", "right", "bottom", "top", "predicted_index"))
 
 
 def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours) -> None:
@@ -62,13 +62,11 @@ def county_land_use_map(
     def work(key: str) -> dict:
         summary = read_json(store, layout.county_predictions(key), "summary.json")
         classes, model_id = summary["classes"], summary["model_id"]
-        cells = _cells(spark, store, layout.county_predictions(key))
-        if cells.empty:
+        scored = _scored(spark, store, layout.county_predictions(key))
+        grid_def = grid_of(scored)
+        if grid_def is None:
             raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
-        grid_def = map_grid(cells["left"], cells["right"], cells["bottom"], cells["top"])
-        raw = np.full((grid_def.rows, grid_def.cols), NODATA, np.uint8)
-        rows, cols = grid_def.cells(cells["left"], cells["top"])
-        raw[rows, cols] = cells["predicted_index"].to_numpy().astype(np.uint8)
+        raw = paint(with_cells(scored, grid_def), grid_def, "predicted_index", NODATA)
         grid = plurality_smooth(raw, len(classes), NODATA) if config.smoothing else raw
         changed = int((grid != raw).sum())
         colours = class_colours(classes)
@@ -145,25 +143,33 @@ def county_land_use_change(
         classes = after_summary["classes"]
         if before_summary["classes"] != classes:
             raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
-        before = _cells(spark, store, layout.county_predictions(base))
-        after = _cells(spark, store, layout.county_predictions(key))
+        before = _scored(spark, store, layout.county_predictions(base))
+        after = _scored(spark, store, layout.county_predictions(key))
         # Tiles of two vintages are matched by position on one grid, not by id: rasters of different years
         # rarely share an origin to the metre, so a tile matches the cell its corner falls nearest to.
-        both = pd.concat([before, after])
-        grid_def = map_grid(both["left"], both["right"], both["bottom"], both["top"])
-        for frame in (before, after):
-            frame["r"], frame["c"] = grid_def.cells(frame["left"], frame["top"])
-        pairs = after.merge(before[["r", "c", "predicted_index"]], on=["r", "c"], suffixes=("", "_before"))
-        if pairs.empty:
+        grid_def = grid_of(before.unionByName(after))
+        if grid_def is None:
+            raise CountyError(f"{base} and {key} have no scored tile: check county_tiles (all nodata?)")
+        from pyspark.sql import functions as F
+
+        pairs = with_cells(after, grid_def).join(
+            with_cells(before, grid_def).select("r", "c", F.col("predicted_index").alias("predicted_index_before")),
+            ["r", "c"])
+        label_of = F.array(*[F.lit(c) for c in classes])
+        pairs = (pairs.withColumn("from_label", F.element_at(label_of, F.col("predicted_index_before") + 1))
+                      .withColumn("to_label", F.element_at(label_of, F.col("predicted_index") + 1))
+                      .withColumn("changed", F.col("predicted_index_before") != F.col("predicted_index"))
+                      .withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(UNCHANGED)))
+        counts = pairs.groupBy("predicted_index_before", "predicted_index").count().collect()
+        if not counts:
             raise CountyError(f"{base} and {key} share no tile position: are they the same area and tile size?")
-        matrix = transition_matrix(pairs["predicted_index_before"], pairs["predicted_index"], len(classes))
-        pairs["from_label"] = [classes[i] for i in pairs["predicted_index_before"]]
-        pairs["to_label"] = [classes[i] for i in pairs["predicted_index"]]
-        pairs["changed"] = pairs["from_label"] != pairs["to_label"]
-        grid = np.full((grid_def.rows, grid_def.cols), NODATA, np.uint8)
-        grid[pairs["r"], pairs["c"]] = np.where(pairs["changed"], pairs["predicted_index"], UNCHANGED).astype(np.uint8)
+        matrix = np.zeros((len(classes), len(classes)), np.int64)
+        for row in counts:
+            matrix[int(row["predicted_index_before"]), int(row["predicted_index"])] += int(row["count"])
+        n_pairs, n_changed = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
+        grid = paint(pairs, grid_def, "value", NODATA)
         colours = class_colours(classes)
-        title = f"Land-use change {base} -> {key} ({int(pairs['changed'].sum())} of {len(pairs)} tiles changed)"
+        title = f"Land-use change {base} -> {key} ({n_changed} of {n_pairs} tiles changed)"
         crs = after_summary["crs"]
         png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA)
         table = pd.DataFrame(matrix, index=[f"from {c}" for c in classes], columns=classes)
@@ -171,10 +177,9 @@ def county_land_use_change(
         out = layout.county_change(key)
         with store.atomic_dir(out) as tmp:
             tmp_store = storage_for(tmp)
-            transitions = pairs[["tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed"]]
-            buf = io.BytesIO()
-            transitions.to_parquet(buf, index=False)
-            tmp_store.write_bytes(join(tmp, "transitions.parquet"), buf.getvalue())
+            # Written by the executors (a Parquet dataset folder): no per-tile row passes through the driver.
+            pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed").write.parquet(
+                tmp_store.spark_path(join(tmp, "transitions.parquet")))
             tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
             tmp_store.write_bytes(join(tmp, "change.png"), png)
             _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
@@ -183,8 +188,8 @@ def county_land_use_change(
                                                         "matrix": matrix.tolist(), "became": became})
         return {
             "baseline": base,
-            "tiles_compared": len(pairs),
-            "tiles_changed": int(pairs["changed"].sum()),
+            "tiles_compared": n_pairs,
+            "tiles_changed": n_changed,
             **{f"became_{c}": n for c, n in became.items()},
             "transition_matrix": MetadataValue.md(markdown_table(table.reset_index(names="tiles"))),
             "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),

@@ -1,20 +1,21 @@
 """Group ``scoring``: counties cut into tiles, and every tile scored by the champion model."""
 
+import json
 import time
 
+import pandas as pd
 from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
 
 from aerial_assets.assets._io import read_json, run_per_county, write_json
 from aerial_assets.assets.features import FeaturizeConfig
 from aerial_assets.counties import County
 from aerial_assets.errors import CountyError
-from aerial_assets.featurization import chunked_write
-from aerial_assets.geoparquet import rewrite_as_geoparquet
+from aerial_assets.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
 from aerial_assets.partitions import county_partitions
-from aerial_assets.progress import Progress
 from aerial_assets.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
-from aerial_assets.storage import join, storage_for
+from aerial_assets.spark_jobs import JobProgress, task_count
+from aerial_assets.storage import Storage, is_local, join, storage_for
 from aerial_assets.tile_summaries import parse_tile_summary
 from aerial_assets.tiling import (
     PASSTHROUGH,
@@ -61,7 +62,7 @@ def _raster_tiles(spark: SparkResource, county: County, config: CountyTilesConfi
             raise CountyError(f"county {county.key}: raster {uri} ({info.width}x{info.height} px) is smaller than one "
                               f"{config.tile_size_m} m tile; lower tile_size_m")
         infos.append(info)
-        n_tasks = max(spark.task_parallelism(), (rows * cols) // 2000)
+        n_tasks = task_count(rows * cols, spark.task_parallelism(), 2000)  # masks only: cheap tiles
         frames.append(spark.session.range(0, rows * cols, numPartitions=n_tasks).mapInPandas(
             tile_frames(info.to_dict(), index, county.key, config.tile_size_m, config.max_nodata_fraction), TILE_SCHEMA
         ).withColumn("scale_lo", F.lit(info.scale_lo)).withColumn("scale_hi", F.lit(info.scale_hi)))
@@ -129,9 +130,15 @@ def county_tiles(
 
 
 class ScoringConfig(FeaturizeConfig):
-    """Throughput knobs for scoring: as for featurization, with larger chunks between progress reports."""
+    """Throughput knobs for scoring: as for featurization."""
 
-    chunk_tiles: int = 4000
+
+def executor_folder(store: Storage, uri: str) -> str:
+    """Where executors write a folder of ``uri`` themselves: the local path Spark would use (a local data root,
+    or the staging folder of an Azure output), else the storage URI, which executors reach through the storage
+    layer with their own credentials (``direct`` mode on a cluster)."""
+    path = store.spark_path(uri)
+    return path if is_local(path) else uri
 
 
 @asset(
@@ -150,6 +157,7 @@ def county_predictions(
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
 
     layout, store = storage.layout, storage.storage
     champion = read_json(store, layout.champion(), "champion.json")
@@ -179,30 +187,46 @@ def county_predictions(
         tile_summary = read_json(store, layout.county_tiles(key), "summary.json")
         tiles = session.read.parquet(store.spark_path(join(layout.county_tiles(key), "tiles.parquet")))
         tiles = tiles.filter("status = 'ok'")
-        n_tiles = tiles.count()
-        progress = Progress(n_tiles, f"scoring {key} with {model_id}", context.log.info)
+        n_tiles = int(tile_summary.get("counts", {}).get("ok", 0))  # counted by county_tiles: no job here
+        n_tasks = task_count(n_tiles, spark.task_parallelism(), config.tiles_per_task)
         out = layout.county_predictions(key)
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
-            path = storage_for(tmp).spark_path(join(tmp, "predictions.parquet"))
-            chunked_write(tiles, lambda part: score(part, tile_summary.get("year")), path,
-                          spark.task_parallelism(), config.chunk_tiles, progress)
-            rewrite_as_geoparquet(path, tile_summary["crs"])
-            written = session.read.parquet(path)
-            counts = {r["predicted_label"]: int(r["count"])
-                      for r in written.filter("status = 'ok'").groupBy("predicted_label").count().collect()}
-            bad = written.filter("status != 'ok'").select("tile_id", "reason").toPandas()
+            folder = executor_folder(storage_for(tmp), join(tmp, "predictions.parquet"))
+            scored = score(tiles.repartition(n_tasks), tile_summary.get("year"))
+            arrow_schema = to_arrow_schema(scored.schema)
+            # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
+            with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info):
+                parts = scored.mapInPandas(part_writer(folder, tile_summary["crs"], arrow_schema),
+                                           PART_SCHEMA).collect()
+            files = {p["file"] for p in parts if p["file"]}
+            stray = remove_unlisted(folder, files)
+            if stray:
+                context.log.warning(f"{key}: removed {len(stray)} part file(s) of failed task attempts")
+            if not files:
+                write_empty(folder, tile_summary["crs"], arrow_schema)
+            counts: dict[str, int] = {}
+            for part in parts:
+                for label, count in json.loads(part["counts"]).items():
+                    counts[label] = counts.get(label, 0) + int(count)
+            n_rows, n_ok = sum(int(p["rows"]) for p in parts), sum(int(p["n_ok"]) for p in parts)
+            bad = (session.read.parquet(store.spark_path(join(tmp, "predictions.parquet")))
+                   .filter("status != 'ok'").select("tile_id", "reason").toPandas()
+                   if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
             storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
             seconds = time.monotonic() - started
             summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts, "views": views,
                        "crs": tile_summary["crs"], "year": tile_summary.get("year"), "area": tile_summary.get("area"),
-                       "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds}
+                       "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds,
+                       "spark_tasks": n_tasks}
             write_json(storage_for(tmp), tmp, "summary.json", summary)
+        context.log.info(f"{key}: scored {n_tiles} tiles in {n_tasks} Spark tasks, {seconds:.1f} s")
         return {
             "model_id": model_id,
             "predictions": MetadataValue.path(join(out, "predictions.parquet")),
             "dagster/row_count": summary["n_tiles"],
             "n_quarantined": len(bad),
+            "spark_tasks": n_tasks,
             "tiles_per_second": round(n_tiles / max(seconds, 1e-9), 1),
             "counts_per_class": MetadataValue.json(counts),
             "crs": tile_summary["crs"],
