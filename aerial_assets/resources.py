@@ -98,6 +98,10 @@ class SparkResource(ConfigurableResource):
             "spark.sql.parquet.columnarReaderBatchSize": "256",
             "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
             "spark.ui.showConsoleProgress": "false",
+            # The shuffles before featurization and scoring move a few hundred bytes per tile (catalog rows,
+            # window offsets) and the tasks after them are CPU-bound: any free slot beats the executor that
+            # happens to hold the map output, so do not wait for reduce-side locality.
+            "spark.shuffle.reduceLocality.enabled": "false",
         }
         if self.is_local:
             conf.update({
