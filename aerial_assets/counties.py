@@ -19,15 +19,21 @@ Registering a county here and running the registry sensor (or ``make run``) adds
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aerial_assets.errors import CountyError
 
-KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline, and "key\n" is no partition key.
+KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
 VINTAGE_SEPARATOR = "@"
+FIRST_YEAR, LAST_YEAR = 1900, 2100
+README = "see README, 'Adding a county'"
 
 
 @dataclass(frozen=True)
@@ -61,72 +67,236 @@ def vintage_key(area: str, year: int) -> str:
 
 
 def check_key(key: str) -> str:
-    if not KEY_PATTERN.match(key):
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise CountyError(
-            f"county key {key!r} is not valid: use lower-case letters, digits, '_' or '-' (for example middlesex_ma)"
+            f"county key {key!r} is not valid: use lower-case letters, digits, '_' or '-' (for example middlesex_ma), "
+            "with no spaces or line breaks"
         )
     return key
 
 
-def _bounds(entry: dict, key: str, source: str) -> tuple[float, float, float, float] | None:
-    raw = entry.get("bounds")
-    if raw is None:
-        return None
+# --- the registry's schema (pydantic): every key is known, every value has its type, nothing is ignored ----------
+def _no_bool(value: Any) -> Any:
+    """YAML reads ``yes``/``true`` as a boolean, which pydantic would take for the year 1."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a year")
+    return value
+
+
+def _path_list(value: Any) -> Any:
+    """``rasters: a.tif`` is short for ``rasters: [a.tif]``."""
+    return [value] if isinstance(value, str) else value
+
+
+_Year = Annotated[int, BeforeValidator(_no_bool), Field(ge=FIRST_YEAR, le=LAST_YEAR)]
+_Path = Annotated[str, Field(min_length=1)]
+_Paths = Annotated[list[_Path], BeforeValidator(_path_list)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False)
+
+
+class TilesSpec(_Spec):
+    """``tiles: {folder, summary, crs}``: where ready-made tiles and their summary CSV are, and the bounds' CRS."""
+
+    folder: _Path
+    summary: _Path
+    crs: _Path
+
+
+class CountySpec(_Spec):
+    """One ``counties:`` entry: exactly one of ``rasters``, ``vintages`` or ``tiles``."""
+
+    name: str | None = None
+    rasters: _Paths | None = None
+    bounds: tuple[float, float, float, float] | None = None
+    year: _Year | None = None
+    vintages: dict[_Year, _Paths | None] | None = None
+    tiles: TilesSpec | None = None
+
+
+class RegistrySpec(_Spec):
+    """The registry file: one top-level ``counties:`` mapping of partition keys to entries."""
+
+    counties: dict[str, CountySpec | None]
+
+
+def _allowed(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _unknown_key(name: Any, model: type[BaseModel]) -> str:
+    allowed = _allowed(model)
+    close = difflib.get_close_matches(str(name), allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {name!r}{hint}; allowed keys: {', '.join(allowed)}"
+
+
+def _explain(error: dict, raw: dict, source: str) -> str:
+    """One pydantic error as a sentence that names the file, the county and the fix."""
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    if len(loc) < 2 or loc[0] != "counties":
+        if kind == "extra_forbidden":
+            return f"county registry {source}: top-level {_unknown_key(loc[-1], RegistrySpec)} ({README})"
+        return f"county registry {source} must have a top-level 'counties:' mapping of county keys to settings ({README})"
+    key, path = loc[1], loc[2:]
+    where = f"county {key!r} in {source}"
+    if not path:
+        return (f"{where} is {value!r}, not a mapping of settings: write it as "
+                f"'{key}: {{rasters: [path/to/image.tif]}}' ({README})")
+    top = path[0]
+    if kind == "extra_forbidden":
+        model = TilesSpec if top == "tiles" and len(path) == 2 else CountySpec
+        return f"{where}: {'tiles: ' if model is TilesSpec else ''}{_unknown_key(path[-1], model)} ({README})"
+    if top == "year":
+        return f"{where}: year {value!r} is not a year: write a year from {FIRST_YEAR} to {LAST_YEAR}, such as 2018"
+    if top == "vintages":
+        if len(path) == 1:
+            return f"{where}: 'vintages' must map years to rasters, such as 'vintages: {{2018: [a.tif]}}'"
+        if path[-1] == "[key]":
+            return (f"{where}: vintage {path[1]!r} is not a year: the keys of 'vintages' are years from {FIRST_YEAR} "
+                    f"to {LAST_YEAR}, such as 'vintages: {{2018: [a.tif]}}'")
+        return f"{where}: vintage {path[1]}: rasters must be a path or a list of paths, such as [a.tif]"
+    if top == "bounds":
+        return (f"{where}: bounds {raw.get('bounds')!r} must be [west, south, east, north]: four finite numbers, "
+                "in degrees")
+    if top == "rasters":
+        return f"{where}: rasters must be a path or a list of paths, such as 'rasters: [a.tif, b.tif]'"
+    if top == "tiles":
+        tiles = raw.get("tiles")
+        if len(path) == 1 or not isinstance(tiles, dict):
+            return f"{where}: 'tiles' must be a mapping {{folder: ..., summary: ..., crs: ...}} ({README})"
+        missing = [f for f in _allowed(TilesSpec) if not tiles.get(f)]
+        if missing:
+            return f"{where}: 'tiles' needs {', '.join(m for m in ('folder', 'summary', 'crs') if m in missing)}"
+        return f"{where}: tiles {path[1]} must be text"
+    if top == "name":
+        return f"{where}: name must be text"
+    return f"{where}: {'.'.join(str(p) for p in path)}: {error['msg']}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys without a word; a registry must not lose a county."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_crs(crs: str, where: str) -> None:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
     try:
-        west, south, east, north = (float(v) for v in raw)
-    except (TypeError, ValueError):
-        raise CountyError(f"county {key!r} in {source}: bounds must be [west, south, east, north] in degrees") from None
+        CRS.from_user_input(crs)
+    except CRSError:
+        raise CountyError(f"{where}: tiles crs {crs!r} is not a CRS: name the CRS of the summary's bounds, such as "
+                          "'EPSG:26919'") from None
+
+
+def _bounds(spec: CountySpec, where: str) -> tuple[float, float, float, float] | None:
+    if spec.bounds is None:
+        return None
+    west, south, east, north = spec.bounds
     if not (west < east and south < north):
-        raise CountyError(f"county {key!r} in {source}: bounds {raw} are empty (need west < east, south < north)")
+        raise CountyError(f"{where}: bounds {list(spec.bounds)} are empty (need west < east, south < north)")
+    if not (-180 <= west and east <= 180 and -90 <= south and north <= 90):
+        raise CountyError(f"{where}: bounds {list(spec.bounds)} are not longitudes and latitudes (need west, east in "
+                          "[-180, 180] and south, north in [-90, 90]): the bounds are in degrees")
     return west, south, east, north
 
 
-def _rasters(value: object, key: str, source: str) -> list[str]:
-    rasters = [value] if isinstance(value, str) else list(value or [])
-    if not rasters:
-        raise CountyError(f"county {key!r} in {source} lists no rasters: add 'rasters: [path/to/image.tif]'")
-    return [str(r) for r in rasters]
+def _rasters(paths: list[str] | None, where: str) -> list[str]:
+    if not paths:
+        raise CountyError(f"{where} lists no rasters: add 'rasters: [path/to/image.tif]'")
+    return list(paths)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise CountyError(f"county registry {source} is not valid YAML: {exc}") from exc
 
 
 def parse_registry(text: str, source: str) -> dict[str, County]:
-    """Parse registry YAML into one :class:`County` per partition key; problems name the county and the fix."""
+    """Parse registry YAML into one :class:`County` per partition key; problems name the county and the fix.
+
+    The whole file is checked before anything runs (``make run`` calls this first): unknown keys, wrong
+    types, years that are not years and keys that are not partition keys are all refused here, never
+    ignored and never left to fail at scoring time.
+    """
+    doc = _load_yaml(text, source)
+    if not isinstance(doc, dict) or not isinstance(doc.get("counties"), dict):
+        raise CountyError(f"county registry {source} must have a top-level 'counties:' mapping ({README})")
+    raw_entries = {str(k): v for k, v in doc["counties"].items()}
+    for key in raw_entries:
+        try:
+            check_key(key)
+        except CountyError as exc:
+            raise CountyError(f"county registry {source}: {exc}") from None
     try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise CountyError(f"county registry {source} is not valid YAML: {exc}") from exc
-    entries = doc.get("counties") if isinstance(doc, dict) else None
-    if not isinstance(entries, dict):
-        raise CountyError(f"county registry {source} must have a top-level 'counties:' mapping")
+        spec = RegistrySpec.model_validate({**doc, "counties": raw_entries})
+    except ValidationError as exc:
+        errors = exc.errors()
+        messages = []
+        for error in errors:
+            loc = error["loc"]
+            raw = raw_entries.get(loc[1], {}) if len(loc) > 1 and loc[0] == "counties" else {}
+            message = _explain(error, raw if isinstance(raw, dict) else {}, source)
+            if message not in messages:
+                messages.append(message)
+        more = f" (and {len(messages) - 5} more problems)" if len(messages) > 5 else ""
+        raise CountyError("; ".join(messages[:5]) + more) from None
     counties: dict[str, County] = {}
-    for key, entry in entries.items():
-        key = check_key(str(key))
-        entry = entry or {}
-        name, bounds = str(entry.get("name", key)), _bounds(entry, key, source)
-        if "vintages" in entry:
-            for year, rasters in (entry["vintages"] or {}).items():
-                try:
-                    year = int(year)
-                except ValueError:
-                    raise CountyError(f"county {key!r} in {source}: vintage {year!r} is not a year") from None
+    for key, entry in spec.counties.items():
+        entry = entry or CountySpec()
+        where = f"county {key!r} in {source}"
+        given = [f for f in ("rasters", "vintages", "tiles") if getattr(entry, f) is not None]
+        if len(given) > 1:
+            raise CountyError(f"{where} has {' and '.join(repr(g) for g in given)}: give exactly one of 'rasters', "
+                              f"'vintages' or 'tiles' ({README})")
+        name, bounds = entry.name if entry.name is not None else key, _bounds(entry, where)
+        if entry.vintages is not None:
+            if entry.year is not None:
+                raise CountyError(f"{where} has both 'year' and 'vintages': the years are the keys of 'vintages'; "
+                                  "remove 'year'")
+            if not entry.vintages:
+                raise CountyError(f"{where}: 'vintages' is empty: add 'vintages: {{2018: [a.tif]}}'")
+            for year, rasters in entry.vintages.items():
                 vkey = vintage_key(key, year)
-                counties[vkey] = County(vkey, f"{name} ({year})", _rasters(rasters, vkey, source), key, year, bounds)
-        elif "tiles" in entry:
-            tiles = entry["tiles"] or {}
-            missing = [f for f in ("folder", "summary", "crs") if not tiles.get(f)]
-            if missing:
-                raise CountyError(f"county {key!r} in {source}: 'tiles' needs {', '.join(missing)}")
-            folder = TileFolder(str(tiles["folder"]), str(tiles["summary"]), str(tiles["crs"]))
-            counties[key] = County(key, name, [], key, entry.get("year"), bounds, folder)
+                counties[vkey] = County(vkey, f"{name} ({year})", _rasters(rasters, f"county {vkey!r} in {source}"),
+                                        key, year, bounds)
+        elif entry.tiles is not None:
+            _check_crs(entry.tiles.crs, where)
+            folder = TileFolder(entry.tiles.folder, entry.tiles.summary, entry.tiles.crs)
+            counties[key] = County(key, name, [], key, entry.year, bounds, folder)
         else:
-            counties[key] = County(key, name, _rasters(entry.get("rasters"), key, source), key, entry.get("year"),
-                                   bounds)
+            counties[key] = County(key, name, _rasters(entry.rasters, where), key, entry.year, bounds)
     return counties
 
 
 def render_registry(counties: dict[str, County]) -> str:
-    """YAML for single-vintage raster counties (what tests and the benchmark register)."""
-    doc = {"counties": {c.key: {"name": c.name, "rasters": c.rasters} for c in counties.values()}}
-    return yaml.safe_dump(doc, sort_keys=True)
+    """YAML for single-vintage raster counties (what tests and the benchmark register); parses back to them."""
+    entries: dict[str, dict] = {}
+    for c in counties.values():
+        entry: dict[str, Any] = {"name": c.name, "rasters": list(c.rasters)}
+        if c.bounds is not None:
+            entry["bounds"] = list(c.bounds)
+        if c.year is not None:
+            entry["year"] = c.year
+        entries[check_key(c.key)] = entry
+    return yaml.safe_dump({"counties": entries}, sort_keys=True)
 
 
 def earlier_vintages(counties: dict[str, County], county: County) -> list[County]:

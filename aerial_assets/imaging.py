@@ -7,16 +7,33 @@ Pure functions, no Dagster import: they run inside Spark executors. Conversions 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: The one pixel limit of every decoder (Pillow's default ``Image.MAX_IMAGE_PIXELS``, about 9,459 x 9,459),
+#: checked from the header before anything is decoded: a compressed file of 1 MB can declare gigapixels.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not a decodable image; the message is the quarantine reason."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The header declares more than :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb, or not a tile)."""
+
+
+def check_pixels(width: int, height: int, planes: int = 1) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels, before decoding it."""
+    pixels = int(width) * int(height) * int(planes)
+    if pixels > MAX_IMAGE_PIXELS:
+        size = f"{width} x {height}" + (f" x {planes} planes" if planes != 1 else "")
+        raise ImageTooLargeError(f"image of {size} px ({pixels:,} pixels) is over the limit of "
+                                 f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, or not a tile): not decoded")
 
 
 @dataclass
@@ -83,7 +100,12 @@ def to_rgb(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def _open_pillow(data: bytes, target: int | None) -> tuple[np.ndarray, ImageInfo]:
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        opened = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
+        raise ImageTooLargeError(f"image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}): not decoded") from exc
+    with opened as img:
+        check_pixels(img.width, img.height)
         width, height, mode = img.width, img.height, img.mode
         bands = len(img.getbands())
         if target and img.format == "JPEG":
@@ -105,7 +127,13 @@ def _open_pillow(data: bytes, target: int | None) -> tuple[np.ndarray, ImageInfo
 def _open_tifffile(data: bytes) -> tuple[np.ndarray, ImageInfo]:
     import tifffile
 
-    array = tifffile.imread(io.BytesIO(data))
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        series = tif.series[0]  # what imread decodes; its shape comes from the page headers
+        # Every axis but the samples of a pixel counts: pages of a stack are pixels to decode too.
+        planes = math.prod(n for n, axis in zip(series.shape, series.axes, strict=True) if axis not in "YXS")
+        check_pixels(series.shape[series.axes.index("X")] if "X" in series.axes else 1,
+                     series.shape[series.axes.index("Y")] if "Y" in series.axes else 1, planes)
+        array = tif.asarray()
     if array.ndim == 3 and array.shape[0] < array.shape[2] and array.shape[0] <= 16:
         array = np.moveaxis(array, 0, -1)  # planar (bands first) to interleaved
     if array.ndim not in (2, 3):
@@ -132,6 +160,8 @@ def decode(data: bytes, target: int | None = None) -> tuple[np.ndarray, ImageInf
     if _is_tiff(data):
         try:
             return _open_tifffile(data)
+        except ImageTooLargeError:
+            raise  # the header is the same for Pillow: never decode a bomb with the other library
         except Exception as exc:  # noqa: BLE001 - fall back to Pillow, keep the reason
             tiff_error = exc
     try:

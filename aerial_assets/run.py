@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,10 +18,13 @@ import pandas as pd
 import yaml
 from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
 
-from aerial_assets.counties import earlier_vintages
+from aerial_assets.counties import County, earlier_vintages
 from aerial_assets.definitions import build_defs
+from aerial_assets.errors import AerialError, CountyError, StorageError
 from aerial_assets.partitions import county_partitions
-from aerial_assets.storage import is_local, join, local_path
+from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags
+from aerial_assets.storage import is_local, join, local_path, storage_for
+from aerial_assets.tile_summaries import parse_tile_summary
 from aerial_assets.training import check_algorithm
 from aerial_assets.zoo import zoo_entry
 
@@ -45,10 +47,7 @@ def prepare_home(env: dict[str, str]) -> None:
     root = env.get("AERIAL_DATA_ROOT", ".aerial_data")
     # The run history is local; with a cloud data root (az://...) it stays under ./.aerial_data.
     home = join(local_path(root if is_local(root) else ".aerial_data"), "dagster_home")
-    os.makedirs(home, exist_ok=True)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dagster.yaml")
-    if os.path.exists(src) and not os.path.exists(os.path.join(home, "dagster.yaml")):
-        shutil.copy(src, os.path.join(home, "dagster.yaml"))
+    install_instance_yaml(home)  # atomically: make ui may be reading it at this moment
     env["DAGSTER_HOME"] = home
     os.environ["DAGSTER_HOME"] = home
 
@@ -75,8 +74,9 @@ class Runner:
         shown = label or partition_key or (f"{partition_range[0]}...{partition_range[1]}" if partition_range else "")
         what = f"{', '.join(assets)}" + (f" [{shown}]" if shown else "")
         print(f"==> materializing {what}", flush=True)
-        tags = ({"dagster/asset_partition_range_start": partition_range[0],
-                 "dagster/asset_partition_range_end": partition_range[1]} if partition_range else None)
+        # This process's pid and host: a later start can tell that a run whose process is gone is dead.
+        tags = {**run_tags(), **({"dagster/asset_partition_range_start": partition_range[0],
+                                  "dagster/asset_partition_range_end": partition_range[1]} if partition_range else {})}
         result = self.job.execute_in_process(
             run_config=self._config_for(assets),
             instance=self.instance,
@@ -91,6 +91,31 @@ class Runner:
                 if event.is_step_failure:
                     print(f"    FAILED: {event.step_failure_data.error.message.strip()}", flush=True)
         return result.success
+
+
+def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple[dict[str, County], list[str]]:
+    """The county registry, every registered tile summary and the ``--counties`` keys, all checked now.
+
+    ``make run`` scores counties after an hour of training; a typo in the registry or a bad summary CSV
+    must stop it in seconds instead. Raises the registry's or the summary's error (a :class:`CountyError`).
+    """
+    registry = resources["counties"].load(resources["storage"].layout)
+    keys = parse_list(wanted, lambda k: k) if wanted else sorted(registry)
+    missing = [k for k in keys if k not in registry]
+    if missing:
+        raise CountyError(f"counties not in the registry: {', '.join(missing)}; registered: "
+                          f"{', '.join(sorted(registry)) or 'none'}")
+    for key in keys:
+        tiles = registry[key].tiles
+        if tiles is not None:
+            parse_tile_summary(storage_for(tiles.summary).read_text(tiles.summary), tiles.summary, crs=tiles.crs)
+    return registry, keys
+
+
+def configuration_error(exc: Exception) -> int:
+    """A configuration error as one line on stderr (no traceback: the message says what to fix); exit status 2."""
+    print(f"make run: configuration error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,10 +133,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     backbones = parse_list(args.backbones, zoo_entry)
     algorithms = parse_list(args.algorithms, check_algorithm)
     prepare_home(env)
+    try:  # one run per data root, held until this process ends; dead runs failed, their temporaries swept
+        guard = RunGuard(env["DAGSTER_HOME"], env.get("AERIAL_DATA_ROOT", ".aerial_data"))
+    except RunRefused as exc:
+        print(f"make run: refused: {exc}", file=sys.stderr, flush=True)
+        return 3
     run_config = yaml.safe_load(open(args.config)) if args.config else {}
     defs = build_defs(env)
     resources = defs.resources
-    instance = DagsterInstance.get()
+    try:  # an unreachable storage account stops the run here, in seconds and one line, not step after step
+        resources["storage"].storage.exists(resources["storage"].layout.root)
+    except StorageError as exc:
+        print(f"make run: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if not args.skip_counties:  # the registry and its tile summaries, before an hour of training, not after
+        try:
+            registry, keys = check_counties(resources, args.counties)
+        except AerialError as exc:
+            return configuration_error(exc)
+    instance = guard.instance
     runner = Runner(defs, instance, run_config)
 
     if not runner.run(["labeled_tiles"]):
@@ -124,12 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(["land_use_classifiers", "classifier_metrics"], key, f"{backbone}|{algorithm}")
     if not runner.run(["model_leaderboard", "champion_model"]) or args.skip_counties:
         return report(runner, resources, [])
-    registry = resources["counties"].load(resources["storage"].layout)
-    keys = parse_list(args.counties, lambda k: k) if args.counties else sorted(registry)
-    missing = [k for k in keys if k not in registry]
-    if missing:
-        print(f"counties not in the registry: {', '.join(missing)}", file=sys.stderr)
-        return 2
     instance.add_dynamic_partitions(county_partitions.name, [k for k in keys if not instance.has_dynamic_partition(
         county_partitions.name, k)])
     for key in keys:
@@ -170,4 +204,7 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except AerialError as exc:  # any other configuration error (an unknown backbone...): one line too
+        sys.exit(configuration_error(exc))

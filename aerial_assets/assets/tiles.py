@@ -24,13 +24,16 @@ from aerial_assets.storage import join, storage_for
 
 
 class LabeledTilesConfig(Config):
-    """How the labelled tiles are split. Fractions apply per class (stratified)."""
+    """How the labelled tiles are split (fractions apply per class: stratified), and whether symlinks that lead
+    out of the training folder are used (``follow_external_links``; by default such files are quarantined with
+    a reason naming this setting, so that a catalog never silently depends on files outside its folder)."""
 
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     sample_frac: float = 1.0
     seed: int = 0
     expected_size: int = 224
+    follow_external_links: bool = False
 
 
 @asset(group_name="tiles", kinds={"spark", "parquet"})
@@ -45,7 +48,10 @@ def labeled_tiles(
 
     Reads `AERIAL_TRAINING_TILES` (a folder `<class>/<image>` or `train/` + `test/`; the seeded demo set when
     unset). Every file is fully decoded on Spark: unreadable ones are quarantined with their reason, never
-    dropped. Splits are stratified and deterministic; validation is carved from train for model selection.
+    dropped (dangling symlinks, link loops and, unless `follow_external_links`, links out of the folder too).
+    The sha256 of each file's bytes is taken there as well, for the leakage and duplicate checks. Splits are
+    stratified and deterministic; validation is carved from train for model selection. Class names that differ
+    only by case are refused here, not at county scoring.
     """
     settings = catalog.SplitSettings(config.test_fraction, config.validation_fraction, config.sample_frac, config.seed)
     settings.check()
@@ -58,7 +64,7 @@ def labeled_tiles(
         )
     top_dirs = store.list_dirs(root)
     split_layout = catalog.has_split_folders(top_dirs)
-    listed = catalog.list_tiles(store.list_files(root), split_layout)
+    listed = catalog.list_tiles(store.list_files(root), split_layout, root, config.follow_external_links)
     if split_layout:
         class_dirs = {s: store.list_dirs(join(root, s)) for s in top_dirs if s.lower() in ("train", "test")}
         class_dirs = {s.lower(): v for s, v in class_dirs.items()}
@@ -77,6 +83,8 @@ def labeled_tiles(
     table = catalog.assign_splits(listed, settings)
     catalog.check_splits(table)
     table, mapping_report = _apply_label_map(table, training_tiles.label_map)
+    catalog.check_class_names(table)
+    duplicates = catalog.find_duplicates(table).counts()
 
     out = storage.layout.labeled_tiles()
     quarantine = table[table["status"] == catalog.QUARANTINED]
@@ -86,6 +94,7 @@ def labeled_tiles(
         "source": root, "demo": is_demo, "layout": "train/test" if split_layout else "<class>/<image>",
         "tiles": len(table), "quarantined": len(quarantine), "per_split": counts, **conversions,
         "classes": sorted(table.loc[table["status"] == catalog.OK, "label"].unique().tolist()),
+        "duplicates": duplicates,
     }
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
@@ -116,6 +125,7 @@ def labeled_tiles(
             "label_map": MetadataValue.md(_mapping_markdown(mapping_report)),
             "n_unmapped": mapping_report["n_unmapped_tiles"],
             "unmapped_classes": ", ".join(mapping_report["unmapped"]) or "none",
+            **duplicates,
         }
     )
 
@@ -173,5 +183,70 @@ def labeled_tiles_quarantine(storage: StorageResource) -> AssetCheckResult:
         metadata={
             "n_quarantined": len(frame),
             "files": MetadataValue.md(markdown_table(frame[["tile_id", "reason"]].head(100)) if len(frame) else "none"),
+        },
+    )
+
+
+def _catalog(storage: StorageResource) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(storage.storage.read_bytes(join(storage.layout.labeled_tiles(),
+                                                                      "catalog.parquet"))))
+
+
+NO_HASHES = "the catalog has no content hashes (written before they existed): re-materialize labeled_tiles"
+
+
+@asset_check(asset=labeled_tiles, blocking=True,
+             description="Blocks when a validation or test image is byte-identical to an image of an earlier split "
+                         "(train, or validation for a test image): leakage.")
+def labeled_tiles_leakage(storage: StorageResource) -> AssetCheckResult:
+    """A held-out image that is also a training image is scored on what the model memorised: the test accuracy
+    (or the champion choice, on validation) then means nothing. This check blocks, so nothing downstream in the
+    run is computed on such a split. The copies are compared by sha256 of their bytes (the catalog's
+    ``sha256``, taken on Spark while decoding). Re-encoded or resized copies are not found (not byte-identical).
+    """
+    table = _catalog(storage)
+    if "sha256" not in table.columns:
+        return AssetCheckResult(passed=False, description=NO_HASHES)
+    found = catalog.find_duplicates(table)
+    leaks = found.across_splits
+    counts = {k: v for k, v in found.counts().items() if "identical" in k}
+    description = "no validation or test image is byte-identical to an image of another split"
+    if len(leaks):
+        first = leaks.iloc[0]
+        description = (f"{len(leaks)} held-out image(s) are byte-identical to images of an earlier split, e.g. "
+                       f"{first['split']} {first['tile_id']} = {first['copy_split']} {first['copy_of']}: remove the "
+                       "copies from test/ (or from the class folders), then re-materialize labeled_tiles")
+    return AssetCheckResult(
+        passed=len(leaks) == 0,
+        description=description,
+        metadata={
+            **counts,
+            "pairs": MetadataValue.md(markdown_table(
+                leaks[["split", "tile_id", "copy_split", "copy_of"]].head(100)) if len(leaks) else "none"),
+        },
+    )
+
+
+@asset_check(asset=labeled_tiles,
+             description="Warns about byte-identical images inside one split, and about identical bytes under two "
+                         "different classes.")
+def labeled_tiles_duplicates(storage: StorageResource) -> AssetCheckResult:
+    """Copies inside one split weigh an image twice and inflate the counts; the same bytes under two classes is
+    a label conflict the classifier cannot resolve. Neither invalidates the held-out scores (the blocking
+    ``labeled_tiles_leakage`` covers copies across splits), so this only warns, with the groups."""
+    table = _catalog(storage)
+    if "sha256" not in table.columns:
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=NO_HASHES)
+    found = catalog.find_duplicates(table)
+    counts = {k: v for k, v in found.counts().items() if "identical" not in k}
+    return AssetCheckResult(
+        passed=not len(found.within_split) and not len(found.across_classes),
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            **counts,
+            "within_split": MetadataValue.md(markdown_table(found.within_split[["split", "n", "tiles"]].head(100))
+                                             if len(found.within_split) else "none"),
+            "across_classes": MetadataValue.md(markdown_table(found.across_classes[["labels", "tiles"]].head(100))
+                                               if len(found.across_classes) else "none"),
         },
     )
