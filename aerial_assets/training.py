@@ -283,10 +283,23 @@ def with_vectors(df, classes: Sequence[str] | None = None):
 
 def evaluate(model, df, classes: Sequence[str]) -> ClassificationReport:
     """Confusion matrix (aggregated on Spark: only class-pair counts reach the driver) and metrics."""
-    scored = model.transform(with_vectors(df, classes))
-    pairs = scored.groupBy(LABEL_COL, "prediction").count().collect()
-    matrix = confusion_matrix(((r[LABEL_COL], r["prediction"], r["count"]) for r in pairs), len(classes))
-    return report(matrix, classes)
+    from pyspark.sql import functions as F
+
+    return evaluate_splits(model, df.withColumn("split", F.lit("all")), classes, ["all"])["all"]
+
+
+def evaluate_splits(model, df, classes: Sequence[str], splits: Sequence[str]) -> dict[str, ClassificationReport]:
+    """One report per split of ``df`` (column ``split``), from one Spark job: one pass over the rows, one
+    aggregation of (split, class, prediction) counts; a cluster pays for one job, not one per split."""
+    from pyspark.sql import functions as F
+
+    scored = model.transform(with_vectors(df.filter(F.col("split").isin(list(splits))), classes))
+    pairs = scored.groupBy("split", LABEL_COL, "prediction").count().collect()
+    out = {}
+    for split in splits:
+        rows = ((r[LABEL_COL], r["prediction"], r["count"]) for r in pairs if r["split"] == split)
+        out[split] = report(confusion_matrix(rows, len(classes)), classes)
+    return out
 
 
 def class_list(label_counts: Mapping[str, int]) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,7 +36,8 @@ AID = REPO.parent / "shared" / "datasets" / "aid"
 
 
 def image_tree(n: int, workdir: Path) -> Path:
-    """``n`` images laid out ``<class>/<image>``: symlinks to AID (round-robin over classes), else generated."""
+    """``n`` images laid out ``<class>/<image>``: hard links to (else copies of) AID images, round-robin over
+    classes, else generated. Not symlinks: the catalog quarantines links that leave the training folder."""
     folder = workdir / f"images_{n}"
     if folder.exists():
         return folder
@@ -49,7 +51,7 @@ def image_tree(n: int, workdir: Path) -> Path:
                     return folder
                 if i < len(items):
                     (folder / name).mkdir(parents=True, exist_ok=True)
-                    (folder / name / items[i].name).symlink_to(items[i])
+                    _link_or_copy(items[i], folder / name / items[i].name)
                     taken += 1
         return folder
     from aerial_assets import demo_data
@@ -57,6 +59,13 @@ def image_tree(n: int, workdir: Path) -> Path:
     demo_data.write_training_tiles(str(folder), per_class=-(-n // len(demo_data.DEMO_CLASSES)), size=150, seed=0,
                                    fmt="jpg")
     return folder
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or a read-only source folder that refuses links
+        shutil.copyfile(src, dst)
 
 
 def bare_loop(model_bytes: bytes, files: list[Path], batch: int, threads: int) -> tuple[float, float, float]:

@@ -15,16 +15,24 @@ class PeakMemory:
     summing their RSS would count those pages once per worker.
     """
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 1.0, pid: int | None = None):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.pid = pid  # the root of the sampled tree: this process by default
         self.breakdown: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
+        try:
+            me = psutil.Process(self.pid)
+        except psutil.Error:
+            return
         while not self._stop.is_set():
             total, parts = 0, {}
-            for proc in [me, *me.children(recursive=True)]:
+            try:
+                tree = [me, *me.children(recursive=True)]
+            except psutil.Error:
+                return
+            for proc in tree:
                 try:
                     info = proc.memory_full_info()
                     size = getattr(info, "pss", info.rss)

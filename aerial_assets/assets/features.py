@@ -63,6 +63,8 @@ def tile_features(
     usable = catalog[(catalog["status"] == OK) & catalog["split"].isin(SPLITS)][["tile_id", "uri", "label", "split"]]
     model_uri = join(layout.backbone_model(backbone), "model.onnx")
     record = read_json(store, layout.backbone_model(backbone), "backbone.json")
+    # which graph computed these features: a backbone rebuilt later must not pass for the one used here
+    model_sha = hashlib.sha256(store.read_bytes(model_uri)).hexdigest()
     session = spark.session
     reusable = _reusable_parts(storage, entry, catalog_sha, config.views)
     out = layout.tile_features(backbone)
@@ -90,6 +92,7 @@ def tile_features(
         write_json(storage_for(tmp), tmp, "summary.json", {
             "backbone": backbone, "views": config.views, "feature_dim": int(record["feature_dim"]),
             "n_tiles": len(usable), "seconds": round(elapsed, 2), "catalog_sha256": catalog_sha,
+            "model_sha256": model_sha, "run_id": context.run_id,
             "reused_parts": list(entry.parts) if reusable else [],
         })
     ok = stats[stats["status"] == OK]

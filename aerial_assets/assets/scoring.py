@@ -76,7 +76,7 @@ def _folder_tiles(spark: SparkResource, county: County):
     from pyspark.sql import functions as F
 
     source = county.tiles
-    summary = parse_tile_summary(storage_for(source.summary).read_text(source.summary), source.summary)
+    summary = parse_tile_summary(storage_for(source.summary).read_text(source.summary), source.summary, crs=source.crs)
     rows = file_tile_rows(summary, source.folder, county.key, source.crs)
     tiles = spark.session.createDataFrame(rows, TILE_SCHEMA)
     tiles = tiles.withColumn("scale_lo", F.lit(0.0)).withColumn("scale_hi", F.lit(255.0))

@@ -1,0 +1,212 @@
+"""``make bench-cluster``: does the graph scale out? Side by side in one run, on this machine:
+
+* ``tile_features[mobilenet_v2]`` over ``--images`` labelled images (AID when ``../shared/datasets/aid`` is
+  there, else generated tiles) and ``county_predictions`` over a county of ``--tiles`` tiles, on ``local[2]``,
+  on a 1-worker and on a 2-worker Spark standalone cluster (single-core workers, separate JVMs on 127.0.0.1,
+  started from the installed pyspark); images or tiles per second, timed inside the asset (Spark start-up
+  excluded), and the ratios (2 workers / 1 worker, 2-worker cluster / ``local[2]``);
+* the peak memory (PSS) of the driver (its Python process and its JVM; the executors live under the workers)
+  while scoring N and 2N tiles on the 2-worker cluster: it must not grow with the tiles;
+* the fixed cost of a run: the whole ``tile_features`` process (Python, Dagster and Spark start-up, the catalog,
+  the counts) over ``--whole-images`` images against a bare onnxruntime loop over the same files.
+
+Every Spark run is a separate process (a driver talks to one master). Inputs are prepared once on local Spark:
+the catalog, the backbone, a champion (logistic regression) and the county tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from benchmarks.bench_county import write_synthetic_county
+from benchmarks.bench_features import AID, bare_loop, image_tree
+from benchmarks.memory import PeakMemory
+
+REPO = Path(__file__).resolve().parents[1]
+BACKBONE = "mobilenet_v2"
+
+
+def _env(workdir: Path, root: Path, tiles: Path, master: str, conf_dir: Path | None) -> dict[str, str]:
+    env = {**os.environ, "AERIAL_DATA_ROOT": str(root), "AERIAL_TRAINING_TILES": str(tiles),
+           "AERIAL_COUNTIES": str(workdir / "counties.yaml"), "AERIAL_SPARK_MASTER": master,
+           "DAGSTER_HOME": str(workdir / "dagster_home"), "PYSPARK_PYTHON": sys.executable}
+    env.pop("SPARK_CONF_DIR", None)
+    if conf_dir is not None:
+        env["SPARK_CONF_DIR"] = str(conf_dir)
+    return env
+
+
+def child(stage: str, keys: list[str]) -> int:
+    """Run in a subprocess: materialize ``stage`` for ``keys`` and print one JSON line of what was measured."""
+    warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
+    from dagster import DagsterInstance, MultiPartitionKey
+
+    from aerial_assets.definitions import build_defs
+    from aerial_assets.run import Runner
+
+    defs = build_defs(os.environ)
+    runner = Runner(defs, DagsterInstance.get(), {})
+    storage = defs.resources["storage"]
+    out: dict[str, object] = {}
+    for key in keys:
+        if stage == "prepare":
+            ok = runner.run(["labeled_tiles"]) and runner.run(["backbone_models", "tile_features"], BACKBONE)
+            ok = ok and runner.run(["land_use_classifiers", "classifier_metrics"],
+                                   MultiPartitionKey({"backbone": BACKBONE, "algorithm": "logistic_regression"}))
+            ok = ok and runner.run(["model_leaderboard", "champion_model"])
+        elif stage == "catalog":
+            ok = runner.run(["labeled_tiles"]) and runner.run(["backbone_models"], BACKBONE)
+        elif stage == "county_tiles":
+            ok = runner.run(["county_tiles"], key)
+        elif stage == "features":
+            ok = runner.run(["tile_features"], BACKBONE)
+            summary = json.loads(Path(storage.layout.tile_features(BACKBONE), "summary.json").read_text())
+            out[key] = {"n": summary["n_tiles"], "seconds": summary["seconds"]}
+        else:  # score
+            ok = runner.run(["county_predictions"], key)
+            summary = json.loads(Path(storage.layout.county_predictions(key), "summary.json").read_text())
+            out[key] = {"n": summary["n_tiles"], "seconds": summary["seconds"]}
+        if not ok:
+            return 1
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def run_child(env: dict[str, str], stage: str, keys: list[str], log: Path) -> tuple[dict, float, PeakMemory]:
+    started = time.monotonic()
+    with open(log, "a") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_cluster", "--child", stage,
+                                 "--keys", ",".join(keys)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=handle, text=True)
+        with PeakMemory(interval=0.5, pid=proc.pid) as memory:
+            stdout, _ = proc.communicate()
+    wall = time.monotonic() - started
+    handle_text = stdout or ""
+    with open(log, "a") as handle:
+        handle.write(handle_text)
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage} {keys} failed ({proc.returncode}); see {log}")
+    line = next(line for line in handle_text.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):]), wall, memory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--tiles", type=int, default=20000)
+    parser.add_argument("--whole-images", type=int, default=10000)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keys", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child, [k for k in args.keys.split(",") if k] or ["-"])
+
+    from aerial_assets.counties import County, render_registry
+    from aerial_assets_tests.standalone_cluster import StandaloneCluster, spark_conf_dir
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_"))
+    log = workdir / "bench.log"
+    source = "AID" if AID.exists() else "generated 150 px JPEG tiles"
+    images = image_tree(args.images, workdir)
+    root = workdir / "root"
+    counties = {"county_n": args.tiles, "county_2n": 2 * args.tiles}
+    for key, n in counties.items():
+        path = workdir / f"{key}.tif"
+        if not path.exists():
+            write_synthetic_county(str(path), n, 56, 4.0)
+    (workdir / "counties.yaml").write_text(render_registry({k: County(k, k, [str(workdir / f"{k}.tif")])
+                                                            for k in counties}))
+    (workdir / "dagster_home").mkdir(parents=True, exist_ok=True)
+    local = _env(workdir, root, images, "local[2]", None)
+    print(f"preparing in {workdir} (catalog, backbone, champion, county tiles) ...", flush=True)
+    run_child(local, "prepare", ["-"], log)
+    from dagster import DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = local["DAGSTER_HOME"]
+    with DagsterInstance.get() as instance:
+        from aerial_assets.partitions import county_partitions
+
+        instance.add_dynamic_partitions(county_partitions.name, [k for k in counties
+                                                                 if not instance.has_dynamic_partition(
+                                                                     county_partitions.name, k)])
+    run_child(local, "county_tiles", list(counties), log)
+
+    rows, driver = [], {}
+    modes = [("local[2]", 0), ("1 worker", 1), ("2 workers", 2)]
+    for name, workers in modes:
+        print(f"running {name} ...", flush=True)
+        if workers == 0:
+            feats, _, _ = run_child(local, "features", ["-"], log)
+            score, _, _ = run_child(local, "score", ["county_n"], log)
+        else:
+            with StandaloneCluster(workdir / f"cluster_{workers}", workers=workers, cores=1, memory="3g") as cluster:
+                conf = spark_conf_dir(workdir / f"conf_{workers}", {
+                    "spark.cores.max": str(workers), "spark.executor.memory": "2g",
+                    "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+                    "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
+                    "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+                env = _env(workdir, root, images, cluster.url, conf)
+                feats, _, _ = run_child(env, "features", ["-"], log)
+                score, _, mem_n = run_child(env, "score", ["county_n"], log)
+                if workers == 2:
+                    score_2n, _, mem_2n = run_child(env, "score", ["county_2n"], log)
+                    driver = {"N": (score["county_n"]["n"], mem_n.peak), "2N": (score_2n["county_2n"]["n"], mem_2n.peak)}
+        f, s = feats["-"], score["county_n"]
+        rows.append((name, f["n"] / f["seconds"], s["n"] / s["seconds"]))
+
+    print(f"measuring the fixed cost: bare loop vs the whole tile_features process over {args.whole_images} "
+          "images ...", flush=True)
+    whole_images = image_tree(args.whole_images, workdir)
+    whole_root = workdir / "root_whole"
+    whole_env = _env(workdir, whole_root, whole_images, "local[2]", None)
+    run_child(whole_env, "catalog", ["-"], log)
+    _, whole_wall, _ = run_child(whole_env, "features", ["-"], log)
+    files = sorted(p for p in whole_images.rglob("*") if p.is_file() or p.is_symlink())
+    model = (whole_root / "backbone_models" / BACKBONE / "model.onnx").read_bytes()
+    bare, _, _ = bare_loop(model, files, 8, 2)
+
+    print()
+    print(f"Images: {args.images} ({source}); county: {args.tiles} tiles (synthetic, 56 px per 224 m tile, "
+          "resampled to 224 px); backbone mobilenet_v2; single-core workers.")
+    print()
+    print("| Spark | tile_features images/s | county_predictions tiles/s |")
+    print("|---|---:|---:|")
+    for name, fps, sps in rows:
+        print(f"| {name} | {fps:.1f} | {sps:.1f} |")
+    by = {name: (fps, sps) for name, fps, sps in rows}
+    print()
+    print("| ratio | tile_features | county_predictions | target |")
+    print("|---|---:|---:|---|")
+    print(f"| 2 workers / 1 worker | {by['2 workers'][0] / by['1 worker'][0]:.2f} | "
+          f"{by['2 workers'][1] / by['1 worker'][1]:.2f} | >= 1.6 |")
+    print(f"| 2 workers / local[2] | {by['2 workers'][0] / by['local[2]'][0]:.2f} | "
+          f"{by['2 workers'][1] / by['local[2]'][1]:.2f} | >= 0.8 |")
+    print()
+    (n1, p1), (n2, p2) = driver["N"], driver["2N"]
+    print("| scoring on 2 workers | tiles | driver peak memory (PSS: Python + its JVM) |")
+    print("|---|---:|---:|")
+    print(f"| N | {n1} | {p1 / 2**30:.2f} GiB |")
+    print(f"| 2N | {n2} | {p2 / 2**30:.2f} GiB |")
+    print(f"\ndriver memory 2N / N: {p2 / p1:.2f} (target <= 1.1)")
+    whole_rate = args.whole_images / whole_wall
+    print()
+    print("| fixed cost, local[2] | images/s | ratio to the bare loop |")
+    print("|---|---:|---:|")
+    print(f"| bare onnxruntime loop (one process, 2 threads) | {bare:.1f} | 1.00 |")
+    print(f"| whole `tile_features` process (start-up included, {whole_wall:.1f} s) | {whole_rate:.1f} | "
+          f"{whole_rate / bare:.2f} |")
+    print(f"\nwork folder: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
