@@ -20,6 +20,7 @@ from aerial_assets.assets._io import markdown_table, read_json, write_json
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.label_map import apply_label_map, parse_label_map
 from aerial_assets.resources import SparkResource, StorageResource, TrainingTilesResource
+from aerial_assets.spark_jobs import task_count
 from aerial_assets.storage import join, storage_for
 
 
@@ -76,7 +77,7 @@ def labeled_tiles(
     candidates = listed[listed["status"] == catalog.OK][["tile_id", "uri"]]
     session = spark.session
     if len(candidates):
-        frame = session.createDataFrame(candidates).repartition(spark.task_parallelism() * 2)
+        frame = session.createDataFrame(candidates).repartition(task_count(len(candidates), spark.task_parallelism()))
         inspected = frame.mapInPandas(catalog.inspect_frames(config.expected_size), catalog.INSPECT_SCHEMA).toPandas()
         listed = catalog.merge_inspection(listed, inspected)
     catalog.check_class_folders(class_dirs, listed)
