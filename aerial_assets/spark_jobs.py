@@ -159,6 +159,11 @@ class JobProgress:
             self.session.sparkContext.setLocalProperty("spark.jobGroup.id", None)
             self.session.sparkContext.setLocalProperty("spark.job.description", None)
         if exc[0] is None:
+            if not self.stages:  # too short for Spark to report a stage (Connect reports every few seconds)
+                elapsed = max(self.clock() - self.started, 1e-9)
+                self.emit(f"{self.what}: {self.total}/{self.total} tiles (100 %; the job ended before Spark "
+                          f"reported its stages), {self.total / elapsed:.1f} tiles/s")
+                return
             self._report(force=True)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from aerial_assets.errors import StorageError
 from aerial_assets.imaging import ImageDecodeError, load_tile
 from aerial_assets.inference import batched, get_session, input_size, run_view_features
 from aerial_assets.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, read_tile, tile_windows
@@ -100,7 +101,7 @@ def window_featurizer(
                             good.append(True)
                             status.append("ok")
                             reason.append("")
-                        except (rasterio.errors.RasterioError, ImageDecodeError, OSError) as exc:
+                        except (rasterio.errors.RasterioError, ImageDecodeError, StorageError, OSError) as exc:
                             good.append(False)
                             status.append("quarantined")
                             reason.append(f"unreadable tile: {exc}")

@@ -196,6 +196,27 @@ def test_ready_made_tiles_with_a_summary_csv(graph_run, tmp_path):
         assert ds.shape == (2, 3)
 
 
+def test_a_tile_file_missing_from_its_folder_is_quarantined_not_fatal(graph_run, tmp_path):
+    """One file named in the summary but absent: the county is scored, that tile is quarantined with its reason."""
+    rng = np.random.default_rng(6)
+    rows = []
+    for i, label in enumerate(["Forest", "Developed", "Cultivated", "Forest"]):
+        if i != 2:  # t2.png is listed but never written
+            Image.fromarray(demo_data.paint_tile(label, rng, 64)).save(tmp_path / f"t{i}.png")
+        left, top = 305_000 + 224 * (i % 2), 4_720_000 - 224 * (i // 2)
+        rows.append({"filename": f"t{i}.png", "left": left, "bottom": top - 224, "right": left + 224, "top": top})
+    pd.DataFrame(rows).to_csv(tmp_path / "tile_summaries.csv", index=False)
+    _register(graph_run, {"gappy": {"tiles": {"folder": str(tmp_path), "crs": "EPSG:26919",
+                                              "summary": str(tmp_path / "tile_summaries.csv")}}})
+    _add(graph_run, ["gappy"])
+    assert _runner(graph_run).run(COUNTY_ASSETS, "gappy")
+    folder = graph_run["root"] / "county_predictions" / "gappy"
+    preds = pd.concat(pq.read_table(p).to_pandas() for p in (folder / "predictions.parquet").glob("*.parquet"))
+    bad = preds[preds["status"] != "ok"]
+    assert len(preds) == 4 and list(bad["tile_id"]) == ["gappy/t2.png"] and "t2.png" in bad["reason"].iloc[0]
+    assert pd.read_csv(folder / "quarantine.csv")["tile_id"].tolist() == ["gappy/t2.png"]
+
+
 def test_one_failing_county_does_not_stop_the_others(graph_run, tiny_county, tmp_path):
     raster, _ = tiny_county
     broken = tmp_path / "broken.tif"

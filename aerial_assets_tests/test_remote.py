@@ -162,6 +162,8 @@ def test_whole_graph_over_spark_connect_matches_local_mode(connect_server, graph
     done = subprocess.run([sys.executable, "-m", "aerial_assets.run", *selection], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # progress of the one featurization job reaches the run log over Connect too (registerProgressHandler)
+    assert "featurizing with mobilenet_v2: " in done.stdout + done.stderr
     log = server_log.read_text()
     # the work went through the server: a Connect session and many executed plans
     assert "SparkConnectSessionManager" in log and log.count("SparkConnectExecutionManager") > 50
