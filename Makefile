@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features azurite
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars
 
 install: $(STAMP)
 
@@ -34,12 +34,12 @@ demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
 run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
 	$(BIN)/python -m aerial_assets.run
 
-test: $(STAMP)
+test: $(STAMP) $(if $(shell command -v mvn),jars)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
-	mkdir -p "$(DAGSTER_HOME)"
-	test -f "$(DAGSTER_HOME)/dagster.yaml" || cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+	# Creates the home (with dagster.yaml) if needed, fails runs whose process is gone, removes their temporaries.
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -m aerial_assets.run_guard
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 lint: $(STAMP)
@@ -50,6 +50,13 @@ AZURITE_VERSION := 3.37.0
 azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and npm), into .cache/azurite
 	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
 		npm install --no-save --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION)
+
+# pom.xml pins them: hadoop-azure at pyspark's Hadoop version, and what it needs beyond pyspark's own jars
+jars: .cache/jars/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars
+.cache/jars/.complete: pom.xml
+	rm -rf .cache/jars
+	mvn -q -B -C -Dstyle.color=never -f pom.xml dependency:copy-dependencies
+	touch $@
 
 clean:
 	rm -rf $(VENV) .aerial_data .pytest_cache
@@ -65,3 +72,6 @@ bench-accuracy: $(STAMP)  ## AID-30 comparison, 50/50 split seed 0 (needs ../sha
 
 bench-features: $(STAMP)  ## featurization speed per backbone: bare onnxruntime loop vs tile_features on Spark; peak memory
 	$(BIN)/python -m benchmarks.bench_features
+
+bench-cluster: $(STAMP)  ## scale-out: local[2] vs 1- and 2-worker standalone clusters; driver memory at N and 2N tiles; fixed cost
+	$(BIN)/python -m benchmarks.bench_cluster $(BENCH_ARGS)

@@ -30,8 +30,11 @@ Spark and Azure paths (``spark_path``)
     ``atomic_dir`` a Spark output goes to a local staging folder that the commit uploads; a committed output
     that Spark must read is downloaded once per process into a local cache (keyed by the blobs' etags).
     This needs Spark to share the driver's filesystem: local Spark or a Spark Connect server on the same host.
-    ``direct``: Spark gets ``abfss://container@account.dfs.core.windows.net/...`` URLs and reads and writes
-    Azure itself; the cluster needs hadoop-azure and its own credentials (Databricks, HDInsight, Synapse).
+    ``direct``: Spark gets Hadoop URLs (:func:`spark_url`) and reads and writes Azure itself through the ABFS
+    driver of hadoop-azure; :func:`spark_hadoop_conf` is the Hadoop configuration it needs for these
+    credentials, which :func:`configure_spark_session` sets on a classic session at run time (Databricks and
+    HDInsight clusters, and Spark Connect servers, carry their own). Executors still write GeoParquet parts and
+    read tiles, rasters and models through this module, with the credentials of their own environment.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from aerial_assets.errors import StorageError
+from aerial_assets.errors import ConfigurationError, StorageError
 from aerial_assets.storage import AZURE_SCHEMES, FileEntry, Storage, join
 
 ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
@@ -60,9 +63,24 @@ ENV_ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
 ENV_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
 ENV_BLOB_ENDPOINT = "AZURE_STORAGE_BLOB_ENDPOINT"
 SPARK_MODES = ("staged", "direct")
+SPARK_AZURE_SCHEMES = ("abfss", "wasbs")  # AERIAL_SPARK_AZURE_SCHEME, for direct mode (spark_url)
+ABFS = "org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem"
+HADOOP_AZURE_PACKAGES = ("org.apache.hadoop:hadoop-azure:{hadoop}", "org.hdrhistogram:HdrHistogram:2.1.12")
 JOURNAL = ".aerial-commits"
 JOURNAL_TTL_S = 2.0
 STREAM_COPY_BYTES = 64 * 1024 * 1024
+# Bounded waits on the Blob service. The SDK's defaults (per request up to 3 retries 15 s and more apart, a
+# 20 s connect timeout), repeated by every call of a run, made an endpoint that refuses connections take about
+# 9 minutes to fail. Now a request that cannot connect (refused, unknown host, no answer within
+# CONNECT_TIMEOUT_S) is retried once, ~3 s later, so a wrong or unreachable endpoint is reported within
+# seconds; errors of a reachable service (throttling, 5xx, a broken read) still get RETRY_TOTAL retries
+# (backoff ~3, 5, 9 s) to ride out transient trouble.
+RETRY_TOTAL = 3
+RETRY_CONNECT = 1
+RETRY_INITIAL_BACKOFF_S = 1
+RETRY_INCREMENT_BASE = 2
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60  # between two reads of one response, not for a whole transfer
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
@@ -134,6 +152,16 @@ class AzureCredentials:
         match = re.match(r"^\w+://([^/.:]+)\.blob\.", endpoint) or re.match(r"^\w+://[^/]+/([^/?]+)", endpoint)
         return match.group(1) if match else ""
 
+    @property
+    def endpoint(self) -> str:
+        """The Blob endpoint requests go to, for messages (without any query string, so never a SAS)."""
+        endpoint = self.blob_endpoint or _cs_field(self.connection_string, "BlobEndpoint")
+        if not endpoint and self.account:
+            protocol = _cs_field(self.connection_string, "DefaultEndpointsProtocol") or "https"
+            suffix = _cs_field(self.connection_string, "EndpointSuffix") or "core.windows.net"
+            endpoint = f"{protocol}://{self.account}.blob.{suffix}"
+        return endpoint.split("?")[0].rstrip("/")
+
     def secrets(self) -> list[str]:
         values = [self.connection_string, self.account_key, self.sas_token.lstrip("?"),
                   _cs_field(self.connection_string, "AccountKey"),
@@ -179,7 +207,7 @@ def redact(text: str, credentials: AzureCredentials | None) -> str:
 
 # --- process-wide settings -------------------------------------------------------------------------------
 
-_SETTINGS: dict[str, object] = {"credentials": None, "spark_mode": "staged"}
+_SETTINGS: dict[str, object] = {"credentials": None, "spark_mode": "staged", "spark_scheme": "abfss"}
 _FILESYSTEMS: dict[AzureCredentials, object] = {}
 _CONTAINERS_SEEN: set[tuple[str, str]] = set()
 _JOURNALS: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
@@ -188,20 +216,24 @@ _LOCK = threading.Lock()
 _SCRATCH: list[str] = []
 
 
-def configure(credentials: AzureCredentials | None = None, spark_mode: str | None = None) -> None:
-    """Set the credentials and Spark path mode that :func:`aerial_assets.storage.storage_for` uses in this
-    process (the driver); without it, credentials come from the environment."""
+def configure(credentials: AzureCredentials | None = None, spark_mode: str | None = None,
+              spark_scheme: str | None = None) -> None:
+    """Set the credentials, Spark path mode and direct-mode URL scheme that
+    :func:`aerial_assets.storage.storage_for` uses in this process (the driver); without it, credentials come
+    from the environment."""
     if spark_mode is not None:
         if spark_mode not in SPARK_MODES:
             raise StorageError(f"unknown Spark storage mode {spark_mode!r}: valid modes: {', '.join(SPARK_MODES)}")
         _SETTINGS["spark_mode"] = spark_mode
+    if spark_scheme is not None:
+        _SETTINGS["spark_scheme"] = _checked_scheme(spark_scheme)
     if credentials is not None:
         _SETTINGS["credentials"] = credentials
 
 
 def reset() -> None:
     """Forget :func:`configure` (tests)."""
-    _SETTINGS.update(credentials=None, spark_mode="staged")
+    _SETTINGS.update(credentials=None, spark_mode="staged", spark_scheme="abfss")
     _JOURNALS.clear()
 
 
@@ -246,9 +278,11 @@ class AzureStorage(Storage):
     """Blob Storage / ADLS Gen2 through adlfs. Without explicit settings it uses :func:`configure`'s, else the
     environment's (as Spark executors do)."""
 
-    def __init__(self, credentials: AzureCredentials | None = None, spark_mode: str | None = None):
+    def __init__(self, credentials: AzureCredentials | None = None, spark_mode: str | None = None,
+                 spark_scheme: str | None = None):
         self._credentials = credentials
         self._spark_mode = spark_mode
+        self._spark_scheme = _checked_scheme(spark_scheme) if spark_scheme else None
 
     def __reduce__(self):
         return (AzureStorage, ())
@@ -261,6 +295,11 @@ class AzureStorage(Storage):
     def spark_mode(self) -> str:
         return self._spark_mode or str(_SETTINGS["spark_mode"])
 
+    @property
+    def spark_scheme(self) -> str:
+        """``abfss`` or ``wasbs``: the Hadoop scheme of direct-mode Spark paths (:func:`spark_url`)."""
+        return self._spark_scheme or str(_SETTINGS["spark_scheme"])
+
     # --- plumbing ------------------------------------------------------------------------------------------
 
     def _fs(self):
@@ -268,11 +307,9 @@ class AzureStorage(Storage):
         with _LOCK:
             fs = _FILESYSTEMS.get(creds)
         if fs is None:
-            import adlfs
-
             kwargs = creds.adlfs_kwargs()
             try:
-                fs = adlfs.AzureBlobFileSystem(skip_instance_cache=True, **kwargs)
+                fs = _bounded_filesystem_class()(skip_instance_cache=True, **kwargs)
             except Exception as exc:  # noqa: BLE001 - adlfs raises ValueError with the cause's text
                 raise StorageError(f"cannot set up Azure storage access with the {creds.kind} "
                                    f"({creds.source}): {redact(str(exc), creds).splitlines()[0]}") from None
@@ -303,8 +340,10 @@ class AzureStorage(Storage):
             return self._no_container(uri)
         if name in ("ServiceRequestError", "ServiceResponseError", "ClientConnectorError", "ConnectionError") \
                 or isinstance(exc, ConnectionError | TimeoutError):
-            return f"cannot {action} {uri}: storage account {account!r} is unreachable ({name}); check the network " \
-                   f"and the endpoint ({ENV_BLOB_ENDPOINT} or the connection string)"
+            cause = " ".join(redact(str(exc), creds).split())[:160]
+            return (f"cannot {action} {uri}: the Blob endpoint {redact(creds.endpoint, creds) or '?'} of storage "
+                    f"account {account!r} is unreachable ({name}{': ' + cause if cause else ''}); check the network "
+                    f"and the endpoint ({ENV_BLOB_ENDPOINT} or the connection string)")
         detail = redact(str(exc), creds).strip().splitlines()
         return f"cannot {action} {uri}: {name}" + (f": {detail[0]}" if detail else "")
 
@@ -400,17 +439,20 @@ class AzureStorage(Storage):
         with self._errors(uri, "write"):
             self._fs().pipe_file(path.fs_path, data)
 
-    def _files(self, path: BlobPath) -> dict[str, dict]:
-        """Every blob under ``path`` (or ``path`` itself), by key relative to it, with size and etag."""
+    def _files(self, path: BlobPath, folders: list[str] | None = None) -> dict[str, dict]:
+        """Every blob under ``path`` (or ``path`` itself), by key relative to it, with size and etag; the
+        folders below ``path`` (their filesystem paths) are appended to ``folders`` when it is given."""
         fs = self._fs()
         with self._errors(path.uri, "list"):
-            found = fs.find(path.fs_path, detail=True)
+            found = fs.find(path.fs_path, detail=True, withdirs=folders is not None)
             if isinstance(found, list):  # adlfs answers a single file's path with a list of names
                 found = {name: fs.info(name) for name in found}
         prefix = path.fs_path + "/"
         out = {}
         for name, info in found.items():
             if info.get("type") == "directory":
+                if folders is not None and name.startswith(prefix):
+                    folders.append(name)
                 continue
             if name == path.fs_path:
                 out[""] = info
@@ -448,10 +490,18 @@ class AzureStorage(Storage):
         path = self._parse(uri)
         fs = self._fs()
         with self._errors(uri, "delete"):
-            names = sorted(self._files(path).items())
+            folders: list[str] = []
+            names = sorted(self._files(path, folders).items())
             paths = [f"{path.fs_path}/{rel}" if rel else path.fs_path for rel, _ in names]
             if paths:
                 fs.rm(paths)
+            # Folder marker blobs (zero bytes, metadata hdi_isfolder=true), which Hadoop's ABFS driver writes for
+            # every folder it creates (direct mode): deepest first. A folder that has no marker answers 404.
+            if (paths or folders) and path.key and not any(rel == "" for rel, _ in names):
+                folders.append(path.fs_path)
+            for folder in sorted(set(folders), key=len, reverse=True):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(folder)
 
     def _copy_blob(self, src: str, dst: str, size: int) -> None:
         fs = self._fs()
@@ -511,12 +561,18 @@ class AzureStorage(Storage):
         self._journal_set(final, False)
 
     def spark_path(self, uri: str) -> str:
+        """``staged``: a local path (a staging folder inside ``atomic_dir``, else a local copy of the committed
+        output). ``direct``: the Hadoop URL of the blob (:func:`spark_url`), which Spark reads and writes itself;
+        a committed output is checked against the commit journal first, as any reader's."""
         path = self._parse(uri)
+        writing = any(uri == tmp or uri.startswith(f"{tmp}/") for tmp in list(_ACTIVE_TMP))
         if self.spark_mode == "direct":
-            account = path.account or self.credentials.account
-            if not account:
-                raise StorageError(f"{uri}: the Spark path needs the storage account name ({ENV_ACCOUNT_NAME})")
-            return f"abfss://{path.container}@{account}.dfs.core.windows.net/{path.key}"
+            if not writing:
+                self._check_readable(path)
+            try:
+                return spark_url(self.credentials, self.spark_scheme, path.container, path.key)
+            except StorageError as exc:
+                raise StorageError(f"{uri}: {exc}") from None
         for tmp, staging in list(_ACTIVE_TMP.items()):
             if uri == tmp or uri.startswith(f"{tmp}/"):
                 local = os.path.join(staging, uri[len(tmp):].lstrip("/"))
@@ -576,3 +632,264 @@ def _local_files(folder: str, skip_hidden: bool) -> Iterator[tuple[str, str]]:
                 continue  # Hadoop's .crc checksums of local files
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, folder).replace(os.sep, "/"), full
+
+
+# --- Spark's own Azure access (direct mode) ----------------------------------------------------------------
+
+PYSPARK_HADOOP = "3.5.0"  # the Hadoop inside pyspark 4.3.0, which pom.xml's hadoop-azure matches
+
+
+def _checked_scheme(scheme: str) -> str:
+    value = (scheme or "").strip().lower()
+    if value not in SPARK_AZURE_SCHEMES:
+        raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
+                                 f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts, through ABFS; wasbs: "
+                                 "Blob Storage accounts, HDInsight's default file system)")
+    return value
+
+
+def _hadoop_at_least(version: str, wanted: tuple[int, int]) -> bool:
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version or "")[:2])
+    return bool(numbers) and numbers >= wanted
+
+
+@dataclass(frozen=True)
+class HadoopEndpoint:
+    """How Hadoop's ABFS driver reaches a storage account, derived from the credentials' Blob endpoint.
+
+    ``suffix``: ``core.windows.net``, or a sovereign cloud's (from a Blob endpoint ``<account>.blob.<suffix>`` or
+    the connection string's ``EndpointSuffix``). ``override``: ``host:port`` for ``fs.azure.abfs.endpoint``, when
+    the Blob endpoint is not named ``<account>.blob.<suffix>``: an emulator (Azurite:
+    ``http://127.0.0.1:10000/<account>``), which ABFS then addresses path-style. ``secure``: False for an
+    ``http://`` endpoint (or ``DefaultEndpointsProtocol=http``).
+    """
+
+    account: str
+    suffix: str = "core.windows.net"
+    override: str = ""
+    secure: bool = True
+
+    @classmethod
+    def of(cls, credentials: AzureCredentials) -> HadoopEndpoint:
+        account = credentials.account
+        if not account:
+            raise StorageError(f"the Spark path needs the storage account name ({ENV_ACCOUNT_NAME})")
+        cs = credentials.connection_string
+        suffix = _cs_field(cs, "EndpointSuffix") or "core.windows.net"
+        endpoint = (credentials.blob_endpoint or _cs_field(cs, "BlobEndpoint")).split("?")[0].rstrip("/")
+        if not endpoint:
+            return cls(account, suffix, "", (_cs_field(cs, "DefaultEndpointsProtocol") or "https").lower() != "http")
+        protocol, _, rest = endpoint.partition("://")
+        netloc = rest.split("/")[0]
+        secure = protocol.lower() != "http"
+        named = re.fullmatch(rf"{re.escape(account)}\.blob\.([^:]+)", netloc, re.IGNORECASE)
+        if named:
+            return cls(account, named.group(1), "", secure)
+        return cls(account, "core.windows.net", netloc, secure)
+
+    def host(self, scheme: str) -> str:
+        """The host of the URLs: ``<account>.dfs.<suffix>`` (abfss) or ``<account>.blob.<suffix>`` (wasbs, the
+        form the WASB driver and ABFS's Blob endpoint expect). Under an endpoint override it is
+        ``<account>.dfs.core.windows.net`` whatever the scheme: the only host ABFS then takes the account name
+        from (with a ``.blob.`` host the account stays unset and every request fails)."""
+        if scheme == "abfss" or self.override:
+            return f"{self.account}.dfs.{'core.windows.net' if self.override else self.suffix}"
+        return f"{self.account}.blob.{self.suffix}"
+
+    def scheme(self, scheme: str) -> str:
+        """``abfss``/``wasbs``, or ``abfs``/``wasb`` for plain http (the secure schemes always use https)."""
+        return scheme if self.secure else scheme[:-1]
+
+
+def spark_url(credentials: AzureCredentials, scheme: str, container: str, key: str) -> str:
+    """The Hadoop URL at which Spark reads and writes ``az://container/key`` itself (direct mode).
+
+    - ``abfss`` (default): ``abfss://container@<account>.dfs.core.windows.net/key``, the ABFS driver, the Hadoop
+      driver for ADLS Gen2 (hierarchical namespace) accounts that Databricks, Synapse and HDInsight all ship.
+    - ``wasbs``: ``wasbs://container@<account>.blob.core.windows.net/key``, HDInsight's default file system, for
+      Blob Storage (flat namespace) accounts. A Hadoop before 3.5 (HDInsight) serves it with its WASB driver.
+      Hadoop 3.5 removed WASB (HADOOP-19778: ``NativeAzureFileSystem`` only throws), so on a 3.5 session, local
+      Spark included, :func:`spark_hadoop_conf` maps ``wasb(s)://`` to ABFS, which serves flat-namespace
+      accounts through their Blob endpoint.
+    - A plain http endpoint (an emulator) gives ``abfs://`` / ``wasb://``, and with an endpoint override the
+      host is ``<account>.dfs.core.windows.net`` for both schemes (:meth:`HadoopEndpoint.host`).
+    """
+    endpoint = HadoopEndpoint.of(credentials)
+    scheme = _checked_scheme(scheme)
+    return f"{endpoint.scheme(scheme)}://{container}@{endpoint.host(scheme)}/{key}"
+
+
+class HadoopConf(dict):
+    """Hadoop settings by name. Some values are secrets (an account key, a SAS): repr shows the names only."""
+
+    def __repr__(self) -> str:
+        return f"HadoopConf({sorted(self)})"
+
+    __str__ = __repr__
+
+
+def spark_hadoop_conf(credentials: AzureCredentials, scheme: str = "abfss",
+                      hadoop_version: str = PYSPARK_HADOOP) -> HadoopConf:
+    """The Hadoop configuration a Spark session needs to read and write :func:`spark_url` URLs with these
+    credentials (``hadoop_version``: the session's Hadoop).
+
+    - Credentials, scoped to the URLs' host: an account key (``AZURE_STORAGE_ACCOUNT_KEY`` or ``AccountKey`` of
+      the connection string) as ``SharedKey``; else a SAS token (``AZURE_STORAGE_SAS_TOKEN`` or
+      ``SharedAccessSignature``) as ABFS's fixed SAS (``fs.azure.sas.fixed.token.<host>``); a connection
+      string with neither is a ConfigurationError. ``DefaultAzureCredential`` gives no credential setting: the
+      cluster's own hadoop-azure configuration must authenticate (OAuth with a managed identity, HDInsight's
+      core-site), which :func:`configure_spark_session` checks.
+    - ``wasbs`` on Hadoop 3.5 or later: ``fs.wasb(s).impl`` and ``fs.AbstractFileSystem.wasb(s).impl`` map to
+      ABFS (WASB was removed); an older Hadoop keeps its own WASB driver, which reads the same key setting
+      (a SAS for WASB is ``fs.azure.sas.<container>.<host>``, not set here).
+    - ``wasbs``, or any endpoint override: a flat-namespace account through the Blob endpoint
+      (``fs.azure.account.hns.enabled.<host>=false``, ``fs.azure.fns.account.service.type.<host>=BLOB``); an
+      emulator has no dfs endpoint at all. ``abfss`` on Azure itself lets ABFS detect the account's kind.
+    - Derived from a custom Blob endpoint: ``fs.azure.abfs.endpoint`` (emulator), and for plain http
+      ``fs.azure.always.use.https=false`` with the JDK's HTTP client. These three are process-wide Hadoop
+      settings (ABFS reads them without an account scope).
+    """
+    endpoint = HadoopEndpoint.of(credentials)
+    scheme = _checked_scheme(scheme)
+    host = endpoint.host(scheme)
+    conf = HadoopConf()
+    if scheme == "wasbs" and _hadoop_at_least(hadoop_version, (3, 5)):
+        conf.update({
+            "fs.wasb.impl": ABFS,
+            "fs.wasbs.impl": "org.apache.hadoop.fs.azurebfs.SecureAzureBlobFileSystem",
+            "fs.AbstractFileSystem.wasb.impl": "org.apache.hadoop.fs.azurebfs.Abfs",
+            "fs.AbstractFileSystem.wasbs.impl": "org.apache.hadoop.fs.azurebfs.Abfss",
+        })
+    if scheme == "wasbs" or endpoint.override:
+        conf[f"fs.azure.account.hns.enabled.{host}"] = "false"
+        conf[f"fs.azure.fns.account.service.type.{host}"] = "BLOB"
+    if endpoint.override:
+        conf["fs.azure.abfs.endpoint"] = endpoint.override
+    if not endpoint.secure:
+        conf["fs.azure.always.use.https"] = "false"
+        conf["fs.azure.networking.library"] = "JDK_HTTP_URL_CONNECTION"
+    cs = credentials.connection_string
+    key = credentials.account_key or _cs_field(cs, "AccountKey")
+    sas = credentials.sas_token or _cs_field(cs, "SharedAccessSignature")
+    if key:
+        conf[f"fs.azure.account.auth.type.{host}"] = "SharedKey"
+        conf[f"fs.azure.account.key.{host}"] = key
+    elif sas:
+        conf[f"fs.azure.account.auth.type.{host}"] = "SAS"
+        conf[f"fs.azure.sas.fixed.token.{host}"] = sas.lstrip("?")
+    elif cs:
+        raise ConfigurationError(
+            f"AERIAL_SPARK_STORAGE=direct: the connection string ({ENV_CONNECTION_STRING}) of storage account "
+            f"{endpoint.account!r} has neither AccountKey nor SharedAccessSignature; Spark's ABFS driver takes an "
+            f"account key (SharedKey) or a SAS token (fixed SAS), or the cluster's own OAuth settings")
+    return conf
+
+
+def missing_driver_message(master: str, hadoop_version: str) -> str:
+    """What to do when a session asked for direct mode has no ABFS driver on its class path."""
+    if (master or "").startswith("local"):
+        return ("AERIAL_SPARK_STORAGE=direct: this local Spark session has no hadoop-azure (the ABFS driver, "
+                f"{ABFS}) on its class path: run `make jars` (Maven copies the jars that pom.xml pins into "
+                ".cache/jars, which local sessions then load), or name the jars in AERIAL_SPARK_JARS, or use "
+                "AERIAL_SPARK_STORAGE=staged")
+    packages = ",".join(p.format(hadoop=hadoop_version or PYSPARK_HADOOP) for p in HADOOP_AZURE_PACKAGES)
+    return (f"AERIAL_SPARK_STORAGE=direct: the Spark cluster ({master}, Hadoop {hadoop_version or '?'}) has no "
+            f"hadoop-azure (the ABFS driver) on its class path: give it spark.jars.packages={packages} (hadoop-azure "
+            "at the cluster's Hadoop version), or the jars in AERIAL_SPARK_JARS, or use AERIAL_SPARK_STORAGE=staged")
+
+
+def configure_spark_session(session, credentials: AzureCredentials, scheme: str = "abfss") -> bool:
+    """Give a classic Spark session what direct mode needs (:func:`spark_hadoop_conf`), at run time; returns
+    False, doing nothing, for a Spark Connect session.
+
+    Fails at once (ConfigurationError) when the session has no ABFS driver on its class path (saying to run
+    ``make jars``, or which ``spark.jars.packages`` a cluster needs) or no credential for the account. The
+    settings go on ``sparkContext.hadoopConfiguration()``, never into Spark's conf: Spark's redaction pattern
+    does not match ``fs.azure.account.key.*``, so a key there would show in the event log and the environment
+    page; executors get the Hadoop configuration inside Spark's own broadcast of it for each read and write.
+    A Spark Connect client cannot set the server's Hadoop configuration: the cluster itself must be set up for
+    the account (Databricks: Unity Catalog or the cluster's Spark config; HDInsight: its core-site), and
+    nothing is checked here.
+    """
+    from aerial_assets.spark_jobs import is_connect
+
+    if is_connect(session):
+        return False
+    context = session.sparkContext
+    hadoop = context._jsc.hadoopConfiguration()
+    version = str(context._jvm.org.apache.hadoop.util.VersionInfo.getVersion())
+    if hadoop.getClassByNameOrNull(ABFS) is None:
+        raise ConfigurationError(missing_driver_message(str(context.master), version))
+    conf = spark_hadoop_conf(credentials, scheme, version)
+    endpoint = HadoopEndpoint.of(credentials)
+    host = endpoint.host(_checked_scheme(scheme))
+    if not any(name.startswith("fs.azure.account.auth.type") for name in conf) and not any(
+            hadoop.get(name) for name in (f"fs.azure.account.auth.type.{host}", "fs.azure.account.auth.type",
+                                          f"fs.azure.account.key.{host}")):
+        raise ConfigurationError(
+            f"AERIAL_SPARK_STORAGE=direct: Spark has no credential for storage account {endpoint.account!r}: the "
+            f"ABFS driver is given an account key ({ENV_ACCOUNT_KEY}, or AccountKey in {ENV_CONNECTION_STRING}) or a "
+            f"SAS token ({ENV_SAS_TOKEN}); with {credentials.kind}, configure the cluster's hadoop-azure itself "
+            f"(fs.azure.account.auth.type.{host}=OAuth with a managed identity or a service principal)")
+    for name, value in conf.items():
+        hadoop.set(name, value)
+    if endpoint.override:
+        # ABFS logs an ERROR ("Failed to parse the date") for each emulator response whose Last-Modified time
+        # is missing (Azurite's listings): noise, not a failure
+        with contextlib.suppress(Exception):
+            jvm = context._jvm
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+                "org.apache.hadoop.fs.azurebfs.utils.DateTimeUtils", jvm.org.apache.logging.log4j.Level.OFF)
+    return True
+
+
+# --- adlfs with bounded retries and timeouts ---------------------------------------------------------------
+
+_BOUNDED_FS: list[type] = []
+
+
+def client_options() -> dict[str, object]:
+    """Keyword arguments for every ``BlobServiceClient``: bounded retries and timeouts (see RETRY_TOTAL)."""
+    from azure.storage.blob.aio import ExponentialRetry  # the async one: adlfs uses the aio client
+
+    return {"retry_policy": ExponentialRetry(initial_backoff=RETRY_INITIAL_BACKOFF_S,
+                                             increment_base=RETRY_INCREMENT_BASE, retry_total=RETRY_TOTAL,
+                                             retry_connect=RETRY_CONNECT, retry_read=RETRY_TOTAL, random_jitter_range=1),
+            "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+
+
+def _bounded_filesystem_class() -> type:
+    """``adlfs.AzureBlobFileSystem`` whose Blob client has :func:`client_options`.
+
+    adlfs builds its ``BlobServiceClient`` itself with the SDK's defaults and takes no client options (its
+    ``connection_timeout``/``read_timeout`` reach uploads and downloads only, and nothing sets the retries),
+    so ``do_connect`` lets adlfs pick the URL and the credential as usual, then makes the same client with
+    these options. Built on first use: importing this module must not need adlfs.
+    """
+    if _BOUNDED_FS:
+        return _BOUNDED_FS[0]
+    import adlfs
+    from azure.storage.blob.aio import BlobServiceClient
+
+    class BoundedAzureBlobFileSystem(adlfs.AzureBlobFileSystem):
+        def do_connect(self) -> None:
+            super().do_connect()
+            options = client_options()
+            if self.connection_string is not None:
+                client = BlobServiceClient.from_connection_string(self.connection_string, **options)
+            else:  # the same choice as adlfs: a credential or key, else a SAS in the URL, else anonymous
+                credential = next((c for c in (self.credential, self.account_key) if c is not None), None)
+                url = self.account_url + (self.sas_token if credential is None and self.sas_token else "")
+                client = BlobServiceClient(url, credential=credential, _location_mode=self.location_mode, **options)
+            self.service_client = client  # adlfs's own client has not opened a connection yet: nothing to close
+
+    BoundedAzureBlobFileSystem.__module__ = __name__
+    _BOUNDED_FS.append(BoundedAzureBlobFileSystem)
+    return BoundedAzureBlobFileSystem
+
+
+def __getattr__(name: str) -> object:
+    # So that a pickled filesystem (fsspec pickles the class by name) finds its class in a fresh process.
+    if name == "BoundedAzureBlobFileSystem":
+        return _bounded_filesystem_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

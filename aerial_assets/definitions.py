@@ -25,6 +25,7 @@ from aerial_assets.azure_storage import (
     ENV_BLOB_ENDPOINT,
     ENV_CONNECTION_STRING,
     ENV_SAS_TOKEN,
+    SPARK_AZURE_SCHEMES,
     SPARK_MODES,
 )
 from aerial_assets.errors import ConfigurationError
@@ -87,8 +88,13 @@ def _azure_storage(env: Mapping[str, str]) -> StorageResource:
     spark_storage = env.get("AERIAL_SPARK_STORAGE", "staged")
     if spark_storage not in SPARK_MODES:
         raise ConfigurationError(f"unknown AERIAL_SPARK_STORAGE {spark_storage!r}: valid values: {', '.join(SPARK_MODES)}")
+    scheme = env.get("AERIAL_SPARK_AZURE_SCHEME", "abfss").strip().lower() or "abfss"
+    if scheme not in SPARK_AZURE_SCHEMES:
+        raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
+                                 f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts; wasbs: Blob Storage "
+                                 "accounts, HDInsight's default file system)")
     return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"), spark_storage=spark_storage,
-                           **settings)
+                           spark_azure_scheme=scheme, **settings)
 
 
 def build_resources(env: Mapping[str, str]) -> dict[str, object]:
@@ -107,6 +113,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
                                ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
                                driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", "4g"),
+                               jars=env.get("AERIAL_SPARK_JARS", ""), storage=storage,
                                parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),

@@ -35,6 +35,12 @@ class SparkResource(ConfigurableResource):
     this session only. The cluster still needs the third-party packages (see README, "Remote Spark").
     ``remote_token`` (an ``EnvVar``, e.g. a Databricks token) is appended to ``remote`` as ``;token=...`` so that
     no secret sits in the URL that Dagster records.
+
+    ``jars`` (``AERIAL_SPARK_JARS``, comma-separated) go on ``spark.jars``; when empty, a local session gets the
+    jars ``make jars`` put in the checkout's ``.cache/jars`` (hadoop-azure, for ``AERIAL_SPARK_STORAGE=direct``).
+    ``storage``: the storage resource whose Azure settings the session gets when it opens
+    (:meth:`StorageResource.configure_spark`): direct mode needs the account's credentials in the session's
+    Hadoop configuration before the first Azure read, and taking them here keeps every asset unchanged.
     """
 
     master: str = "local[2]"
@@ -44,6 +50,8 @@ class SparkResource(ConfigurableResource):
     ship_code: bool = True
     remote_token: str = ""
     driver_memory: str = "4g"
+    jars: str = ""
+    storage: "StorageResource | None" = None
 
     _session: Any = PrivateAttr(default=None)
 
@@ -67,6 +75,8 @@ class SparkResource(ConfigurableResource):
             session = builder.remote(self.remote_url()).getOrCreate()
             if self.ship_code:
                 ship_package(session)
+            if self.storage is not None:
+                self.storage.configure_spark(session)  # a no-op over Connect: the server is configured
             return session
         builder = builder.master(self.master)
         for key, value in {**self.default_conf(), **self.conf}.items():
@@ -76,6 +86,8 @@ class SparkResource(ConfigurableResource):
             # A cluster's executors have the third-party packages (README) but not this project: ship it, as
             # over Spark Connect. Local executors run this very interpreter and import it as the driver does.
             ship_package(session)
+        if self.storage is not None:
+            self.storage.configure_spark(session)
         return session
 
     @property
@@ -103,6 +115,9 @@ class SparkResource(ConfigurableResource):
             # happens to hold the map output, so do not wait for reduce-side locality.
             "spark.shuffle.reduceLocality.enabled": "false",
         }
+        jars = [j.strip() for j in self.jars.split(",") if j.strip()] or (local_jars() if self.is_local else [])
+        if jars:
+            conf["spark.jars"] = ",".join(jars)
         if self.is_local:
             conf.update({
                 "spark.driver.host": "127.0.0.1",
@@ -124,6 +139,16 @@ class SparkResource(ConfigurableResource):
     def task_parallelism(self) -> int:
         """How many tasks the cluster runs at once (see :func:`aerial_assets.spark_jobs.task_slots`)."""
         return task_slots(self.session, self.parallelism)
+
+
+JARS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jars")
+
+
+def local_jars(folder: str = JARS_DIR) -> list[str]:
+    """The jars ``make jars`` fetched (pom.xml), once complete (``.complete``): hadoop-azure and what it needs."""
+    if not os.path.exists(os.path.join(folder, ".complete")):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".jar"))
 
 
 def _local_cores(master: str) -> int:
@@ -218,7 +243,10 @@ class StorageResource(ConfigurableResource):
     fills with ``EnvVar`` s only (so their values never appear in Dagster's config, UI or event log): a
     connection string, or the account name with a key, a SAS token or nothing (``DefaultAzureCredential``).
     They also serve ``az://`` training tiles and rasters. ``spark_storage``: how Spark reaches Azure outputs
-    (``staged``: through local folders, no hadoop-azure needed; ``direct``: ``abfss://`` URLs, see README).
+    (``staged``: through local folders, no hadoop-azure needed; ``direct``: Hadoop URLs Spark reads and writes
+    itself, see README). ``spark_azure_scheme`` (``AERIAL_SPARK_AZURE_SCHEME``): the scheme of those URLs,
+    ``abfss`` (ADLS Gen2 accounts) or ``wasbs`` (Blob Storage accounts, HDInsight's default file system); see
+    :func:`aerial_assets.azure_storage.spark_url`.
     """
 
     data_root: str = ".aerial_data"
@@ -228,6 +256,7 @@ class StorageResource(ConfigurableResource):
     azure_sas_token: str = ""
     azure_blob_endpoint: str = ""
     spark_storage: str = "staged"
+    spark_azure_scheme: str = "abfss"
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._configure()
@@ -249,9 +278,23 @@ class StorageResource(ConfigurableResource):
             _value(v) for v in (self.azure_connection_string, self.azure_account_name))
         if not uses_azure:
             return None
-        credentials = self.azure_credentials()
-        azure_storage.configure(credentials, _value(self.spark_storage) or "staged")
-        return azure_storage.AzureStorage(credentials, _value(self.spark_storage) or "staged")
+        credentials, mode = self.azure_credentials(), _value(self.spark_storage) or "staged"
+        azure_storage.configure(credentials, mode, self.spark_azure_scheme)
+        return azure_storage.AzureStorage(credentials, mode, self.spark_azure_scheme)
+
+    def configure_spark(self, session) -> bool:
+        """Give a classic Spark session the Hadoop settings of ``direct`` mode for these credentials (at run
+        time, on its Hadoop configuration: never in Spark's conf, logs or metadata); False when there is nothing
+        to do (``staged``, a local data root, or Spark Connect, whose server must be configured itself).
+
+        :class:`SparkResource` calls it when it opens its session: only this resource knows the credentials,
+        and only the Spark resource knows when a session starts, so that every asset stays unchanged.
+        """
+        if (_value(self.spark_storage) or "staged") != "direct" or self._configure() is None:
+            return False
+        from aerial_assets.azure_storage import configure_spark_session
+
+        return configure_spark_session(session, self.azure_credentials(), self.spark_azure_scheme)
 
     def root(self) -> str:
         return local_path(self.data_root) if is_local(self.data_root) else self.data_root.rstrip("/")
@@ -265,6 +308,9 @@ class StorageResource(ConfigurableResource):
     def storage(self) -> Storage:
         azure = self._configure()
         return storage_for(self.root()) if is_local(self.data_root) else azure
+
+
+SparkResource.model_rebuild()  # its ``storage`` field names StorageResource, defined after it
 
 
 class TrainingTilesResource(ConfigurableResource):

@@ -2,9 +2,11 @@
 on 127.0.0.1 with a random account key and stopped by process id.
 
 Azurite serves the Blob endpoint only. The project never calls the ADLS Gen2 (dfs) endpoint: ``abfs://`` URIs go
-through adlfs's Blob client as ``az://`` ones do, so they are tested here for real too. What is not tested here:
-a real Azure account, ``DefaultAzureCredential`` (no identity provider), and Spark writing ``abfss://`` itself
-(``AERIAL_SPARK_STORAGE=direct`` needs hadoop-azure on the cluster).
+through adlfs's Blob client as ``az://`` ones do, so they are tested here for real too. ``AERIAL_SPARK_STORAGE=direct``
+is tested with the real hadoop-azure jars (``make jars``): Spark itself reads and writes ``wasb://`` URLs, served by
+Hadoop 3.5's ABFS driver through Azurite's Blob endpoint. What is not tested here: a real Azure account,
+``DefaultAzureCredential`` (no identity provider), the dfs endpoint (hierarchical namespace), ``abfss://`` and
+``wasbs://`` over https, and a cluster's own hadoop-azure (HDInsight's WASB driver).
 """
 
 from __future__ import annotations
@@ -174,8 +176,17 @@ def test_spark_paths_are_staged_locally_and_committed(azurite):
     read = store.spark_path(join(out, "features.parquet"))
     assert os.listdir(read) == ["part-0.parquet"] and store.spark_path(join(out, "features.parquet")) == read
     direct = AzureStorage(azurite.credentials(), spark_mode="direct")
+    # Azurite: plain http (abfs, not abfss) and the endpoint override, under which ABFS takes the account name
+    # only from a <account>.dfs.core.windows.net host, whatever the scheme
     assert direct.spark_path(join(out, "features.parquet")) == \
-        f"abfss://spark@{ACCOUNT}.dfs.core.windows.net/features/features.parquet"
+        f"abfs://spark@{ACCOUNT}.dfs.core.windows.net/features/features.parquet"
+    assert AzureStorage(azurite.credentials(), "direct", "wasbs").spark_path(join(out, "features.parquet")) == \
+        f"wasb://spark@{ACCOUNT}.dfs.core.windows.net/features/features.parquet"
+    azure = AzureCredentials(account_name=ACCOUNT, account_key=azurite.key)  # Azure itself: https, real hosts
+    assert azure_storage.spark_url(azure, "abfss", "spark", "features/x.parquet") == \
+        f"abfss://spark@{ACCOUNT}.dfs.core.windows.net/features/x.parquet"
+    assert azure_storage.spark_url(azure, "wasbs", "spark", "features/x.parquet") == \
+        f"wasbs://spark@{ACCOUNT}.blob.core.windows.net/features/x.parquet"
 
 
 def test_a_commit_that_dies_midway_is_refused_to_readers(azurite, monkeypatch):
@@ -382,3 +393,186 @@ def test_whole_graph_with_tiles_rasters_and_outputs_in_azurite(azurite, tiny_til
     assert not _find_secret(home, secrets)
     assert not [s for s in secrets if s in (done.stdout + done.stderr).encode()]
     assert not [e.uri for e in store.list_files("az://aerial/run") if any(s in store.read_bytes(e.uri) for s in secrets)]
+
+
+# --- AERIAL_SPARK_STORAGE=direct: Spark's own reads and writes, through hadoop-azure's ABFS driver ----------
+
+
+def test_hadoop_conf_of_direct_mode_for_each_credential_kind():
+    from aerial_assets.azure_storage import spark_hadoop_conf, spark_url
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    sas = "sv=2024-11-04&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=abc%2Bdef%3D"
+    blob, dfs = f"{ACCOUNT}.blob.core.windows.net", f"{ACCOUNT}.dfs.core.windows.net"
+    # an account key: SharedKey, scoped to the URLs' host; wasb(s):// served by ABFS on Hadoop 3.5
+    conf = spark_hadoop_conf(AzureCredentials(account_name=ACCOUNT, account_key=key), "wasbs", "3.5.0")
+    assert conf[f"fs.azure.account.auth.type.{blob}"] == "SharedKey" and conf[f"fs.azure.account.key.{blob}"] == key
+    assert conf["fs.wasbs.impl"] == "org.apache.hadoop.fs.azurebfs.SecureAzureBlobFileSystem"
+    assert conf["fs.AbstractFileSystem.wasb.impl"] == "org.apache.hadoop.fs.azurebfs.Abfs"
+    assert conf[f"fs.azure.account.hns.enabled.{blob}"] == "false"
+    assert conf[f"fs.azure.fns.account.service.type.{blob}"] == "BLOB"
+    assert not {"fs.azure.abfs.endpoint", "fs.azure.always.use.https"} & set(conf)  # Azure itself: no override
+    assert key not in repr(conf) and key not in str(conf)
+    hdinsight = spark_hadoop_conf(AzureCredentials(account_name=ACCOUNT, account_key=key), "wasbs", "3.3.4.5.1")
+    assert "fs.wasbs.impl" not in hdinsight and hdinsight[f"fs.azure.account.key.{blob}"] == key  # its own WASB
+    # a SAS token: ABFS's fixed SAS; abfss on Azure lets ABFS detect the account's namespace
+    assert spark_hadoop_conf(AzureCredentials(account_name=ACCOUNT, sas_token="?" + sas), "abfss") == {
+        f"fs.azure.account.auth.type.{dfs}": "SAS", f"fs.azure.sas.fixed.token.{dfs}": sas}
+    from_cs = AzureCredentials(connection_string=f"BlobEndpoint=https://{blob};SharedAccessSignature={sas}")
+    assert spark_hadoop_conf(from_cs, "wasbs")[f"fs.azure.sas.fixed.token.{blob}"] == sas
+    # an emulator's endpoint: path-style override, plain http, the Blob endpoint only
+    emulator = AzureCredentials(account_name=ACCOUNT, account_key=key, blob_endpoint=f"http://127.0.0.1:10000/{ACCOUNT}")
+    conf = spark_hadoop_conf(emulator, "abfss")
+    assert conf["fs.azure.abfs.endpoint"] == "127.0.0.1:10000" and conf["fs.azure.always.use.https"] == "false"
+    assert conf[f"fs.azure.fns.account.service.type.{dfs}"] == "BLOB" and conf[f"fs.azure.account.key.{dfs}"] == key
+    assert spark_url(emulator, "abfss", "data", "a/b") == f"abfs://data@{dfs}/a/b"
+    # a sovereign cloud: its suffix, no override
+    china = AzureCredentials(account_name=ACCOUNT, account_key=key, blob_endpoint=f"https://{ACCOUNT}.blob.core.chinacloudapi.cn")
+    assert spark_url(china, "abfss", "data", "a") == f"abfss://data@{ACCOUNT}.dfs.core.chinacloudapi.cn/a"
+    assert spark_url(china, "wasbs", "data", "a") == f"wasbs://data@{ACCOUNT}.blob.core.chinacloudapi.cn/a"
+    assert "fs.azure.abfs.endpoint" not in spark_hadoop_conf(china, "wasbs")
+    with pytest.raises(ConfigurationError, match="neither AccountKey nor SharedAccessSignature"):
+        spark_hadoop_conf(AzureCredentials(connection_string=f"BlobEndpoint=https://{blob};"))
+    with pytest.raises(ConfigurationError, match="unknown AERIAL_SPARK_AZURE_SCHEME 'hdfs'"):
+        spark_hadoop_conf(emulator, "hdfs")
+    assert spark_hadoop_conf(AzureCredentials(account_name=ACCOUNT)) == {}  # DefaultAzureCredential: the cluster's
+
+    resources = build_resources({"AERIAL_DEPLOYMENT": "azure", "AZURE_STORAGE_ACCOUNT_NAME": ACCOUNT,
+                                 "AERIAL_SPARK_STORAGE": "direct", "AERIAL_SPARK_AZURE_SCHEME": "wasbs",
+                                 "AERIAL_SPARK_JARS": "/opt/jars/a.jar,/opt/jars/b.jar"})
+    assert resources["storage"].spark_azure_scheme == "wasbs" and resources["spark"].storage == resources["storage"]
+    assert resources["spark"].default_conf()["spark.jars"] == "/opt/jars/a.jar,/opt/jars/b.jar"
+    assert build_resources({})["storage"].spark_azure_scheme == "abfss"
+    with pytest.raises(ConfigurationError, match="unknown AERIAL_SPARK_AZURE_SCHEME 'wasb'"):
+        build_resources({"AERIAL_DEPLOYMENT": "azure", "AZURE_STORAGE_ACCOUNT_NAME": "a", "AERIAL_SPARK_AZURE_SCHEME": "wasb"})
+
+
+def _fake_session(master: str, has_abfs: bool, hadoop: dict[str, str] | None = None):
+    """What :func:`configure_spark_session` uses of a classic session: its master, Hadoop version and config."""
+    from types import SimpleNamespace as NS
+
+    values = dict(hadoop or {})
+    conf = NS(getClassByNameOrNull=lambda name: name if has_abfs else None, get=values.get, set=values.__setitem__)
+    jvm = NS(org=NS(apache=NS(hadoop=NS(util=NS(VersionInfo=NS(getVersion=lambda: "3.5.0"))))))
+    return NS(sparkContext=NS(master=master, _jvm=jvm, _jsc=NS(hadoopConfiguration=lambda: conf))), values
+
+
+def test_direct_mode_needs_hadoop_azure_and_a_credential_spark_can_use():
+    from aerial_assets.azure_storage import configure_spark_session
+    from aerial_assets.resources import StorageResource
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    creds = AzureCredentials(account_name=ACCOUNT, account_key=key)
+    for master, advice in (("local[2]", "run `make jars`"), ("yarn", "spark.jars.packages=org.apache.hadoop:hadoop-"
+                                                             "azure:3.5.0,org.hdrhistogram:HdrHistogram:2.1.12")):
+        with pytest.raises(ConfigurationError, match="no hadoop-azure") as failure:
+            configure_spark_session(_fake_session(master, has_abfs=False)[0], creds, "wasbs")
+        assert advice in str(failure.value) and key not in str(failure.value)
+    session, hadoop = _fake_session("local[2]", has_abfs=True)
+    assert configure_spark_session(session, creds, "wasbs")
+    assert hadoop[f"fs.azure.account.key.{ACCOUNT}.blob.core.windows.net"] == key
+    assert hadoop["fs.wasb.impl"] == "org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem"
+    # DefaultAzureCredential: only the cluster's own hadoop-azure settings can authenticate Spark
+    managed = AzureCredentials(account_name=ACCOUNT)
+    with pytest.raises(ConfigurationError, match=r"no credential for storage account 'aerialtest'.*auth\.type.*OAuth"):
+        configure_spark_session(_fake_session("yarn", has_abfs=True)[0], managed)
+    cluster, _ = _fake_session("yarn", True, {f"fs.azure.account.auth.type.{ACCOUNT}.dfs.core.windows.net": "OAuth"})
+    assert configure_spark_session(cluster, managed)
+    # the resource applies it in direct mode only
+    resource = StorageResource(data_root="az://data/run", azure_account_name=ACCOUNT, azure_account_key=key,
+                               spark_storage="direct")
+    session, hadoop = _fake_session("local[2]", has_abfs=True)
+    assert resource.configure_spark(session) and hadoop[f"fs.azure.account.key.{ACCOUNT}.dfs.core.windows.net"] == key
+    staged = StorageResource(data_root="az://data/run", azure_account_name=ACCOUNT, azure_account_key=key)
+    assert not staged.configure_spark(_fake_session("local[2]", has_abfs=False)[0])
+
+
+def _hadoop_azure_jars() -> list[str]:
+    """The jars ``make jars`` fetches (pom.xml: hadoop-azure 3.5.0 and what it needs), fetched here if missing."""
+    from aerial_assets.resources import local_jars
+
+    if local_jars():
+        return local_jars()
+    if not shutil.which("mvn"):
+        pytest.skip("Maven (mvn) not found: direct mode needs the hadoop-azure jars that `make jars` fetches into "
+                    ".cache/jars (pom.xml)")
+    done = subprocess.run(["make", "jars"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and local_jars(), f"make jars failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return local_jars()
+
+
+def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurite, tiny_tiles, tiny_county, tmp_path):
+    """``AERIAL_SPARK_STORAGE=direct`` with the real hadoop-azure jars: Spark itself reads and writes the Parquet
+    outputs and the pyspark.ml models in Azurite, at ``wasb://`` URLs (HDInsight's default file system; Hadoop 3.5
+    serves them with ABFS through the Blob endpoint); executors write the GeoParquet parts and read tiles, rasters
+    and models through the storage layer, with the credentials of their environment (local Spark: the driver's).
+    Spark's own event log shows the paths it used; the key appears nowhere."""
+    import re
+
+    import rasterio
+    from azure.storage.blob import BlobServiceClient
+
+    assert any(os.path.basename(j).startswith("hadoop-azure-") for j in _hadoop_azure_jars())
+    store = azurite.store()
+    _container(azurite, "direct")
+    store.upload_dir(str(tiny_tiles), "az://direct/inputs/tiles")
+    raster, _ = tiny_county
+    store.write_bytes("az://direct/inputs/rasters/tiny.tif", Path(raster).read_bytes())
+    store.write_text("az://direct/inputs/counties.yaml", yaml.safe_dump(
+        {"counties": {"tiny": {"name": "Tiny county", "rasters": ["az://direct/inputs/rasters/tiny.tif"]}}}))
+    home, events, conf_dir, cwd = (tmp_path / name for name in ("dagster_home", "events", "spark_conf", "cwd"))
+    for folder in (events, conf_dir, cwd):
+        folder.mkdir()
+    # Spark's event log (through SPARK_CONF_DIR's spark-defaults.conf): the paths Spark itself read and wrote
+    (conf_dir / "spark-defaults.conf").write_text(f"spark.eventLog.enabled true\nspark.eventLog.dir {events.as_uri()}\n"
+                                                  "spark.eventLog.compress false\n")  # plain text, to search
+    env = azurite.env(AERIAL_DEPLOYMENT="azure", AERIAL_DATA_ROOT="az://direct/run", DAGSTER_HOME=str(home),
+                      AERIAL_TRAINING_TILES="az://direct/inputs/tiles", AERIAL_COUNTIES="az://direct/inputs/counties.yaml",
+                      AERIAL_SPARK_STORAGE="direct", AERIAL_SPARK_AZURE_SCHEME="wasbs", SPARK_CONF_DIR=str(conf_dir))
+    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--backbones", "mobilenet_v2",
+                           "--algorithms", "logistic_regression"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # the outputs, read back from Azurite
+    board = store.read_text("az://direct/run/model_leaderboard/leaderboard.csv")
+    assert "mobilenet_v2,logistic_regression" in board
+    champion = yaml.safe_load(store.read_text("az://direct/run/champion_model/champion.json"))
+    assert champion["algorithm"] == "logistic_regression"
+    parts = [e for e in store.list_files("az://direct/run/county_predictions/tiny/predictions.parquet")
+             if e.relative_path.endswith(".parquet")]
+    tables = [pq.read_table(io.BytesIO(store.read_bytes(e.uri))) for e in parts]
+    assert sum(t.num_rows for t in tables) == 30 and all(b"geo" in t.schema.metadata for t in tables)
+    land_use = "az://direct/run/county_land_use_map/tiny/land_use.tif"
+    with rasterio.open(land_use, opener=store.raster_opener(land_use)) as ds:
+        assert (ds.height, ds.width) == (5, 6)
+
+    # Spark read and wrote the wasb:// URLs itself; nothing went through the staged mode's local folders
+    log = "\n".join(p.read_text(errors="replace") for p in events.rglob("*") if p.is_file())
+    base = f"wasb://direct@{ACCOUNT}.dfs.core.windows.net/run"
+    for written in ("tile_features/mobilenet_v2.tmp-", "county_tiles/tiny.tmp-"):
+        assert f"{base}/{written}" in log, written  # written in place, under the commit's temporary prefix
+    for read in ("tile_features/mobilenet_v2/features.parquet", "county_tiles/tiny/tiles.parquet",
+                 "county_predictions/tiny/predictions.parquet"):
+        assert f"{base}/{read}" in log, read
+    assert "aerial-spark-io-" not in log
+
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        blobs = {b.name: dict(b.metadata or {})
+                 for b in service.get_container_client("direct").list_blobs(include=["metadata"])}
+    for dataset in ("tile_features/mobilenet_v2/features.parquet", "county_tiles/tiny/tiles.parquet"):
+        spark_parts = [n for n in blobs if re.fullmatch(rf"run/{dataset}/part-\d{{5}}-[0-9a-f-]+-c000\.snappy\.parquet", n)]
+        assert spark_parts and f"run/{dataset}/_SUCCESS" in blobs, dataset  # Spark's own part files
+    model = "run/land_use_classifiers/mobilenet_v2/logistic_regression/pipeline_model"
+    assert any(re.fullmatch(rf"{model}/metadata/part-00000-[0-9a-f-]+-c000\.txt", n) for n in blobs)
+    assert any(n.startswith(f"{model}/stages/") and n.endswith("_SUCCESS") for n in blobs)
+    assert blobs.get("run/tile_features", {}).get("hdi_isfolder") == "true"  # a folder ABFS made in the container
+    assert not [n for n in blobs if ".tmp-" in n]  # every temporary prefix, its folder markers too, removed
+    assert not [n for n in blobs if n.startswith(f"{azure_storage.JOURNAL}/")]  # every commit finished
+    assert not list(cwd.iterdir())  # no local output
+
+    # the key appears nowhere: Spark's event log, Dagster's records and step logs, the run's output, the outputs
+    secrets = [azurite.key.encode(), azurite.key.rstrip("=").encode()]
+    assert not _find_secret(events, secrets) and not _find_secret(home, secrets)
+    assert not [s for s in secrets if s in (done.stdout + done.stderr).encode()]
+    assert not [e.uri for e in store.list_files("az://direct/run") if any(s in store.read_bytes(e.uri) for s in secrets)]

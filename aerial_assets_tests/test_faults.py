@@ -77,4 +77,4 @@ def test_local_spark_listens_on_loopback_only(tmp_path):
     line = next(x for x in done.stdout.splitlines() if x.startswith("LISTENING"))
     addresses = ast.literal_eval(line[len("LISTENING "):])
     assert addresses, "the Spark driver listens somewhere; the probe must have seen it"
-    assert set(addresses) <= {"127.0.0.1", "::1"}, addresses
+    assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
