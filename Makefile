@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TIL
 
 test: $(STAMP) $(if $(shell command -v mvn),jars)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (under a minute)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
 	# Creates the home (with dagster.yaml) if needed, fails runs whose process is gone, removes their temporaries.

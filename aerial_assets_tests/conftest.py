@@ -91,3 +91,21 @@ def shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (real-data tests run only beside ../shared/datasets)")
     return path
+
+
+# ``make test-fast`` runs the tests that need no Spark, no server and no browser (``-m "not slow"``): a test is slow
+# when it uses one of these fixtures, or sits in a module that starts processes (Spark, Dagster, Azurite, Chromium).
+SLOW_FIXTURES = {"spark", "graph_run", "connect_server", "azurite", "cluster", "mobilenet", "tiny_county"}
+SLOW_MODULES = {"test_ui", "test_runs", "test_remote", "test_cluster", "test_faults", "test_graph", "test_nets",
+                "test_zoo", "test_comparison", "test_counties", "test_integrity", "test_bad_input"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs Spark, a server or a browser (left out by make test-fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
