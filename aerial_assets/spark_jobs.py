@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_TILES_PER_TASK = 256
@@ -77,13 +77,14 @@ def tiles_done(stages: list[StageProgress], total_tiles: int) -> tuple[int, int,
 class JobProgress:
     """Reports a Spark job's progress through ``emit`` as it runs, from Spark's own counters.
 
-    ``with JobProgress(session, total, "featurizing", log.info):`` around the one action (a write) that runs
-    the job. Reports are throttled to one per ``every_s`` seconds and one at the end.
+    ``with JobProgress(session, total, "featurizing", log.info, tasks=n_tasks):`` around the one action (a write)
+    that runs the job. Reports are throttled to one per ``every_s`` seconds and one at the end.
     """
 
     def __init__(self, session, total_tiles: int, what: str, emit: Callable[[str], None], every_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tasks: int = 0):
         self.session, self.total, self.what, self.emit = session, total_tiles, what, emit
+        self.tasks = tasks  # the job's expected width (task_count), for stages Spark has not submitted yet
         self.every_s, self.clock = every_s, clock
         self.group = f"aerial-{uuid.uuid4().hex[:12]}"
         self.started = clock()
@@ -124,6 +125,10 @@ class JobProgress:
                 info = tracker.getStageInfo(stage_id)
                 if info is not None:
                     self.stages[stage_id] = StageProgress(stage_id, info.numTasks, info.numCompletedTasks)
+                elif stage_id not in self.stages:
+                    # not submitted yet: the wide stage after a small shuffle-map stage; it must not let the
+                    # finished small stage pass for the whole job (its width is the expected task count)
+                    self.stages[stage_id] = StageProgress(stage_id, max(1, self.tasks), 0)
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.every_s)):
@@ -165,11 +170,3 @@ class JobProgress:
                           f"reported its stages), {self.total / elapsed:.1f} tiles/s")
                 return
             self._report(force=True)
-
-
-@contextlib.contextmanager
-def job_progress(session, total_tiles: int, what: str, emit: Callable[[str], None],
-                 every_s: float = 5.0) -> Iterator[JobProgress]:
-    """``JobProgress`` as a plain context manager."""
-    with JobProgress(session, total_tiles, what, emit, every_s) as progress:
-        yield progress

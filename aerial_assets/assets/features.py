@@ -79,7 +79,7 @@ def tile_features(
             frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
             featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
             # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows.
-            with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info):
+            with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
                 frame.repartition(n_tasks).mapInPandas(featurize, FEATURE_SCHEMA).write.parquet(features_path)
             context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
         written = session.read.parquet(features_path)

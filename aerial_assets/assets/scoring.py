@@ -196,7 +196,7 @@ def county_predictions(
             scored = score(tiles.repartition(n_tasks), tile_summary.get("year"))
             arrow_schema = to_arrow_schema(scored.schema)
             # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
-            with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info):
+            with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info, tasks=n_tasks):
                 parts = scored.mapInPandas(part_writer(folder, tile_summary["crs"], arrow_schema),
                                            PART_SCHEMA).collect()
             files = {p["file"] for p in parts if p["file"]}
