@@ -14,7 +14,7 @@ find their inputs here and nowhere else. README.md documents this tree; keep the
 <root>/county_tiles/<county>/               tiles.parquet/, summary.json
 <root>/county_predictions/<county>/         predictions.parquet/, summary.json
 <root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), summary.json
-<root>/county_land_use_change/<county>/     transitions.parquet, transition_matrix.csv, change.png, change.tif
+<root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif
 <root>/demo/                                generated demo imagery (only when no data is configured)
 ```
 """
