@@ -90,7 +90,7 @@ class StandaloneCluster:
     def stop_workers(self, keep: int) -> None:
         """Stop every worker but the first ``keep`` (by process id) and wait until the master sees it."""
         for proc in self.worker_procs[keep:]:
-            _stop(proc)
+            stop_group(proc)
             self.procs.remove(proc)
         self.worker_procs = self.worker_procs[:keep]
         self._wait(lambda: self.alive_workers() == keep, f"{keep} workers left", timeout=120)
@@ -108,15 +108,17 @@ class StandaloneCluster:
 
     def __exit__(self, *exc) -> None:
         for proc in reversed(self.procs):
-            _stop(proc)
+            stop_group(proc)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and all of its children: SIGTERM to its group, then
+    SIGKILL if it has not exited within ``timeout`` seconds. Shared by the tests' clusters, servers and UIs."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -27,6 +27,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.events import DagsterEventType
 
+from aerial_assets_tests.standalone_cluster import stop_group
+
 REPO = Path(__file__).resolve().parents[1]
 LOCATION, REPOSITORY = "aerial_assets", "__repository__"
 TEMPORARY = re.compile(r"\.(tmp|old)-")
@@ -222,13 +224,7 @@ class DagsterDev:
         self.proc.wait(timeout=60)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc, timeout=60)
 
 
 def _worker_pid(home: Path, run_id: str) -> int | None:

@@ -4,7 +4,6 @@ UI checked in real headless Chromium (screenshots saved under test-artifacts/)."
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aerial_assets.counties import County, render_registry
+from aerial_assets_tests.standalone_cluster import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -74,13 +74,7 @@ class Dagster:
         return payload["data"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc, timeout=60)
         self.log.close()
 
 
