@@ -63,8 +63,9 @@ def _count(name: str, value: str) -> int:
 def _local_storage(env: Mapping[str, str]) -> StorageResource:
     for name in AZURE_URI_SETTINGS:
         if scheme_of(env.get(name, "")) in AZURE_SCHEMES:
-            raise ConfigurationError(f"{name}={env[name]} is an Azure URI: set AERIAL_DEPLOYMENT=azure (with "
-                                     f"{ENV_CONNECTION_STRING} or {ENV_ACCOUNT_NAME}, see README)")
+            raise ConfigurationError(f"{name}={env[name]} is an Azure URI but no Azure credentials are set: set "
+                                     f"{ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} (with a key, a SAS token or a "
+                                     "managed identity), see README")
     return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"))
 
 
@@ -97,13 +98,26 @@ def _azure_storage(env: Mapping[str, str]) -> StorageResource:
                            spark_azure_scheme=scheme, **settings)
 
 
+def deployment_of(env: Mapping[str, str]) -> str:
+    """``AERIAL_DEPLOYMENT`` when set; else ``azure`` when a data setting is an Azure URI *and* an Azure
+    credential setting is present (a user who gives both means Azure: asking for a third switch only gets in
+    the way), else ``local``. An Azure URI without credentials stays ``local``, whose check then says what
+    is missing."""
+    explicit = (env.get("AERIAL_DEPLOYMENT") or "").strip().lower()
+    if explicit:
+        return explicit
+    azure_uri = any(scheme_of(env.get(name, "")) in AZURE_SCHEMES for name in AZURE_URI_SETTINGS)
+    credentials = any(env.get(name) for name in (ENV_CONNECTION_STRING, ENV_ACCOUNT_NAME))
+    return "azure" if azure_uri and credentials else "local"
+
+
 def build_resources(env: Mapping[str, str]) -> dict[str, object]:
-    """Resources for the deployment ``AERIAL_DEPLOYMENT`` selects (``local`` by default, or ``azure``).
+    """Resources for the deployment :func:`deployment_of` selects (``local`` by default, or ``azure``).
 
     The keys are the same in every deployment; only the storage settings differ. Secrets are never read
     here: only whether they are set, to pick the kind of credential, whose value Dagster reads at run time.
     """
-    deployment = (env.get("AERIAL_DEPLOYMENT") or "local").strip().lower()
+    deployment = deployment_of(env)
     if deployment not in DEPLOYMENTS:
         raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
                                  f"{', '.join(sorted(DEPLOYMENTS))}")

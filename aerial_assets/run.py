@@ -14,13 +14,16 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
+# Dagster flags its beta and preview APIs at import time; they are pinned here, so keep the terminal for progress.
+warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
+
 import pandas as pd
 import yaml
 from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
 
 from aerial_assets.counties import County, earlier_vintages
 from aerial_assets.definitions import build_defs
-from aerial_assets.errors import AerialError, CountyError, StorageError
+from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError
 from aerial_assets.partitions import county_partitions
 from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags
 from aerial_assets.storage import is_local, join, local_path, storage_for
@@ -118,16 +121,78 @@ def configuration_error(exc: Exception) -> int:
     return 2
 
 
+EPILOG = """\
+settings (environment variables; README, "Your own data", lists them all):
+  AERIAL_TRAINING_TILES   labelled tiles <class>/<image> (local folder or az://...); unset: the demo set
+  AERIAL_DATA_ROOT        where outputs go (default ./.aerial_data; az://container/prefix for Azure)
+  AERIAL_COUNTIES         the county registry (YAML); unset: the demo county
+  AERIAL_SPARK_MASTER     local[N] (default local[2]), spark://host:7077, yarn
+  SPARK_REMOTE            a Spark Connect URL (sc://host:15002), instead of a master
+  AERIAL_DEPLOYMENT       local or azure (default: azure when an Azure URI and Azure credentials are set)
+
+exit status: 0 all succeeded, 1 a step failed (listed at the end), 2 a configuration error (one line on
+stderr naming the setting), 3 another run holds this data root.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aerial_assets.run", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES", DEFAULT_BACKBONES),
+                        help="comma list of backbones to featurize with (default: $AERIAL_BACKBONES or "
+                             f"{DEFAULT_BACKBONES}; README, Backbones, lists them)")
+    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS", DEFAULT_ALGORITHMS),
+                        help=f"comma list of classifiers to train on each backbone (default: $AERIAL_ALGORITHMS or "
+                             f"{DEFAULT_ALGORITHMS})")
+    parser.add_argument("--counties", default=None, help="comma list of registry keys to score; default: every "
+                        "county in the registry")
+    parser.add_argument("--skip-counties", action="store_true", help="stop after the champion model (no scoring)")
+    parser.add_argument("--config", default=None, metavar="YAML", help="run config for the assets' settings, as "
+                        "Dagster takes it: ops: {asset_name: {config: {...}}}")
+    return parser
+
+
+def load_run_config(path: str | None) -> dict[str, object]:
+    """The ``--config`` YAML, or a :class:`ConfigurationError` saying what is wrong with the file."""
+    if not path:
+        return {}
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigurationError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
+        raise ConfigurationError(f"--config {path}: expected a mapping like 'ops: {{tile_features: {{config: "
+                                 "{views: 8}}}}'")
+    return loaded
+
+
+def check_run_config(defs: Definitions, run_config: Mapping[str, object]) -> None:
+    """Reject a run config that names an unknown asset or a setting the asset does not take, before any run."""
+    from dagster._config import process_config
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    ops = (run_config or {}).get("ops", {}) or {}
+    known = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    unknown = sorted(set(ops) - known)
+    if unknown:
+        raise ConfigurationError(f"--config names unknown assets: {', '.join(unknown)}; the assets are: "
+                                 f"{', '.join(sorted(known))}")
+    result = process_config(job.run_config_schema.config_type, {"ops": dict(ops)})
+    if not result.success:
+        first = result.errors[0]
+        raise ConfigurationError(f"--config: {' '.join(first.message.split())}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster flags beta APIs on every import; they are pinned here, so keep the terminal for progress.
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES", DEFAULT_BACKBONES))
-    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS", DEFAULT_ALGORITHMS))
-    parser.add_argument("--counties", default=None, help="comma list; default: every county in the registry")
-    parser.add_argument("--skip-counties", action="store_true", help="stop after the champion model")
-    parser.add_argument("--config", default=None, help="YAML run config (ops: {asset: {config: ...}})")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     env = dict(os.environ)
     backbones = parse_list(args.backbones, zoo_entry)
@@ -138,8 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunRefused as exc:
         print(f"make run: refused: {exc}", file=sys.stderr, flush=True)
         return 3
-    run_config = yaml.safe_load(open(args.config)) if args.config else {}
+    run_config = load_run_config(args.config)
     defs = build_defs(env)
+    check_run_config(defs, run_config)
     resources = defs.resources
     try:  # an unreachable storage account stops the run here, in seconds and one line, not step after step
         resources["storage"].storage.exists(resources["storage"].layout.root)

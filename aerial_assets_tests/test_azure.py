@@ -30,7 +30,7 @@ from dagster import EnvVar, instance_for_test
 
 from aerial_assets import azure_storage
 from aerial_assets.azure_storage import AzureCredentials, AzureStorage
-from aerial_assets.definitions import build_defs, build_resources
+from aerial_assets.definitions import build_defs, build_resources, deployment_of
 from aerial_assets.errors import ConfigurationError, StorageError
 from aerial_assets.run import Runner
 from aerial_assets.storage import join, storage_for
@@ -314,8 +314,16 @@ def test_deployments_select_resources_with_the_same_keys():
     assert with_cs.azure_connection_string.env_var_name == "AZURE_STORAGE_CONNECTION_STRING"
     with pytest.raises(ConfigurationError, match="unknown AERIAL_DEPLOYMENT 'aws': valid deployments: azure, local"):
         build_resources({"AERIAL_DEPLOYMENT": "aws"})
-    with pytest.raises(ConfigurationError, match="AERIAL_DATA_ROOT=az://data/x is an Azure URI: set AERIAL_DEPLOYMENT=azure"):
+    with pytest.raises(ConfigurationError, match="AERIAL_DATA_ROOT=az://data/x is an Azure URI but no Azure credentials"):
         build_resources({"AERIAL_DATA_ROOT": "az://data/x"})
+    # an Azure URI and Azure credentials select the Azure deployment without a switch; an explicit one wins
+    implied = {"AERIAL_DATA_ROOT": "az://data/run", "AZURE_STORAGE_CONNECTION_STRING": "secret"}
+    assert deployment_of(implied) == "azure" and deployment_of({}) == "local"
+    assert build_resources(implied)["storage"].azure_connection_string.env_var_name == "AZURE_STORAGE_CONNECTION_STRING"
+    assert deployment_of({**implied, "AERIAL_DEPLOYMENT": "local"}) == "local"
+    with pytest.raises(ConfigurationError, match="is an Azure URI"):
+        build_resources({**implied, "AERIAL_DEPLOYMENT": "local"})
+    assert deployment_of({"AERIAL_DATA_ROOT": "/data", "AZURE_STORAGE_CONNECTION_STRING": "x"}) == "local"
     with pytest.raises(ConfigurationError, match="the azure deployment needs AZURE_STORAGE_CONNECTION_STRING"):
         build_resources({"AERIAL_DEPLOYMENT": "azure"})
     with pytest.raises(ConfigurationError, match="valid values: staged, direct"):
