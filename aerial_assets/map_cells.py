@@ -71,3 +71,17 @@ def paint(df, grid: MapGrid, value_col: str, fill: int) -> np.ndarray:
     if rows:
         flush()
     return out
+
+
+def frames_of(df, columns: list[str], batch: int = _BATCH):
+    """``df``'s ``columns`` as pandas frames of at most ``batch`` rows, streamed one partition at a time."""
+    import pandas as pd
+
+    rows: list = []
+    for row in df.select(*columns).toLocalIterator(prefetchPartitions=False):
+        rows.append(tuple(row))
+        if len(rows) >= batch:
+            yield pd.DataFrame(rows, columns=columns)
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows, columns=columns)

@@ -202,10 +202,27 @@ def map_grid(left: np.ndarray, right: np.ndarray, bottom: np.ndarray, top: np.nd
     return MapGrid(left=x0, top=y0, cell=cell, rows=rows, cols=cols)
 
 
+def class_tags(classes: Sequence[str], colours: Sequence[tuple[int, int, int]],
+               extra: dict[int, str] | None = None) -> dict[str, str]:
+    """GDAL metadata naming every class value: ``CLASS_<value>=<name>`` and ``COLOR_<value>=#rrggbb`` per class,
+    and ``CLASSES`` (JSON, value to name) for programs: ``gdalinfo`` and QGIS's layer properties show them, so a
+    map read without this project still says which id is which class."""
+    import json
+
+    names = {i: name for i, name in enumerate(classes)} | dict(extra or {})
+    tags = {f"CLASS_{value}": name for value, name in names.items()}
+    tags |= {f"COLOR_{i}": "#{:02x}{:02x}{:02x}".format(*rgb) for i, rgb in enumerate(colours)}
+    tags["CLASSES"] = json.dumps({str(v): n for v, n in names.items()})
+    return tags
+
+
 def write_class_geotiff(path: str, grid: np.ndarray, map_grid_: MapGrid, crs: str,
-                        colours: Sequence[tuple[int, int, int]], nodata: int = 255) -> None:
+                        colours: Sequence[tuple[int, int, int]], nodata: int = 255,
+                        classes: Sequence[str] = (), description: str = "land-use class",
+                        extra_values: dict[int, str] | None = None) -> None:
     """A single-band uint8 Cloud-Optimized GeoTIFF of class ids, in the tiles' CRS and transform, with a colour
-    table. Written as a plain GeoTIFF first (the COG driver only copies), then converted."""
+    table, the band's description and the class names and colours as tags (:func:`class_tags`). Written as a
+    plain GeoTIFF first (the COG driver only copies), then converted; the copy keeps description and tags."""
     import os
     import tempfile
 
@@ -223,4 +240,7 @@ def write_class_geotiff(path: str, grid: np.ndarray, map_grid_: MapGrid, crs: st
             table = {i: (*rgb, 255) for i, rgb in enumerate(colours)}
             table[nodata] = (0, 0, 0, 0)
             dst.write_colormap(1, table)
+            dst.set_band_description(1, description)
+            if classes:
+                dst.update_tags(1, **class_tags(classes, colours, extra_values))
         raster_copy(plain, path, driver="COG", COMPRESS="DEFLATE", RESAMPLING="NEAREST", OVERVIEWS="NONE")

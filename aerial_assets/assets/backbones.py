@@ -64,7 +64,8 @@ def backbone_models(
     layer (`features`) and, for single networks, the ImageNet logits. `<name>_int8` is quantized with
     calibration on training tiles (hence the dependency on `labeled_tiles`); `a+b` concatenates the
     features of several networks. Records input size, preprocessing, feature width, weights licence,
-    source package and sha256.
+    source package and sha256. A packaged weights file whose sha256 differs from the one pinned in
+    `aerial_assets.backbones` fails the run before it is read, naming the file and how to reinstall it.
     """
     entry = zoo_entry(context.partition_key)
     calibration = None

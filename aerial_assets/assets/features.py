@@ -9,7 +9,7 @@ import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from aerial_assets.assets._io import markdown_table, read_json, write_json
+from aerial_assets.assets._io import metadata_table, read_json, spark_table_schema, write_json
 from aerial_assets.catalog import OK, SPLITS
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.featurization import FEATURE_SCHEMA, file_featurizer, part_concatenator
@@ -19,6 +19,14 @@ from aerial_assets.resources import SparkResource, StorageResource
 from aerial_assets.spark_jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
 from aerial_assets.storage import join, storage_for
 from aerial_assets.zoo import COMBINATION, ZooEntry, zoo_entry
+
+# What the UI's column view says of features.parquet (dagster/column_schema).
+FEATURE_COLUMNS = {
+    "tile_id": "the catalog's tile id", "label": "the class", "split": "train, validation or test",
+    "features": "the backbone's pooled features, averaged over the views", "status": "ok or quarantined",
+    "view_features": "every view's features, view after view (views x D), when views > 1",
+    "reason": "why a tile could not be featurized",
+}
 
 
 class FeaturizeConfig(Config):
@@ -108,7 +116,8 @@ def tile_features(
             "n_quarantined": len(bad),
             "seconds": round(elapsed, 2),
             "tiles_per_second": round(len(usable) / elapsed, 1) if elapsed > 0 else 0.0,
-            "quarantine": MetadataValue.md(markdown_table(bad.head(50)) if len(bad) else "none"),
+            "quarantine": metadata_table(bad.head(50)),
+            "dagster/column_schema": spark_table_schema(written.schema, FEATURE_COLUMNS),
         }
     )
 

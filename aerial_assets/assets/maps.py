@@ -7,39 +7,59 @@ import tempfile
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
+from pydantic import Field
 
-from aerial_assets.assets._io import markdown_table, read_json, run_per_county, write_json
+from aerial_assets.assets._io import metadata_table, read_json, run_per_county, write_json
 from aerial_assets.counties import earlier_vintages
 from aerial_assets.errors import CountyError
-from aerial_assets.map_cells import grid_of, paint, with_cells
+from aerial_assets.map_cells import frames_of, grid_of, paint, with_cells
 from aerial_assets.partitions import county_partitions
 from aerial_assets.rasters import MapGrid, write_class_geotiff
 from aerial_assets.rendering import change_png, class_colours, hex_to_rgb, map_png, markdown_image
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.spatial import plurality_smooth
+from aerial_assets.stac import raster_item, write_item
 from aerial_assets.storage import Storage, join, storage_for
+from aerial_assets.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
 
 NODATA = 255
 UNCHANGED = 254
 
 
 class LandUseMapConfig(Config):
-    """``smoothing``: a 3 x 3 plurality vote over neighbouring tiles (centre weighted), off by default."""
+    """``smoothing``: a 3 x 3 plurality vote over neighbouring tiles (centre weighted), off by default (the
+    interactive map always shows each tile's own prediction and probabilities). ``interactive_max_tiles``: the
+    largest county drawn as an interactive HTML map (the page holds every tile, ~60 bytes each)."""
 
     smoothing: bool = False
+    interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
 
 
-def _scored(spark: SparkResource, store: Storage, folder: str):
+LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
+
+
+def _scored(spark: SparkResource, store: Storage, folder: str, extra: tuple[str, ...] = ()):
     """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
     path = store.spark_path(join(folder, "predictions.parquet"))
     return (spark.session.read.parquet(path).filter("status = 'ok'")
-            .select("tile_id", "left", "right", "bottom", "top", "predicted_index"))
+            .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
 
 
-def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours) -> None:
+def _html_map(tmp_store: Storage, uri: str, frames, layer: MapLayer, n_tiles: int, max_tiles: int) -> str:
+    """Write the interactive map unless the county has more than ``max_tiles`` tiles; what happened, in words."""
+    if n_tiles > max_tiles:
+        return (f"not written: {n_tiles} tiles is more than interactive_max_tiles={max_tiles} (the page holds "
+                "every tile); raise it, or use the GeoTIFF")
+    html, drawn = tiles_html(frames, layer, max_tiles)
+    tmp_store.write_text(uri, html)
+    return f"{drawn} tiles"
+
+
+def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours,
+                   classes: list[str], description: str, extra: dict[int, str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tif = os.path.join(scratch, "map.tif")
-        write_class_geotiff(tif, grid, grid_def, crs, colours, NODATA)
+        write_class_geotiff(tif, grid, grid_def, crs, colours, NODATA, classes, description, extra)
         with open(tif, "rb") as handle:
             store.write_bytes(uri, handle.read())
 
@@ -79,8 +99,19 @@ def county_land_use_map(
         with store.atomic_dir(out) as tmp:
             tmp_store = storage_for(tmp)
             _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, summary["crs"],
-                           [hex_to_rgb(c) for c in colours])
+                           [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
+            probs = tuple(f"prob_{c}" for c in classes)
+            tiles = _scored(spark, store, layout.county_predictions(key), probs).withColumnRenamed(
+                "predicted_index", "value")
+            layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
+            html_note = _html_map(tmp_store, join(tmp, "land_use.html"), frames_of(tiles, [*LONLAT, "value", *probs]),
+                                  layer, int(summary["n_tiles"]), config.interactive_max_tiles)
+            write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.get("year"),
+                                   {"aerial:county": key, "aerial:model_id": model_id,
+                                    "aerial:smoothing": config.smoothing},
+                                   classes, overview_png=join(tmp, "land_use.png")),
+                       join(tmp, "land_use.stac.json"))
             write_json(tmp_store, tmp, "summary.json", {
                 "county": key, "model_id": model_id, "crs": summary["crs"], "classes": classes,
                 "grid": [grid_def.rows, grid_def.cols], "cell_m": grid_def.cell, "counts": counts.tolist(),
@@ -90,8 +121,10 @@ def county_land_use_map(
         return {
             "map_png": MetadataValue.path(join(out, "land_use.png")),
             "map_geotiff": MetadataValue.path(join(out, "land_use.tif")),
+            "stac_item": MetadataValue.path(join(out, "land_use.stac.json")),
+            "map_html": MetadataValue.path(join(out, "land_use.html")) if html_note.endswith(" tiles") else html_note,
             "map": MetadataValue.md(markdown_image(png, f"land use map of {key}")),
-            "class_shares": MetadataValue.md(markdown_table(shares, ".1f")),
+            "class_shares": metadata_table(shares, 1),
             "model_id": model_id,
             "crs": summary["crs"],
             "grid_rows": grid_def.rows,
@@ -107,6 +140,7 @@ class LandUseChangeConfig(Config):
     """``baseline``: the partition key of the earlier vintage; empty = the latest earlier vintage registered."""
 
     baseline: str = ""
+    interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
 
 
 @asset(
@@ -182,8 +216,15 @@ def county_land_use_change(
                 tmp_store.spark_path(join(tmp, "transitions.parquet")))
             tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
             tmp_store.write_bytes(join(tmp, "change.png"), png)
+            changes = pairs.withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(-1))
+            layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,
+                             ("from_label", "to_label"), after_summary["model_id"], fill_label="unchanged")
+            html_note = _html_map(tmp_store, join(tmp, "change.html"),
+                                  frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
+                                  config.interactive_max_tiles)
             _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
-                           [hex_to_rgb(c) for c in colours])
+                           [hex_to_rgb(c) for c in colours], classes, f"land-use class gained since {base}",
+                           {UNCHANGED: "unchanged"})
             write_json(tmp_store, tmp, "summary.json", {"county": key, "baseline": base, "classes": classes,
                                                         "matrix": matrix.tolist(), "became": became})
         return {
@@ -191,9 +232,10 @@ def county_land_use_change(
             "tiles_compared": n_pairs,
             "tiles_changed": n_changed,
             **{f"became_{c}": n for c, n in became.items()},
-            "transition_matrix": MetadataValue.md(markdown_table(table.reset_index(names="tiles"))),
+            "transition_matrix": metadata_table(table.reset_index(names="tiles")),
             "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),
             "transitions": MetadataValue.path(join(out, "transitions.parquet")),
+            "change_html": MetadataValue.path(join(out, "change.html")) if html_note.endswith(" tiles") else html_note,
         }
 
     return run_per_county(context, work)

@@ -4,17 +4,29 @@ import json
 import time
 
 import pandas as pd
-from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
 
-from aerial_assets.assets._io import read_json, run_per_county, write_json
+from aerial_assets.assets._io import read_json, run_per_county, spark_table_schema, write_json
 from aerial_assets.assets.features import FeaturizeConfig
 from aerial_assets.counties import County
 from aerial_assets.errors import CountyError
 from aerial_assets.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
 from aerial_assets.partitions import county_partitions
+from aerial_assets.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.spark_jobs import JobProgress, task_count
+from aerial_assets.stac import geoparquet_item, lonlat_bbox, write_item
 from aerial_assets.storage import Storage, is_local, join, storage_for
 from aerial_assets.tile_summaries import parse_tile_summary
 from aerial_assets.tiling import (
@@ -129,6 +141,21 @@ def county_tiles(
     return run_per_county(context, work)
 
 
+# What the UI's column view says of predictions.parquet (dagster/column_schema).
+PREDICTION_COLUMNS = {
+    "tile_id": "tile id (raster index, row, column)", "raster_index": "which raster of the county",
+    "row": "tile row in its raster", "col": "tile column in its raster",
+    "left": "tile bounds in the county's CRS", "bottom": "tile bounds in the county's CRS",
+    "right": "tile bounds in the county's CRS", "top": "tile bounds in the county's CRS",
+    "lon": "tile centre, longitude (EPSG:4326)", "lat": "tile centre, latitude (EPSG:4326)",
+    "predicted_label": "the champion's class (null when quarantined)", "predicted_index": "index of that class",
+    "status": "ok, or quarantined with a reason", "reason": "why the tile's pixels could not be scored",
+    "model_id": "the model that made the prediction", "vintage": "the imagery's year",
+    "geometry": "the tile polygon, WKB, in the county's CRS (GeoParquet primary column)",
+    "bbox": "GeoParquet 1.1 covering column: the tile's xmin, ymin, xmax, ymax",
+}
+
+
 class ScoringConfig(FeaturizeConfig):
     """Throughput knobs for scoring: as for featurization."""
 
@@ -220,10 +247,27 @@ def county_predictions(
                        "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds,
                        "spark_tasks": n_tasks}
             write_json(storage_for(tmp), tmp, "summary.json", summary)
+            boxes = [p for p in parts if p["file"]]
+            native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
+                       max(p["max_x"] for p in boxes), max(p["max_y"] for p in boxes)] if boxes else None)
+            crs = tile_summary["crs"]
+            write_item(geoparquet_item(join(tmp, "predictions.parquet"), f"{key}-predictions",
+                                       lonlat_bbox(native, crs) if native else None, crs, tile_summary.get("year"),
+                                       {"aerial:county": key, "aerial:model_id": model_id},
+                                       schema=arrow_schema, row_count=n_rows, native_bbox=native),
+                       join(tmp, "predictions.stac.json"))
         context.log.info(f"{key}: scored {n_tiles} tiles in {n_tasks} Spark tasks, {seconds:.1f} s")
+        from pyspark.sql.types import BinaryType, DoubleType, StructField, StructType
+
+        written = StructType([*scored.schema.fields, StructField("geometry", BinaryType()),
+                              StructField("bbox", StructType([StructField(f, DoubleType()) for f in
+                                                              ("xmin", "ymin", "xmax", "ymax")]))])
         return {
+            "dagster/column_schema": spark_table_schema(written, {**PREDICTION_COLUMNS, **{
+                f"prob_{c}": f"probability of {c}" for c in classes}}),
             "model_id": model_id,
             "predictions": MetadataValue.path(join(out, "predictions.parquet")),
+            "stac_item": MetadataValue.path(join(out, "predictions.stac.json")),
             "dagster/row_count": summary["n_tiles"],
             "n_quarantined": len(bad),
             "spark_tasks": n_tasks,
@@ -233,3 +277,72 @@ def county_predictions(
         }
 
     return run_per_county(context, work)
+
+
+class QuarantineShareConfig(Config):
+    """``max_share``: the largest share of a county's tiles that may be quarantined (unreadable pixels)."""
+
+    max_share: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+def _reports(context, storage: StorageResource) -> dict[str, tuple[dict, PredictionsReport]]:
+    out = {}
+    for key in context.partition_keys:
+        folder = storage.layout.county_predictions(key)
+        summary = read_json(storage.storage, folder, "summary.json")
+        out[key] = summary, inspect_predictions(join(folder, "predictions.parquet"), summary["crs"])
+    return out
+
+
+@asset_check(asset=county_predictions, partitions_def=county_partitions,
+             description="Every scored tile's class probabilities sum to 1 (within 1e-4).")
+def county_predictions_probabilities(context, storage: StorageResource) -> AssetCheckResult:
+    """Maps and change tables use the probabilities; a classifier or a writer that loses or rescales a column
+    would pass every other test. Read from the written files, part by part."""
+    reports = _reports(context, storage)
+    worst = {k: r.max_probability_error for k, (_, r) in reports.items()}
+    bad = {k: e for k, e in worst.items() if not e <= PROBABILITY_TOLERANCE}
+    return AssetCheckResult(
+        passed=not bad,
+        description=("class probabilities sum to 1 for every scored tile" if not bad else
+                     "; ".join(f"{k}: a tile's probabilities sum to 1 +- {e:.3g} ({reports[k][1].worst_tile})"
+                               for k, e in bad.items())),
+        metadata={"max_abs_error": max(worst.values(), default=0.0), "tolerance": PROBABILITY_TOLERANCE,
+                  "tiles_checked": sum(r.scored for _, r in reports.values())},
+    )
+
+
+@asset_check(asset=county_predictions, partitions_def=county_partitions,
+             description="Warns when more than a configured share of the county's tiles were quarantined.")
+def county_predictions_quarantine_share(context, config: QuarantineShareConfig, storage: StorageResource
+                                        ) -> AssetCheckResult:
+    """A few unreadable windows are normal; many mean broken imagery (or credentials an executor lacks), and
+    the map would show holes that look like data. Warns, with the share."""
+    reports = _reports(context, storage)
+    shares = {k: r.quarantine_share for k, (_, r) in reports.items()}
+    over = {k: v for k, v in shares.items() if v > config.max_share}
+    return AssetCheckResult(
+        passed=not over,
+        severity=AssetCheckSeverity.WARN,
+        description=("quarantined share within the limit" if not over else
+                     "; ".join(f"{k}: {100 * v:.1f} % of tiles quarantined (limit {100 * config.max_share:g} %): "
+                               "see quarantine.csv" for k, v in over.items())),
+        metadata={"quarantine_share": max(shares.values(), default=0.0), "max_share": config.max_share,
+                  "n_quarantined": sum(r.quarantined for _, r in reports.values())},
+    )
+
+
+@asset_check(asset=county_predictions, partitions_def=county_partitions,
+             description="Every prediction part reads back as GeoParquet (WKB geometry, 'geo' metadata) in the "
+                         "county's CRS.")
+def county_predictions_geoparquet(context, storage: StorageResource) -> AssetCheckResult:
+    """GIS tools (GeoPandas, QGIS, DuckDB) find the geometry and its CRS only through the ``geo`` metadata
+    of each file: a part without it, or in another CRS, would be misplaced or unreadable there."""
+    reports = _reports(context, storage)
+    problems = [p for _, r in reports.values() for p in r.geo_problems]
+    return AssetCheckResult(
+        passed=not problems,
+        description="every part is GeoParquet in the county's CRS" if not problems else "; ".join(problems[:5]),
+        metadata={"parts": sum(r.parts for _, r in reports.values()), "n_problems": len(problems),
+                  "crs": ", ".join(sorted({s["crs"] for s, _ in reports.values()}))},
+    )

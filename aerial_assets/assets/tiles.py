@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from aerial_assets import catalog
-from aerial_assets.assets._io import markdown_table, read_json, write_json
+from aerial_assets.assets._io import markdown_table, metadata_table, read_json, table_schema, write_json
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.label_map import apply_label_map, parse_label_map
 from aerial_assets.resources import SparkResource, StorageResource, TrainingTilesResource
@@ -36,6 +36,17 @@ class LabeledTilesConfig(Config):
     expected_size: int = 224
     follow_external_links: bool = False
 
+
+
+# What the UI's column view says of the catalog (dagster/column_schema).
+CATALOG_DESCRIPTIONS = {
+    "tile_id": "the file's path under the training folder", "uri": "where the file is read from",
+    "label": "the class (after the label map)", "source_label": "the folder's class before the label map",
+    "split": "train, validation, test or excluded", "status": "ok, or quarantined with a reason",
+    "reason": "why a file is unusable", "sha256": "content hash of the file's bytes (duplicate and leakage checks)",
+    "bytes": "file size", "width": "pixels across, as stored", "height": "pixels down, as stored",
+    "mode": "the decoded image mode (RGB, L, RGBA, tiff:uint16, ...)", "notes": "conversions made to RGB 224 px",
+}
 
 @asset(group_name="tiles", kinds={"spark", "parquet"})
 def labeled_tiles(
@@ -120,9 +131,8 @@ def labeled_tiles(
             "n_resized": conversions["resized"],
             "n_mode_converted": conversions["mode_converted"],
             "counts_per_class_and_split": MetadataValue.md(catalog.counts_table(table)),
-            "quarantine": MetadataValue.md(
-                markdown_table(quarantine[["tile_id", "reason"]].head(50)) if len(quarantine) else "none"
-            ),
+            "quarantine": metadata_table(quarantine[["tile_id", "reason"]].head(50)),
+            "dagster/column_schema": table_schema(table, CATALOG_DESCRIPTIONS),
             "label_map": MetadataValue.md(_mapping_markdown(mapping_report)),
             "n_unmapped": mapping_report["n_unmapped_tiles"],
             "unmapped_classes": ", ".join(mapping_report["unmapped"]) or "none",
@@ -183,7 +193,7 @@ def labeled_tiles_quarantine(storage: StorageResource) -> AssetCheckResult:
         severity=AssetCheckSeverity.WARN,
         metadata={
             "n_quarantined": len(frame),
-            "files": MetadataValue.md(markdown_table(frame[["tile_id", "reason"]].head(100)) if len(frame) else "none"),
+            "files": metadata_table(frame[["tile_id", "reason"]].head(100)),
         },
     )
 
@@ -222,8 +232,7 @@ def labeled_tiles_leakage(storage: StorageResource) -> AssetCheckResult:
         description=description,
         metadata={
             **counts,
-            "pairs": MetadataValue.md(markdown_table(
-                leaks[["split", "tile_id", "copy_split", "copy_of"]].head(100)) if len(leaks) else "none"),
+            "pairs": metadata_table(leaks[["split", "tile_id", "copy_split", "copy_of"]].head(100)),
         },
     )
 
@@ -245,9 +254,7 @@ def labeled_tiles_duplicates(storage: StorageResource) -> AssetCheckResult:
         severity=AssetCheckSeverity.WARN,
         metadata={
             **counts,
-            "within_split": MetadataValue.md(markdown_table(found.within_split[["split", "n", "tiles"]].head(100))
-                                             if len(found.within_split) else "none"),
-            "across_classes": MetadataValue.md(markdown_table(found.across_classes[["labels", "tiles"]].head(100))
-                                               if len(found.across_classes) else "none"),
+            "within_split": metadata_table(found.within_split[["split", "n", "tiles"]].head(100)),
+            "across_classes": metadata_table(found.across_classes[["labels", "tiles"]].head(100)),
         },
     )

@@ -27,7 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from aerial_assets.assets._io import markdown_table, read_json, write_json
+from aerial_assets.assets._io import metadata_table, read_json, table_schema, write_json
 from aerial_assets.catalog import OK
 from aerial_assets.errors import AerialError
 from aerial_assets.metrics import ClassificationReport
@@ -353,10 +353,9 @@ def leaderboard_frame(storage: StorageResource, keys: list[tuple[str, str]]
     return rank(frame).reset_index(drop=True), missing, left_out
 
 
-def _left_out_markdown(left_out: dict[str, str]) -> str:
-    if not left_out:
-        return "none"
-    return markdown_table(pd.DataFrame([{"partition": k, "reason": v} for k, v in left_out.items()]))
+def _left_out_table(left_out: dict[str, str]):
+    return metadata_table(pd.DataFrame([{"partition": k, "reason": v} for k, v in left_out.items()],
+                                       columns=["partition", "reason"]))
 
 
 @asset(group_name="training", deps=["classifier_metrics"], kinds={"csv"})
@@ -383,13 +382,14 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
     context.log.info("leaderboard:\n" + frame[LEADERBOARD_COLUMNS].to_string(index=False))
     return MaterializeResult(
         metadata={
-            "leaderboard": MetadataValue.md(markdown_table(frame[LEADERBOARD_COLUMNS + ["val_macro_f1"]])),
+            "leaderboard": metadata_table(frame[LEADERBOARD_COLUMNS + ["val_macro_f1"]]),
+            "dagster/column_schema": table_schema(frame),
             "csv": MetadataValue.path(join(out, "leaderboard.csv")),
             "dagster/row_count": len(frame),
             "best_test_accuracy": float(frame["accuracy"].max()),
             "not_yet_trained": ", ".join(missing) or "none",
             "n_left_out": len(left_out),
-            "left_out": MetadataValue.md(_left_out_markdown(left_out)),
+            "left_out": _left_out_table(left_out),
             "catalog_sha256": str(frame["catalog_sha256"].iloc[0]),
         }
     )
@@ -475,7 +475,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
             "confusion_matrix": MetadataValue.md(markdown_image(metrics_png, "champion confusion matrix")),
             "bundle": MetadataValue.path(out),
             "n_left_out": len(left_out),
-            "left_out": MetadataValue.md(_left_out_markdown(left_out)),
+            "left_out": _left_out_table(left_out),
         }
     )
 

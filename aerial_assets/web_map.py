@@ -1,0 +1,170 @@
+"""Interactive HTML maps of a county's tiles (folium / Leaflet): pan, zoom, click a tile. No Dagster import.
+
+Every tile is drawn as its longitude/latitude rectangle on one canvas layer, coloured by class, over an
+OpenStreetMap base layer, with a legend; clicking a tile opens a popup (label, class probabilities, model id).
+The tiles travel to the page as compact column arrays (not one GeoJSON feature per tile: about 60 bytes a tile
+instead of ~250), built from a stream of frames so the driver never holds a table of every tile; the page itself
+grows with the tiles, so callers cap it (``max_tiles``) and say so.
+
+Class names come from users' folder names: the page sets them as text (``textContent``), never as HTML.
+folium loads Leaflet from jsDelivr; the page needs no other script or stylesheet (folium's jQuery, Bootstrap and
+Font Awesome defaults are dropped: nothing here uses them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+LEAFLET_VERSION = "1.9.3"  # folium 0.20's own pin
+LEAFLET_JS = f"https://cdn.jsdelivr.net/npm/leaflet@{LEAFLET_VERSION}/dist/leaflet.js"
+LEAFLET_CSS = f"https://cdn.jsdelivr.net/npm/leaflet@{LEAFLET_VERSION}/dist/leaflet.css"
+DEFAULT_MAX_TILES = 250_000
+
+
+@dataclass(frozen=True)
+class MapLayer:
+    """What the page shows: ``labels[i]`` in ``colours[i]``; a tile's value indexes them (``fill`` = drawn grey)."""
+
+    title: str
+    labels: Sequence[str]
+    colours: Sequence[str]
+    popup_fields: Sequence[str]  # column names shown in the popup, after the label
+    model_id: str = ""
+    fill_label: str = ""  # label of value -1 (e.g. "unchanged"), drawn light grey
+
+
+class TileArrays:
+    """Accumulates tiles frame by frame into the page's column arrays (rounded: 1e-6 deg is ~0.1 m)."""
+
+    def __init__(self, fields: Sequence[str]):
+        self.fields = list(fields)
+        self.bounds: list[float] = []
+        self.values: list[int] = []
+        self.extra: list[list] = [[] for _ in self.fields]
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """``frame``: min_lon, min_lat, max_lon, max_lat, value (int, -1 for the fill label), the popup fields."""
+        corners = frame[["min_lon", "min_lat", "max_lon", "max_lat"]].to_numpy(float).round(6)
+        self.bounds.extend(corners.ravel().tolist())
+        self.values.extend(int(v) for v in frame["value"])
+        for i, name in enumerate(self.fields):
+            column = frame[name]
+            values = column.round(3) if column.dtype.kind == "f" else column.astype(str)
+            self.extra[i].extend(None if pd.isna(v) else v for v in values.tolist())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def to_json(self) -> str:
+        payload = {"b": self.bounds, "v": self.values, "f": self.fields, "x": self.extra}
+        # "</" would end the inline <script>; JSON allows the escaped form
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
+_SCRIPT = """
+(function () {
+  var map = {{ this._parent.get_name() }};
+  var data = {{ this.data }};
+  var layer = {{ this.layer }};
+  var renderer = L.canvas({padding: 0.5});
+  var group = L.featureGroup();
+  function text(tag, content, style) {
+    var el = document.createElement(tag);
+    el.textContent = content;
+    if (style) { el.style.cssText = style; }
+    return el;
+  }
+  function popup(i) {
+    var box = document.createElement("div");
+    var v = data.v[i];
+    box.appendChild(text("b", v < 0 ? layer.fill_label : layer.labels[v]));
+    for (var k = 0; k < data.f.length; k++) {
+      var value = data.x[k][i];
+      if (value === null) { continue; }
+      box.appendChild(document.createElement("br"));
+      box.appendChild(text("span", data.f[k] + ": " + value));
+    }
+    if (layer.model_id) {
+      box.appendChild(document.createElement("br"));
+      box.appendChild(text("span", "model: " + layer.model_id, "color:#555"));
+    }
+    return box;
+  }
+  for (var i = 0; i < data.v.length; i++) {
+    var b = data.b.slice(4 * i, 4 * i + 4);
+    var v = data.v[i];
+    var colour = v < 0 ? "#d9d9d9" : layer.colours[v];
+    var rect = L.rectangle([[b[1], b[0]], [b[3], b[2]]], {renderer: renderer, stroke: false,
+                                                          fillColor: colour, fillOpacity: 0.75});
+    rect.bindPopup((function (j) { return function () { return popup(j); }; })(i));
+    group.addLayer(rect);
+  }
+  group.addTo(map);
+  if (data.v.length) { map.fitBounds(group.getBounds()); }
+  var legend = L.control({position: "topright"});
+  legend.onAdd = function () {
+    var box = L.DomUtil.create("div", "aerial-legend");
+    box.style.cssText = "background:white;padding:6px 8px;font:12px sans-serif;line-height:18px;border-radius:4px";
+    box.appendChild(text("b", layer.title));
+    var entries = layer.labels.map(function (l, k) { return [l, layer.colours[k]]; });
+    if (layer.fill_label) { entries.unshift([layer.fill_label, "#d9d9d9"]); }
+    entries.forEach(function (entry) {
+      var row = document.createElement("div");
+      row.className = "aerial-legend-class";
+      row.appendChild(text("span", "\\u00a0\\u00a0\\u00a0\\u00a0", "background:" + entry[1] + ";margin-right:6px"));
+      row.appendChild(text("span", entry[0]));
+      box.appendChild(row);
+    });
+    return box;
+  };
+  legend.addTo(map);
+  window.aerialTiles = group;
+})();
+"""
+
+
+def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int = DEFAULT_MAX_TILES) -> tuple[str, int]:
+    """The standalone HTML page and the number of tiles drawn. Raises ``ValueError`` past ``max_tiles``."""
+    import folium
+    from branca.element import MacroElement
+    from jinja2 import Template
+
+    arrays = TileArrays(layer.popup_fields)
+    for frame in frames:
+        arrays.add(frame)
+        if len(arrays) > max_tiles:
+            raise ValueError(f"more than {max_tiles} tiles")
+
+    class LeafletOnlyMap(folium.Map):
+        default_js = [("leaflet", LEAFLET_JS)]
+        default_css = [("leaflet_css", LEAFLET_CSS)]
+
+    fmap = LeafletOnlyMap(location=[0, 0], zoom_start=2, tiles="OpenStreetMap", control_scale=True,
+                          prefer_canvas=True)
+    settings = {"labels": list(layer.labels), "colours": list(layer.colours), "title": layer.title,
+                "model_id": layer.model_id, "fill_label": layer.fill_label}
+
+    class Tiles(MacroElement):
+        """The tiles, legend and popups: a script rendered after the map it draws on (its parent)."""
+
+        _template = Template("{% macro script(this, kwargs) %}" + _SCRIPT + "{% endmacro %}")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._name = "AerialTiles"
+            self.data = arrays.to_json()
+            self.layer = json.dumps(settings).replace("</", "<\\/")
+
+    Tiles().add_to(fmap)
+    html = fmap.get_root().render()
+    return html.replace("<head>", f"<head>\n<title>{_escape(layer.title)}</title>", 1), len(arrays)
+
+
+def _escape(value: str) -> str:
+    import html
+
+    return html.escape(value, quote=True)
