@@ -2,9 +2,10 @@
 
 Every tile is drawn as its longitude/latitude rectangle on one canvas layer, coloured by class, over an
 OpenStreetMap base layer, with a legend; clicking a tile opens a popup (label, class probabilities, model id).
-The tiles travel to the page as compact column arrays (not one GeoJSON feature per tile: about 60 bytes a tile
-instead of ~250), built from a stream of frames so the driver never holds a table of every tile; the page itself
-grows with the tiles, so callers cap it (``max_tiles``) and say so.
+The tiles travel to the page as compact column arrays, not one GeoJSON feature per tile (about 80 bytes a tile
+with six classes: 5.2 MB for 65,563 tiles), built from a stream of frames so the driver never holds a table of
+every tile; the page itself grows with the tiles, so callers cap it (``max_tiles``) and say so. Hand-written
+script on top of folium because folium's own GeoJson layer would repeat every property name per tile.
 
 Class names come from users' folder names: the page sets them as text (``textContent``), never as HTML.
 folium loads Leaflet from jsDelivr; the page needs no other script or stylesheet (folium's jQuery, Bootstrap and

@@ -58,7 +58,7 @@ def test_bad_files_are_quarantined_with_reasons_and_conversions_counted(spark, m
     assert meta["n_mode_converted"].value == 3
     check = result.get_asset_check_evaluations()[0]
     assert check.asset_key == AssetKey("labeled_tiles") and not check.passed
-    assert "Forest/truncated.png" in check.metadata["files"].value
+    assert "Forest/truncated.png" in {r.data["tile_id"] for r in check.metadata["files"].records}
     csv = pd.read_csv(data_root / "labeled_tiles" / "quarantine.csv")
     assert len(csv) == 4
 

@@ -155,6 +155,12 @@ def test_two_vintages_backfill_in_one_run_and_give_a_change_table(graph_run, vin
     meta = graph_run["instance"].get_latest_materialization_event(
         AssetKey("county_land_use_change")).asset_materialization.metadata
     assert meta["became_Developed"].value == summary["became"]["Developed"]
+    # the interactive change map: every compared tile, changed ones by their new class, the rest "unchanged"
+    page = (root / "county_land_use_change" / "town@2022" / "change.html").read_text()
+    assert meta["change_html"].value.endswith("change.html") and '"fill_label": "unchanged"' in page
+    data = json.loads(page.split("var data = ", 1)[1].split(";\n", 1)[0])
+    assert len(data["v"]) == 30 and sum(v >= 0 for v in data["v"]) == int(matrix.sum() - np.trace(matrix))
+    assert data["f"] == ["from_label", "to_label"]
 
 
 def test_predictions_are_geoparquet_with_crs_vintage_and_model(graph_run, vintages):

@@ -69,7 +69,9 @@ def _check(result, name: str):
 
 
 def _metadata(event) -> dict:
-    return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+    """Metadata values; a Dagster table as its cells' text, one row per line (so a name can be looked up in it)."""
+    return {k: "\n".join(" | ".join(str(c) for c in r.data.values()) for r in v.records) if hasattr(v, "records")
+            else getattr(v, "value", v) for k, v in event.metadata.items()}
 
 
 def _noise_png(path: Path, seed: int) -> None:

@@ -29,7 +29,8 @@ UNCHANGED = 254
 class LandUseMapConfig(Config):
     """``smoothing``: a 3 x 3 plurality vote over neighbouring tiles (centre weighted), off by default (the
     interactive map always shows each tile's own prediction and probabilities). ``interactive_max_tiles``: the
-    largest county drawn as an interactive HTML map (the page holds every tile, ~60 bytes each)."""
+    largest county drawn as an interactive HTML map (the page holds every tile: ~80 bytes each with six
+    classes)."""
 
     smoothing: bool = False
     interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
