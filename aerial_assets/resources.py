@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
-from pydantic import PrivateAttr
+from dagster_pyspark import LazyPySparkResource
 
 from aerial_assets import demo_data
 from aerial_assets.counties import County, parse_registry, resolve_county
@@ -23,11 +23,16 @@ from aerial_assets.storage import Storage, is_local, join, local_path, scheme_of
 DEMO_COUNTY_KEY = "demo_middlesex"
 
 
-class SparkResource(ConfigurableResource):
+class SparkResource(LazyPySparkResource):
     """A Spark session: local (``master``) by default, Spark Connect when ``remote`` is set.
 
-    The session is created lazily, on first use, and kept for the life of the process, so one
-    Spark session serves every step of a run (the code location runs steps in process).
+    Built on dagster-pyspark's ``LazyPySparkResource``: the session opens on first use (``spark_session``, also
+    ``session``) through dagster-pyspark's ``spark_session_from_config``, and is kept for the life of the process,
+    so one Spark session serves every step of a run (the code location runs steps in process). Its
+    ``spark_config`` is the user's extra settings; what this class adds is computed when the session opens, never
+    stored in the resource's config (so no token reaches Dagster's records): the master or the Connect URL
+    (``spark.remote``, which ``SparkSession.builder`` turns into a Connect session), the local defaults
+    (:meth:`default_conf`), code shipping and the storage settings.
 
     Over Spark Connect the executors need this project's code (the functions that run in ``mapInPandas``):
     with ``ship_code`` (the default) a zip of the ``aerial_assets`` package is added to the session as a
@@ -43,6 +48,7 @@ class SparkResource(ConfigurableResource):
     Hadoop configuration before the first Azure read, and taking them here keeps every asset unchanged.
     """
 
+    spark_config: dict[str, Any] = {}
     master: str = "local[2]"
     remote: str = ""
     conf: dict[str, str] = {}
@@ -53,41 +59,44 @@ class SparkResource(ConfigurableResource):
     jars: str = ""
     storage: "StorageResource | None" = None
 
-    _session: Any = PrivateAttr(default=None)
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False  # this project's resource (on dagster-pyspark's), not dagster-pyspark's itself
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._session = None
+        self._spark_session = None
 
     @property
     def session(self):
-        if self._session is None:
-            self._session = self._create()
-        return self._session
+        """The Spark session (the name every asset uses; ``spark_session`` is dagster-pyspark's)."""
+        return self.spark_session
+
+    def _init_session(self) -> None:
+        if self._spark_session is None:
+            self._spark_session = self._create()
+
+    def session_config(self) -> dict[str, str]:
+        """Everything the session is opened with: for Connect the URL (with the token), else the master, the
+        local defaults, ``conf`` and ``spark_config`` (later ones win)."""
+        if self.remote:
+            return {"spark.app.name": "aerial_assets", **self.spark_config, "spark.remote": self.remote_url()}
+        return {"spark.app.name": "aerial_assets", "spark.master": self.master, **self.default_conf(), **self.conf,
+                **self.spark_config}
 
     def _create(self):
-        from pyspark.sql import SparkSession
+        from dagster_pyspark.resources import spark_session_from_config
 
         # Python workers must run the interpreter that has this project's packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = SparkSession.builder.appName("aerial_assets")
         if self.remote:
             check_reachable(self.remote)
-            session = builder.remote(self.remote_url()).getOrCreate()
-            if self.ship_code:
-                ship_package(session)
-            if self.storage is not None:
-                self.storage.configure_spark(session)  # a no-op over Connect: the server is configured
-            return session
-        builder = builder.master(self.master)
-        for key, value in {**self.default_conf(), **self.conf}.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
+        session = spark_session_from_config(self.session_config())
         if self.ship_code and not self.is_local:
-            # A cluster's executors have the third-party packages (README) but not this project: ship it, as
-            # over Spark Connect. Local executors run this very interpreter and import it as the driver does.
+            # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this
+            # project: ship it. Local executors run this very interpreter and import it as the driver does.
             ship_package(session)
         if self.storage is not None:
-            self.storage.configure_spark(session)
+            self.storage.configure_spark(session)  # a no-op over Connect: the server is configured
         return session
 
     @property

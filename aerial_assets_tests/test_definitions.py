@@ -39,3 +39,22 @@ def test_unknown_names_list_valid_ones():
         parse_list("logistic_regression,svm", check_algorithm)
     with pytest.raises(ConfigurationError, match="valid algorithms"):
         check_algorithm("xgboost")
+
+
+def test_spark_resource_is_dagster_pyspark_lazy_resource_with_the_project_settings():
+    """dagster-pyspark's LazyPySparkResource underneath; the token never sits in the resource's own config."""
+    from dagster_pyspark import LazyPySparkResource
+
+    from aerial_assets.resources import SparkResource
+
+    local = SparkResource(master="local[3]", conf={"spark.sql.shuffle.partitions": "7"},
+                          spark_config={"spark.executor.memory": "1g"})
+    assert isinstance(local, LazyPySparkResource) and local._spark_session is None  # lazy: nothing opened yet
+    config = local.session_config()
+    assert config["spark.master"] == "local[3]" and config["spark.driver.bindAddress"] == "127.0.0.1"
+    assert config["spark.sql.shuffle.partitions"] == "7" and config["spark.executor.memory"] == "1g"
+    remote = SparkResource(remote="sc://127.0.0.1:15002", remote_token="s3cret")
+    assert remote.session_config()["spark.remote"] == "sc://127.0.0.1:15002/;token=s3cret"
+    assert "spark.master" not in remote.session_config() and "s3cret" not in str(remote.spark_config)
+    built = build_defs({"AERIAL_SPARK_TOKEN": "s3cret", "SPARK_REMOTE": "sc://h:15002"}).resources["spark"]
+    assert isinstance(built, LazyPySparkResource) and built.remote_token.env_var_name == "AERIAL_SPARK_TOKEN"
