@@ -343,7 +343,51 @@ def test_example_instance_config_loads_the_blob_compute_log_manager(tmp_path, mo
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", base64.b64encode(b"k" * 32).decode())
     instance = DagsterInstance.from_config(str(tmp_path))
     try:
-        assert type(instance.compute_log_manager).__name__ == "AzureBlobComputeLogManager"
+        from dagster_azure.blob.compute_log_manager import AzureBlobComputeLogManager
+
+        assert isinstance(instance.compute_log_manager, AzureBlobComputeLogManager)  # dagster-azure's, extended
+    finally:
+        instance.dispose()
+
+
+def test_step_logs_go_to_azurite_through_dagster_azures_compute_log_manager(azurite, tmp_path, monkeypatch):
+    """The example instance config of the azure deployment, pointed at Azurite: a step's stdout and stderr are
+    uploaded as blobs by dagster-azure's manager, and the UI's log reader reads them back from there."""
+    from azure.storage.blob import BlobServiceClient
+    from dagster import DagsterInstance, job, op
+
+    config = yaml.safe_load((REPO / "examples" / "azure" / "dagster.yaml").read_text())
+    config["compute_logs"]["config"]["blob_endpoint"] = {"env": "AZURE_STORAGE_BLOB_ENDPOINT"}
+    config["compute_logs"]["config"]["upload_interval"] = None
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    _container(azurite, "logs")
+    for name, value in {"AZURE_STORAGE_ACCOUNT_NAME": ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": azurite.key,
+                        "AZURE_STORAGE_BLOB_ENDPOINT": azurite.endpoint, "AERIAL_LOG_CONTAINER": "logs"}.items():
+        monkeypatch.setenv(name, value)
+
+    @op
+    def talk() -> None:
+        print("hello from a step")
+        print("a warning on stderr", file=sys.stderr)
+
+    @job
+    def chatty():
+        talk()
+
+    instance = DagsterInstance.from_config(str(tmp_path))
+    try:
+        manager = instance.compute_log_manager
+        assert type(manager).__name__ == "BlobComputeLogManager"
+        result = chatty.execute_in_process(instance=instance)
+        assert result.success
+        client = BlobServiceClient.from_connection_string(azurite.connection_string)
+        blobs = {b.name: client.get_blob_client("logs", b.name).download_blob().readall()
+                 for b in client.get_container_client("logs").list_blobs(name_starts_with="aerial-assets-logs/")}
+        out = [data for name, data in blobs.items() if name.endswith(".out")]
+        err = [data for name, data in blobs.items() if name.endswith(".err")]
+        assert any(b"hello from a step" in data for data in out), sorted(blobs)
+        assert any(b"a warning on stderr" in data for data in err), sorted(blobs)
+        assert not _find_secret(tmp_path, [azurite.key.encode()])  # the key stays in the environment
     finally:
         instance.dispose()
 
