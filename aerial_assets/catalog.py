@@ -176,10 +176,11 @@ def _take(count: int, fraction: float, keep_one_back: bool) -> int:
     return max(n, 0)
 
 
-def assign_splits(catalog: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validation: bool = True) -> pd.DataFrame:
     """Give every usable tile a split: stratified, deterministic in (seed, tile id), order-free.
 
-    Tiles already marked ``test`` (train/test layout) keep it; validation is carved from train; with
+    Tiles already marked ``test`` (train/test layout) keep it; validation is carved from train unless
+    ``carve_validation`` is off (a spatial split has chosen whole blocks for it already); with
     ``sample_frac`` < 1 the training tiles left out are marked ``excluded`` (kept and counted).
     """
     settings.check()
@@ -200,7 +201,7 @@ def assign_splits(catalog: pd.DataFrame, settings: SplitSettings) -> pd.DataFram
     train = ok & (out["split"] == "train")
     for _, group in out[train].groupby("label"):
         ordered = group.sort_values("_rank").index
-        n_val = _take(len(group), settings.validation_fraction, True) if len(group) >= 3 else 0
+        n_val = _take(len(group), settings.validation_fraction, True) if len(group) >= 3 and carve_validation else 0
         out.loc[ordered[len(ordered) - n_val:] if n_val else [], "split"] = "validation"
         if settings.sample_frac < 1.0:
             rest = ordered[: len(ordered) - n_val]

@@ -13,6 +13,11 @@ A county is a dynamic partition; the registry (a YAML file) is where a user decl
           2020: [/data/naip/nd_2020.tif]
       boston_tiles:                      # ready-made tiles and their summary CSV
         tiles: {folder: /data/tiles, summary: /data/tiles/tile_summaries.csv, crs: "EPSG:26919"}
+      middlesex_tiles:                   # the original sample: corners in degrees (llcrnrlat, ...), no crs
+        tiles: {folder: /data/middlesex, summary: /data/middlesex/tile_summaries.csv}
+      with_nlcd:                         # any entry may name a reference land-cover raster (county_map_agreement)
+        rasters: [/data/naip/town.tif]
+        reference: {raster: /data/nlcd_2011.tif, legend: examples/nlcd2011_six_classes.yaml}
       story_ia:                          # the items of a STAC catalog (local or az://): rasters and year from them
         stac: az://imagery/naip/story_2019/catalog.json
         stac_asset: image                # optional: the asset to tile (default: the item's one GeoTIFF asset)
@@ -49,11 +54,20 @@ README = "see README, 'Adding a county'"
 
 @dataclass(frozen=True)
 class TileFolder:
-    """Ready-made tiles: image files and a summary CSV of their bounds (in ``crs``)."""
+    """Ready-made tiles: image files and a summary CSV of their bounds (in ``crs``; EPSG:4326 when the registry
+    names none, for the original sample's corners in degrees)."""
 
     folder: str
     summary: str
     crs: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference land-cover raster of integer codes and the legend (YAML) grouping its codes into classes."""
+
+    raster: str
+    legend: str
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,7 @@ class County:
     tiles: TileFolder | None = None
     stac: str | None = None  # a STAC catalog, item collection or item: rasters and year come from it
     stac_asset: str | None = None
+    reference: Reference | None = None  # what county_map_agreement compares the map with
 
     @property
     def area_key(self) -> str:
@@ -111,11 +126,19 @@ class _Spec(BaseModel):
 
 
 class TilesSpec(_Spec):
-    """``tiles: {folder, summary, crs}``: where ready-made tiles and their summary CSV are, and the bounds' CRS."""
+    """``tiles: {folder, summary, crs}``: where ready-made tiles and their summary CSV are, and the bounds' CRS
+    (optional: without it the summary is the original layout, corners in degrees, EPSG:4326)."""
 
     folder: _Path
     summary: _Path
-    crs: _Path
+    crs: _Path | None = None
+
+
+class ReferenceSpec(_Spec):
+    """``reference: {raster, legend}``: a land-cover raster of integer codes and the legend YAML of its codes."""
+
+    raster: _Path
+    legend: _Path
 
 
 class CountySpec(_Spec):
@@ -129,6 +152,7 @@ class CountySpec(_Spec):
     tiles: TilesSpec | None = None
     stac: _Path | None = None
     stac_asset: _Path | None = None
+    reference: ReferenceSpec | None = None
 
 
 class RegistrySpec(_Spec):
@@ -162,6 +186,8 @@ def _explain(error: dict, raw: dict, source: str) -> str:
                 f"'{key}: {{rasters: [path/to/image.tif]}}' ({README})")
     top = path[0]
     if kind == "extra_forbidden":
+        if top == "reference" and len(path) == 2:
+            return f"{where}: reference: {_unknown_key(path[-1], ReferenceSpec)} (reference: {{raster, legend}})"
         model = TilesSpec if top == "tiles" and len(path) == 2 else CountySpec
         return f"{where}: {'tiles: ' if model is TilesSpec else ''}{_unknown_key(path[-1], model)} ({README})"
     if top == "year":
@@ -182,12 +208,24 @@ def _explain(error: dict, raw: dict, source: str) -> str:
         tiles = raw.get("tiles")
         if len(path) == 1 or not isinstance(tiles, dict):
             return f"{where}: 'tiles' must be a mapping {{folder: ..., summary: ..., crs: ...}} ({README})"
-        missing = [f for f in _allowed(TilesSpec) if not tiles.get(f)]
+        missing = [f for f in ("folder", "summary") if not tiles.get(f)]
         if missing:
-            return f"{where}: 'tiles' needs {', '.join(m for m in ('folder', 'summary', 'crs') if m in missing)}"
+            return f"{where}: 'tiles' needs {', '.join(missing)}"
+        if path[1] == "crs":
+            return (f"{where}: tiles crs must be a CRS name such as 'EPSG:26919', or left out for a summary with "
+                    "corners in degrees (EPSG:4326)")
         return f"{where}: tiles {path[1]} must be text"
     if top == "name":
         return f"{where}: name must be text"
+    if top == "reference":
+        example = "'reference: {raster: nlcd.tif, legend: examples/nlcd2011_six_classes.yaml}'"
+        ref = raw.get("reference")
+        if len(path) == 1 or not isinstance(ref, dict):
+            return f"{where}: 'reference' must be a mapping {{raster: ..., legend: ...}}, such as {example}"
+        missing = [f for f in ("raster", "legend") if not ref.get(f)]
+        if missing:
+            return f"{where}: 'reference' needs {', '.join(missing)}, such as {example}"
+        return f"{where}: reference {path[1]} must be text (a path or az:// URI)"
     if top in ("stac", "stac_asset"):
         example = "stac: path/or/az://container/catalog.json" if top == "stac" else "stac_asset: image"
         return f"{where}: {top} must be text, such as '{example}'"
@@ -299,14 +337,19 @@ def parse_registry(text: str, source: str) -> dict[str, County]:
                 counties[vkey] = County(vkey, f"{name} ({year})", _rasters(rasters, f"county {vkey!r} in {source}"),
                                         key, year, bounds)
         elif entry.tiles is not None:
-            _check_crs(entry.tiles.crs, where)
-            folder = TileFolder(entry.tiles.folder, entry.tiles.summary, entry.tiles.crs)
+            crs = entry.tiles.crs if entry.tiles.crs is not None else "EPSG:4326"  # the degree layout's
+            _check_crs(crs, where)
+            folder = TileFolder(entry.tiles.folder, entry.tiles.summary, crs)
             counties[key] = County(key, name, [], key, entry.year, bounds, folder)
         elif entry.stac is not None:
             counties[key] = County(key, name, [], key, entry.year, bounds, stac=entry.stac,
                                    stac_asset=entry.stac_asset)
         else:
             counties[key] = County(key, name, _rasters(entry.rasters, where), key, entry.year, bounds)
+        if entry.reference is not None:  # one reference for every vintage of the entry
+            reference = Reference(entry.reference.raster, entry.reference.legend)
+            for vkey in [vintage_key(key, y) for y in entry.vintages] if entry.vintages else [key]:
+                counties[vkey] = replace(counties[vkey], reference=reference)
     return counties
 
 
@@ -370,6 +413,8 @@ def render_registry(counties: dict[str, County]) -> str:
             entry["bounds"] = list(c.bounds)
         if c.year is not None:
             entry["year"] = c.year
+        if c.reference is not None:
+            entry["reference"] = {"raster": c.reference.raster, "legend": c.reference.legend}
         entries[check_key(c.key)] = entry
     return yaml.safe_dump({"counties": entries}, sort_keys=True)
 

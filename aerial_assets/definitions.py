@@ -17,7 +17,7 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from aerial_assets.assets import backbones, features, maps, scoring, tiles, training
+from aerial_assets.assets import agreement, backbones, features, maps, raster_labels, scoring, tiles, training
 from aerial_assets.automation import county_job, county_registry_sensor, rescore_counties_schedule, rescore_job
 from aerial_assets.azure_storage import (
     ENV_ACCOUNT_KEY,
@@ -34,15 +34,16 @@ from aerial_assets.resources import (
     CountyRegistryResource,
     SparkResource,
     StorageResource,
+    TrainingRastersResource,
     TrainingTilesResource,
 )
 from aerial_assets.storage import AZURE_SCHEMES, scheme_of
 
-ASSET_MODULES = [tiles, backbones, features, training, scoring, maps]
+ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement, raster_labels]
 
 
 DEPLOYMENTS = ("local", "azure")
-AZURE_URI_SETTINGS = ("AERIAL_DATA_ROOT", "AERIAL_TRAINING_TILES", "AERIAL_COUNTIES")
+AZURE_URI_SETTINGS = ("AERIAL_DATA_ROOT", "AERIAL_TRAINING_TILES", "AERIAL_COUNTIES", "AERIAL_TRAINING_RASTERS")
 
 
 def _flag(value: str) -> bool:
@@ -132,6 +133,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
                                                 label_map=env.get("AERIAL_LABEL_MAP", "")),
+        "training_rasters": TrainingRastersResource(uri=env.get("AERIAL_TRAINING_RASTERS", "")),
         "counties": CountyRegistryResource(uri=env.get("AERIAL_COUNTIES", "")),
         "backbone_weights": BackboneWeightsResource(weights_dir=env.get("AERIAL_WEIGHTS_DIR", "")),
     }

@@ -4,6 +4,7 @@ Every asset partition owns exactly one folder, written atomically as a whole; do
 find their inputs here and nowhere else. README.md documents this tree; keep them in step.
 
 ```
+<root>/raster_labeled_tiles/                tiles/<class>/<tile_id>.png, tiles.csv, summary.json (AERIAL_TRAINING_RASTERS)
 <root>/labeled_tiles/                       catalog.parquet, quarantine.csv, summary.json
 <root>/backbone_models/<backbone>/          model.onnx, backbone.json
 <root>/tile_features/<backbone>/            features.parquet/, quarantine.csv
@@ -14,6 +15,7 @@ find their inputs here and nowhere else. README.md documents this tree; keep the
 <root>/county_tiles/<county>/               tiles.parquet/, summary.json
 <root>/county_predictions/<county>/         predictions.parquet/ (GeoParquet), predictions.stac.json, summary.json
 <root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, summary.json
+<root>/county_map_agreement/<county>/       agreement.json, confusion_raw.png, confusion_smoothed.png
 <root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif, change.html
 <root>/demo/                                generated demo imagery (only when no data is configured)
 ```
@@ -34,6 +36,9 @@ class Layout:
 
     def labeled_tiles(self) -> str:
         return join(self.root, "labeled_tiles")
+
+    def raster_labeled_tiles(self) -> str:
+        return join(self.root, "raster_labeled_tiles")
 
     def backbone_model(self, backbone: str) -> str:
         return join(self.root, "backbone_models", backbone)
@@ -61,6 +66,9 @@ class Layout:
 
     def county_map(self, county: str) -> str:
         return join(self.root, "county_land_use_map", county)
+
+    def county_agreement(self, county: str) -> str:
+        return join(self.root, "county_map_agreement", county)
 
     def county_change(self, county: str) -> str:
         return join(self.root, "county_land_use_change", county)

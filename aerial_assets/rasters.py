@@ -169,37 +169,58 @@ def read_tile(ds, col_off: int, row_off: int, size: int, out_size: int, scale: t
 
 @dataclass(frozen=True)
 class MapGrid:
-    """The one-pixel-per-tile grid of a county map, aligned on the tiles' own edges."""
+    """The one-pixel-per-tile grid of a county map, aligned on the tiles' own edges.
+
+    A cell is ``cell_x`` wide and ``cell_y`` high (CRS units; the original sample's degree tiles are about
+    0.00273 deg of longitude by 0.002015 deg of latitude). ``cell_y`` defaults to ``cell_x`` (square cells), so
+    ``MapGrid(left, top, cell, rows, cols)`` still reads as before."""
 
     left: float
     top: float
-    cell: float
+    cell_x: float
     rows: int
     cols: int
+    cell_y: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cell_y is None:
+            object.__setattr__(self, "cell_y", self.cell_x)
+
+    @property
+    def square(self) -> bool:
+        return bool(np.isclose(self.cell_x, self.cell_y, rtol=1e-6, atol=0.0))
+
+    @property
+    def cell(self) -> float:
+        """The cell size of a square grid; a grid of other cells has none (use ``cell_x`` and ``cell_y``)."""
+        if not self.square:
+            raise ValueError(f"the map cells are {self.cell_x:g} x {self.cell_y:g}, not square: use cell_x and cell_y")
+        return self.cell_x
 
     @property
     def transform(self):
         from rasterio.transform import from_origin
 
-        return from_origin(self.left, self.top, self.cell, self.cell)
+        return from_origin(self.left, self.top, self.cell_x, self.cell_y)
 
     @property
     def extent(self) -> tuple[float, float, float, float]:
-        return self.left, self.left + self.cols * self.cell, self.top - self.rows * self.cell, self.top
+        return self.left, self.left + self.cols * self.cell_x, self.top - self.rows * self.cell_y, self.top
 
     def cells(self, left: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.rint((self.top - np.asarray(top)) / self.cell).astype(np.int64)
-        cols = np.rint((np.asarray(left) - self.left) / self.cell).astype(np.int64)
+        rows = np.rint((self.top - np.asarray(top)) / self.cell_y).astype(np.int64)
+        cols = np.rint((np.asarray(left) - self.left) / self.cell_x).astype(np.int64)
         return rows, cols
 
 
 def map_grid(left: np.ndarray, right: np.ndarray, bottom: np.ndarray, top: np.ndarray) -> MapGrid:
-    """The grid that holds every tile (from tile bounds); cell = the tiles' size."""
-    cell = float(np.median(np.asarray(right) - np.asarray(left)))
+    """The grid that holds every tile (from tile bounds); cell = the tiles' median width and median height."""
+    cell_x = float(np.median(np.asarray(right) - np.asarray(left)))
+    cell_y = float(np.median(np.asarray(top) - np.asarray(bottom)))
     x0, y0 = float(np.min(left)), float(np.max(top))
-    cols = int(round((float(np.max(right)) - x0) / cell))
-    rows = int(round((y0 - float(np.min(bottom))) / cell))
-    return MapGrid(left=x0, top=y0, cell=cell, rows=rows, cols=cols)
+    cols = int(round((float(np.max(right)) - x0) / cell_x))
+    rows = int(round((y0 - float(np.min(bottom))) / cell_y))
+    return MapGrid(left=x0, top=y0, cell_x=cell_x, rows=rows, cols=cols, cell_y=cell_y)
 
 
 def class_tags(classes: Sequence[str], colours: Sequence[tuple[int, int, int]],

@@ -90,11 +90,33 @@ def _nice_length(max_len: float) -> float:
     return float(power)
 
 
-def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: float,
+def is_geographic_crs(crs_name: str) -> bool:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return bool(CRS.from_user_input(crs_name).is_geographic)
+    except CRSError:
+        return False
+
+
+def cell_label(cell_size: float | tuple[float, float], crs_name: str) -> str:
+    """What one map cell is: ``cell = one 224 m tile``, or ``... 0.00273 x 0.002015 deg (lon x lat) tile``."""
+    cell_x, cell_y = cell_size if isinstance(cell_size, tuple) else (cell_size, cell_size)
+    if is_geographic_crs(crs_name):
+        return f"cell = one {cell_x:g} x {cell_y:g} deg (lon x lat) tile"
+    if np.isclose(cell_x, cell_y, rtol=1e-6, atol=0.0):
+        return f"cell = one {cell_x:g} m tile"
+    return f"cell = one {cell_x:g} x {cell_y:g} m tile"
+
+
+def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: float | tuple[float, float],
             extent: tuple[float, float, float, float], crs_name: str, nodata: int = 255) -> bytes:
     """A land-use map: one cell per tile, class colours with a legend, a title and a scale bar.
 
-    ``extent`` is (left, right, bottom, top) in the CRS units (metres for projected CRSs).
+    ``extent`` is (left, right, bottom, top) in the CRS units (metres for projected CRSs, degrees for a
+    geographic one); ``cell_size_m`` is the cell size in those units, or its (width, height) for cells that are
+    not square.
     """
     colours = class_colours(classes)
     masked = np.ma.masked_equal(grid, nodata)
@@ -119,10 +141,10 @@ def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: f
         x0, y0 = left + (right - left) * 0.05, bottom + (top - bottom) * 0.05
         ax.plot([x0, x0 + bar], [y0, y0], color="black", linewidth=4, solid_capstyle="butt")
         ax.plot([x0, x0 + bar], [y0, y0], color="white", linewidth=2, solid_capstyle="butt")
-        label = f"{bar / 1000:g} km" if bar >= 1000 else f"{bar:g} m"
+        label = f"{bar:g} deg" if is_geographic_crs(crs_name) else f"{bar / 1000:g} km" if bar >= 1000 else f"{bar:g} m"
         ax.text(x0 + bar / 2, y0 + (top - bottom) * 0.02, label, ha="center", va="bottom", fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
-    ax.text(1.01, 0.0, f"cell = one {cell_size_m:g} m tile", transform=ax.transAxes, fontsize=7, va="bottom")
+    ax.text(1.01, 0.0, cell_label(cell_size_m, crs_name), transform=ax.transAxes, fontsize=7, va="bottom")
     return _to_png(fig)
 
 

@@ -423,3 +423,23 @@ class BackboneWeightsResource(ConfigurableResource):
         if scheme_of(layout.root) in ("", "file"):
             return join(local_path(layout.root), "weights")
         return os.path.abspath(".aerial_weights")
+
+
+class TrainingRastersResource(ConfigurableResource):
+    """Training tiles cut from imagery rasters and labelled from a land-cover raster (``AERIAL_TRAINING_RASTERS``):
+    ``uri`` is a YAML spec ``{imagery: [tif, ...], landcover: tif, legend: yaml}`` (see raster_labels.py).
+    Empty: not used (``labeled_tiles`` reads ``AERIAL_TRAINING_TILES`` or the demo set)."""
+
+    uri: str = ""
+
+    def load(self):
+        """The parsed spec (:class:`aerial_assets.raster_labels.TrainingRasters`); a clear error when unset."""
+        from aerial_assets.raster_labels import parse_spec
+
+        if not self.uri:
+            raise ConfigurationError("no training rasters configured: set AERIAL_TRAINING_RASTERS to a YAML file "
+                                     "'{imagery: [a.tif], landcover: nlcd.tif, legend: legend.yaml}'")
+        store = storage_for(self.uri)
+        if not store.exists(self.uri):
+            raise ConfigurationError(f"training rasters spec {self.uri} not found (AERIAL_TRAINING_RASTERS)")
+        return parse_spec(store.read_text(self.uri), self.uri)

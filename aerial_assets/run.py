@@ -125,6 +125,7 @@ def configuration_error(exc: Exception) -> int:
 EPILOG = """\
 settings (environment variables; README, "Your own data", lists them all):
   AERIAL_TRAINING_TILES   labelled tiles <class>/<image> (local folder or az://...); unset: the demo set
+  AERIAL_TRAINING_RASTERS training tiles from rasters: YAML {imagery: [tif], landcover: tif, legend: yaml}
   AERIAL_DATA_ROOT        where outputs go (default ./.aerial_data; az://container/prefix for Azure)
   AERIAL_COUNTIES         the county registry (YAML); unset: the demo county
   AERIAL_SPARK_MASTER     local[N] (default local[2]), spark://host:7077, yarn
@@ -221,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     instance = guard.instance
     runner = Runner(defs, instance, run_config)
 
+    if env.get("AERIAL_TRAINING_RASTERS") and not env.get("AERIAL_TRAINING_TILES"):  # tiles from a land-cover raster
+        if not runner.run(["raster_labeled_tiles"]):
+            return report(runner, resources, [])
     if not runner.run(["labeled_tiles"]):
         return report(runner, resources, [])
     for backbone in backbones:

@@ -119,7 +119,8 @@ def window_featurizer(
 
 
 def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) -> pd.DataFrame:
-    """County tile rows for ready-made tile files (``raster_index`` -1 marks a file, not a window)."""
+    """County tile rows for ready-made tile files (``raster_index`` -1 marks a file, not a window); ``row`` and
+    ``col`` count median tile heights and widths from the top-left tile (degree tiles are not square)."""
     from rasterio.warp import transform as warp
 
     from aerial_assets.storage import join
@@ -130,13 +131,13 @@ def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) ->
     xs = np.concatenate([(left + right) / 2, left, right, left, right])
     ys = np.concatenate([(bottom + top) / 2, top, top, bottom, bottom])
     lons, lats = (np.asarray(v).reshape(5, -1) for v in warp(crs, "EPSG:4326", xs.tolist(), ys.tolist()))
-    cell = float(np.median(right - left))
+    cell_x, cell_y = float(np.median(right - left)), float(np.median(top - bottom))
     return pd.DataFrame({
         "tile_id": [f"{county}/{name}" for name in summary["filename"]],
         "raster_uri": [join(folder, name) for name in summary["filename"]],
         "raster_index": np.full(n, -1, np.int32),
-        "row": np.rint((top.max() - top) / cell).astype(np.int32),
-        "col": np.rint((left - left.min()) / cell).astype(np.int32),
+        "row": np.rint((top.max() - top) / cell_y).astype(np.int32),
+        "col": np.rint((left - left.min()) / cell_x).astype(np.int32),
         "col_off": np.zeros(n, np.int32), "row_off": np.zeros(n, np.int32),
         "width_px": np.zeros(n, np.int32), "height_px": np.zeros(n, np.int32),
         "left": left, "bottom": bottom, "right": right, "top": top,

@@ -302,6 +302,24 @@ def evaluate_splits(model, df, classes: Sequence[str], splits: Sequence[str]) ->
     return out
 
 
+def split_predictions(model, df, classes: Sequence[str], split: str = "test"):
+    """Per-tile predictions of one split (the original sample's ``<model>_predictions_test_set.csv``):
+    ``tile_id``, ``label``, ``pred_label`` and the probability of every class, as a pandas frame.
+
+    Collected to the driver, like the catalog the split comes from (which the driver already holds as one
+    table): one row per held-out tile, not per county tile."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    scored = model.transform(with_vectors(df.filter(F.col("split") == split), classes))
+    names = F.array(*[F.lit(c) for c in classes])
+    probability = vector_to_array("probability")
+    return scored.select(
+        "tile_id", "label", F.element_at(names, F.col("prediction").cast("int") + 1).alias("pred_label"),
+        *[probability[i].alias(f"prob_{c}") for i, c in enumerate(classes)],
+    ).orderBy("tile_id").toPandas()
+
+
 def class_list(label_counts: Mapping[str, int]) -> list[str]:
     """The class order of every model: sorted names, so indices are stable across runs."""
     return sorted(label_counts)

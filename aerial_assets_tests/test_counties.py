@@ -44,7 +44,7 @@ counties:
     ("counties: {Bad Key: {rasters: [a.tif]}}", "not valid"),
     ("counties: {a: {name: x}}", "lists no rasters"),
     ("counties: {a: {rasters: [a.tif], bounds: [1, 2, 0, 3]}}", "are empty"),
-    ("counties: {a: {tiles: {folder: /x}}}", "needs summary, crs"),
+    ("counties: {a: {tiles: {folder: /x}}}", "needs summary"),
     ("counties: {a: {vintages: {soon: [a.tif]}}}", "not a year"),
     ("nothing: here", "top-level 'counties:'"),
     ("counties: {a: {rasters: [a.tif], stac: c.json}}", "has 'rasters' and 'stac': give exactly one of"),

@@ -232,3 +232,57 @@ def test_a_county_registered_by_a_stac_catalog_is_tiled_and_scored_with_the_item
     assert tiles["year"] == 2021 and tiles["counts"]["ok"] == 30
     scored = json.loads((graph_run["root"] / "county_predictions" / "tiny_stac" / "summary.json").read_text())
     assert scored["n_tiles"] == 30 and scored["year"] == 2021
+
+
+def test_classifier_metrics_write_the_test_set_predictions_per_tile(graph_run):
+    """The original's ``<model>_predictions_test_set.csv``: one row per test tile, with probabilities."""
+    import pandas as pd
+
+    folder = graph_run["root"] / "classifier_metrics" / "mobilenet_v2" / "logistic_regression"
+    frame = pd.read_csv(folder / "logistic_regression_predictions_test_set.csv")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert list(frame.columns[:4]) == ["tile_id", "filepath", "label", "pred_label"]
+    probs = [c for c in frame.columns if c.startswith("prob_")]
+    assert len(frame) == sum(metrics["test"]["support"]) and len(probs) == 6
+    assert (frame["label"] == frame["pred_label"]).mean() == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
+    np.testing.assert_allclose(frame[probs].sum(axis=1), 1.0, atol=1e-6)
+    assert frame["filepath"].map(lambda p: Path(p).exists()).all()
+
+
+def test_a_county_scored_with_a_chosen_model_and_a_sample(graph_run, tiny_county):
+    """``model_id`` picks a leaderboard model other than the champion; ``sample_frac`` scores a stable sample."""
+    import pandas as pd
+    import yaml
+
+    from aerial_assets.partitions import county_partitions
+    from aerial_assets.run import Runner
+
+    root = graph_run["root"]
+    board = pd.read_csv(root / "model_leaderboard" / "leaderboard.csv")
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())["model_id"]
+    other = board.loc[board["model_id"] != champion].iloc[0]
+    registry = root / "counties.yaml"
+    doc = yaml.safe_load(registry.read_text())
+    doc["counties"]["tiny_sample"] = {"name": "Tiny, sampled", "rasters": [str(tiny_county[0])]}
+    registry.write_text(yaml.safe_dump(doc))
+    graph_run["instance"].add_dynamic_partitions(county_partitions.name, ["tiny_sample"])
+    config = {"ops": {"county_predictions": {"config": {"model_id": str(other["model_id"]), "sample_frac": 0.5}}}}
+    runner = Runner(graph_run["defs"], graph_run["instance"], config)
+    assert runner.run(["county_tiles", "county_predictions"], "tiny_sample")
+    summary = json.loads((root / "county_predictions" / "tiny_sample" / "summary.json").read_text())
+    assert summary["model_id"] == other["model_id"] and summary["champion"] is False
+    predictions = pd.read_parquet(root / "county_predictions" / "tiny_sample" / "predictions.parquet")
+    assert set(predictions["model_id"]) == {other["model_id"]}
+    assert 5 <= len(predictions) <= 25  # about half of the 30 tiles
+    again = Runner(graph_run["defs"], graph_run["instance"], config)
+    assert again.run(["county_predictions"], "tiny_sample")
+    repeat = pd.read_parquet(root / "county_predictions" / "tiny_sample" / "predictions.parquet")
+    assert sorted(repeat["tile_id"]) == sorted(predictions["tile_id"])  # the same sample
+    by_pair = Runner(graph_run["defs"], graph_run["instance"], {"ops": {"county_predictions": {"config": {
+        "model_id": f"{other['backbone']}|{other['algorithm']}"}}}})
+    assert by_pair.run(["county_predictions"], "tiny_sample")
+    assert json.loads((root / "county_predictions" / "tiny_sample" / "summary.json").read_text())[
+        "n_tiles"] == 30
+    wrong = Runner(graph_run["defs"], graph_run["instance"], {"ops": {"county_predictions": {"config": {
+        "model_id": "nope"}}}})
+    assert not wrong.run(["county_predictions"], "tiny_sample")

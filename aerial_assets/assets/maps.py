@@ -15,7 +15,7 @@ from aerial_assets.errors import CountyError
 from aerial_assets.map_cells import frames_of, grid_of, paint, with_cells
 from aerial_assets.partitions import county_partitions
 from aerial_assets.rasters import MapGrid, write_class_geotiff
-from aerial_assets.rendering import change_png, class_colours, hex_to_rgb, map_png, markdown_image
+from aerial_assets.rendering import change_png, class_colours, hex_to_rgb, is_geographic_crs, map_png, markdown_image
 from aerial_assets.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.spatial import plurality_smooth
 from aerial_assets.stac import raster_item, write_item
@@ -92,7 +92,7 @@ def county_land_use_map(
         changed = int((grid != raw).sum())
         colours = class_colours(classes)
         title = f"Predicted land use: {key} (model {model_id}){', smoothed 3x3' if config.smoothing else ''}"
-        png = map_png(grid, classes, title, grid_def.cell, grid_def.extent, summary["crs"], NODATA)
+        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, summary["crs"], NODATA)
         counts = np.bincount(grid[grid != NODATA].ravel(), minlength=len(classes))
         shares = pd.DataFrame({"class": classes, "tiles": counts.astype(int),
                                "share_%": np.round(100 * counts / max(counts.sum(), 1), 1)})
@@ -115,7 +115,9 @@ def county_land_use_map(
                        join(tmp, "land_use.stac.json"))
             write_json(tmp_store, tmp, "summary.json", {
                 "county": key, "model_id": model_id, "crs": summary["crs"], "classes": classes,
-                "grid": [grid_def.rows, grid_def.cols], "cell_m": grid_def.cell, "counts": counts.tolist(),
+                "grid": [grid_def.rows, grid_def.cols], "cell_x": grid_def.cell_x, "cell_y": grid_def.cell_y,
+                **({"cell_m": grid_def.cell_x} if grid_def.square and not is_geographic_crs(summary["crs"]) else {}),
+                "counts": counts.tolist(),
                 "smoothing": config.smoothing, "tiles_changed_by_smoothing": changed,
             })
         context.log.info(f"map of {key}: {join(out, 'land_use.png')}")

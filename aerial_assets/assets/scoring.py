@@ -1,7 +1,9 @@
 """Group ``scoring``: counties cut into tiles, and every tile scored by the champion model."""
 
+import io
 import json
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 from dagster import (
@@ -19,7 +21,7 @@ from pydantic import Field
 from aerial_assets.assets._io import read_json, run_per_county, spark_table_schema, write_json
 from aerial_assets.assets.features import FeaturizeConfig
 from aerial_assets.counties import County
-from aerial_assets.errors import CountyError
+from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
 from aerial_assets.partitions import county_partitions
 from aerial_assets.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
@@ -157,7 +159,50 @@ PREDICTION_COLUMNS = {
 
 
 class ScoringConfig(FeaturizeConfig):
-    """Throughput knobs for scoring: as for featurization."""
+    """Throughput knobs as for featurization; ``model_id``: score with this model of the leaderboard instead of
+    the champion (its id, or ``backbone|algorithm``; empty = the champion); ``sample_frac``: score this fraction
+    of the county's tiles (a deterministic sample by tile id, as the original's batch-scoring script allowed)."""
+
+    model_id: str = ""
+    sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """What scoring needs of a model: where its graph and classifier are, its classes and views."""
+
+    model_id: str
+    onnx_uri: str
+    pipeline_uri: str
+    classes: list[str]
+    feature_dim: int
+    views: int
+
+
+def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
+    """The champion (``wanted`` empty), or the stored classifier whose model id (or ``backbone|algorithm``) is
+    ``wanted``: it must be on the current leaderboard and still be the model stored for its partition."""
+    layout, store = storage.layout, storage.storage
+    if not wanted:
+        champion = read_json(store, layout.champion(), "champion.json")
+        return ScoringModel(champion["model_id"], join(layout.champion(), "model.onnx"),
+                            join(layout.champion(), "pipeline_model"), champion["classes"],
+                            int(champion["backbone_record"]["feature_dim"]), int(champion.get("views", 1)))
+    board = pd.read_csv(io.StringIO(store.read_text(join(layout.leaderboard(), "leaderboard.csv"))))
+    hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
+    if hit.empty:
+        known = ", ".join(f"{r.model_id} ({r.backbone}|{r.algorithm})" for r in board.itertuples())
+        raise ConfigurationError(f"model_id {wanted!r} is not on the leaderboard; models: {known}")
+    backbone, algorithm = str(hit["backbone"].iloc[0]), str(hit["algorithm"].iloc[0])
+    folder = layout.classifier(backbone, algorithm)
+    info = read_json(store, folder, "classifier.json")
+    if info["model_id"] != hit["model_id"].iloc[0]:
+        raise ConfigurationError(f"model {hit['model_id'].iloc[0]} ({backbone}|{algorithm}) is no longer stored: "
+                                 f"that partition now holds {info['model_id']}; re-materialize the leaderboard")
+    record = read_json(store, layout.backbone_model(backbone), "backbone.json")
+    return ScoringModel(info["model_id"], join(layout.backbone_model(backbone), "model.onnx"),
+                        join(folder, "pipeline_model"), info["classes"], int(record["feature_dim"]),
+                        int(info.get("views", 1)))
 
 
 def executor_folder(store: Storage, uri: str) -> str:
@@ -171,7 +216,7 @@ def executor_folder(store: Storage, uri: str) -> str:
 @asset(
     group_name="scoring",
     partitions_def=county_partitions,
-    deps=["county_tiles", "champion_model"],
+    deps=["county_tiles", "champion_model", "model_leaderboard"],
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"spark", "onnx", "geoparquet"},
 )
@@ -187,14 +232,12 @@ def county_predictions(
     from pyspark.sql.pandas.types import to_arrow_schema
 
     layout, store = storage.layout, storage.storage
-    champion = read_json(store, layout.champion(), "champion.json")
-    classes, model_id = champion["classes"], champion["model_id"]
-    dim = int(champion["backbone_record"]["feature_dim"])
+    chosen = scoring_model(storage, config.model_id.strip())
+    classes, model_id, dim = chosen.classes, chosen.model_id, chosen.feature_dim
     session = spark.session
-    model = PipelineModel.read().session(session).load(store.spark_path(join(layout.champion(), "pipeline_model")))
-    views = int(champion.get("views", 1))  # the champion was trained on features averaged over this many views
-    featurize = window_featurizer(join(layout.champion(), "model.onnx"), config.threads_per_task, config.batch_size,
-                                  views)
+    model = PipelineModel.read().session(session).load(store.spark_path(chosen.pipeline_uri))
+    views = chosen.views  # the model was trained on features averaged over this many views
+    featurize = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
     label_of = F.array(*[F.lit(c) for c in classes])
 
     def score(part, year: int | None):
@@ -215,6 +258,9 @@ def county_predictions(
         tiles = session.read.parquet(store.spark_path(join(layout.county_tiles(key), "tiles.parquet")))
         tiles = tiles.filter("status = 'ok'")
         n_tiles = int(tile_summary.get("counts", {}).get("ok", 0))  # counted by county_tiles: no job here
+        if config.sample_frac < 1.0:  # by a hash of the tile id: the same sample on any cluster, any run
+            tiles = tiles.filter((F.abs(F.xxhash64("tile_id")) % 1_000_000) < int(config.sample_frac * 1_000_000))
+            n_tiles = int(round(n_tiles * config.sample_frac))  # the expected count, for the job's width
         n_tasks = task_count(n_tiles, spark.task_parallelism(), config.tiles_per_task)
         out = layout.county_predictions(key)
         started = time.monotonic()
@@ -245,7 +291,8 @@ def county_predictions(
             summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts, "views": views,
                        "crs": tile_summary["crs"], "year": tile_summary.get("year"), "area": tile_summary.get("area"),
                        "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds,
-                       "spark_tasks": n_tasks}
+                       "spark_tasks": n_tasks, "sample_frac": config.sample_frac,
+                       "champion": not config.model_id.strip()}
             write_json(storage_for(tmp), tmp, "summary.json", summary)
             boxes = [p for p in parts if p["file"]]
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),

@@ -14,13 +14,15 @@ from dagster import (
     asset,
     asset_check,
 )
+from pydantic import Field
 
 from aerial_assets import catalog
 from aerial_assets.assets._io import markdown_table, metadata_table, read_json, table_schema, write_json
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.label_map import apply_label_map, parse_label_map
-from aerial_assets.resources import SparkResource, StorageResource, TrainingTilesResource
+from aerial_assets.resources import SparkResource, StorageResource, TrainingRastersResource, TrainingTilesResource
 from aerial_assets.spark_jobs import task_count
+from aerial_assets.spatial_splits import POSITIONS_FILE, Strategy, assign_group_splits, groups_of, parse_positions
 from aerial_assets.storage import join, storage_for
 
 
@@ -35,6 +37,10 @@ class LabeledTilesConfig(Config):
     seed: int = 0
     expected_size: int = 224
     follow_external_links: bool = False
+    split_strategy: Strategy = Field(
+        default="auto", description="stratified (random per class), blocks (whole map blocks of block_size_m), raster "
+        "(whole source rasters); auto: blocks when the folder has a tile_positions.csv, else stratified")
+    block_size_m: float = Field(default=2240.0, gt=0, description="side of a spatial block, metres (10 tiles of 224 m)")
 
 
 
@@ -48,13 +54,14 @@ CATALOG_DESCRIPTIONS = {
     "mode": "the decoded image mode (RGB, L, RGBA, tiff:uint16, ...)", "notes": "conversions made to RGB 224 px",
 }
 
-@asset(group_name="tiles", kinds={"spark", "parquet"})
+@asset(group_name="tiles", kinds={"spark", "parquet"}, deps=["raster_labeled_tiles"])
 def labeled_tiles(
     context: AssetExecutionContext,
     config: LabeledTilesConfig,
     spark: SparkResource,
     storage: StorageResource,
     training_tiles: TrainingTilesResource,
+    training_rasters: TrainingRastersResource,
 ) -> MaterializeResult:
     """Catalog of the labelled tiles: one row per file with uri, label, split, bytes, width, height and status.
 
@@ -67,7 +74,10 @@ def labeled_tiles(
     """
     settings = catalog.SplitSettings(config.test_fraction, config.validation_fraction, config.sample_frac, config.seed)
     settings.check()
-    root, is_demo = training_tiles.resolve(storage.layout)
+    if training_rasters.uri and not training_tiles.uri:  # AERIAL_TRAINING_RASTERS: raster_labeled_tiles' folder
+        root, is_demo, lineage = _raster_labeled_source(storage)
+    else:
+        (root, is_demo), lineage = training_tiles.resolve(storage.layout), {}
     store = storage_for(root)
     if not store.exists(root):
         raise TrainingDataError(
@@ -76,7 +86,9 @@ def labeled_tiles(
         )
     top_dirs = store.list_dirs(root)
     split_layout = catalog.has_split_folders(top_dirs)
-    listed = catalog.list_tiles(store.list_files(root), split_layout, root, config.follow_external_links)
+    positions_uri = join(root, POSITIONS_FILE)  # tile positions for a spatial split: not a training tile
+    entries = [e for e in store.list_files(root) if e.relative_path != POSITIONS_FILE]
+    listed = catalog.list_tiles(entries, split_layout, root, config.follow_external_links)
     if split_layout:
         class_dirs = {s: store.list_dirs(join(root, s)) for s in top_dirs if s.lower() in ("train", "test")}
         class_dirs = {s.lower(): v for s, v in class_dirs.items()}
@@ -92,7 +104,19 @@ def labeled_tiles(
         inspected = frame.mapInPandas(catalog.inspect_frames(config.expected_size), catalog.INSPECT_SCHEMA).toPandas()
         listed = catalog.merge_inspection(listed, inspected)
     catalog.check_class_folders(class_dirs, listed)
-    table = catalog.assign_splits(listed, settings)
+    strategy, n_groups = _split_strategy(config, split_layout, store.exists(positions_uri)), 0
+    if strategy == "stratified":
+        table = catalog.assign_splits(listed, settings)
+    else:  # whole blocks (or rasters) to test and validation, so that neighbours never straddle the split
+        positions = parse_positions(store.read_text(positions_uri), positions_uri)
+        groups = groups_of(positions, strategy, config.block_size_m)
+        usable = listed[listed["status"] == catalog.OK]
+        listed = listed.copy()
+        listed.loc[usable.index, "split"] = assign_group_splits(
+            usable, groups, config.test_fraction, config.validation_fraction, config.seed)
+        table = catalog.assign_splits(listed, settings, carve_validation=False)
+        n_groups = int(usable["tile_id"].map(groups).nunique())
+        context.log.info(f"spatial split ({strategy}): {n_groups} groups of whole tiles")
     catalog.check_splits(table)
     table, mapping_report = _apply_label_map(table, training_tiles.label_map)
     catalog.check_class_names(table)
@@ -106,7 +130,8 @@ def labeled_tiles(
         "source": root, "demo": is_demo, "layout": "train/test" if split_layout else "<class>/<image>",
         "tiles": len(table), "quarantined": len(quarantine), "per_split": counts, **conversions,
         "classes": sorted(table.loc[table["status"] == catalog.OK, "label"].unique().tolist()),
-        "duplicates": duplicates,
+        "duplicates": duplicates, "split_strategy": strategy, "spatial_groups": n_groups,
+        "block_size_m": config.block_size_m if strategy == "blocks" else None,
     }
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
@@ -126,6 +151,8 @@ def labeled_tiles(
             "n_train": int(counts.get("train", 0)),
             "n_validation": int(counts.get("validation", 0)),
             "n_test": int(counts.get("test", 0)),
+            "split_strategy": strategy,
+            "spatial_groups": n_groups,
             "n_excluded_by_sample_frac": int(counts.get(catalog.EXCLUDED, 0)),
             "n_quarantined": len(quarantine),
             "n_resized": conversions["resized"],
@@ -137,8 +164,23 @@ def labeled_tiles(
             "n_unmapped": mapping_report["n_unmapped_tiles"],
             "unmapped_classes": ", ".join(mapping_report["unmapped"]) or "none",
             **duplicates,
+            **lineage,
         }
     )
+
+
+def _split_strategy(config: LabeledTilesConfig, split_layout: bool, has_positions: bool) -> str:
+    """``auto``: blocks when the tiles' positions are known (tiles cut from rasters), else stratified."""
+    strategy = config.split_strategy
+    if strategy == "auto":
+        return "blocks" if has_positions and not split_layout else "stratified"
+    if strategy != "stratified" and split_layout:
+        raise TrainingDataError(f"split_strategy {strategy!r} splits a <class>/<image> folder; this one is already "
+                                "split into train/ and test/: use split_strategy stratified (or auto)")
+    if strategy != "stratified" and not has_positions:
+        raise TrainingDataError(f"split_strategy {strategy!r} needs the tiles' positions in {POSITIONS_FILE} at the "
+                                "root of the training folder (filename, left, bottom, right, top[, source])")
+    return strategy
 
 
 def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, dict]:
@@ -258,3 +300,22 @@ def labeled_tiles_duplicates(storage: StorageResource) -> AssetCheckResult:
             "across_classes": metadata_table(found.across_classes[["labels", "tiles"]].head(100)),
         },
     )
+
+
+def _raster_labeled_source(storage: StorageResource) -> tuple[str, bool, dict[str, str]]:
+    """The tiles ``raster_labeled_tiles`` wrote (an optional upstream, run first by ``make run`` when
+    AERIAL_TRAINING_RASTERS is set), and the lineage back to its rasters: its summary's sha256 and theirs."""
+    import hashlib
+    import json
+
+    folder = storage.layout.raster_labeled_tiles()
+    summary_uri = join(folder, "summary.json")
+    if not storage.storage.exists(summary_uri):
+        raise TrainingDataError(f"AERIAL_TRAINING_RASTERS is set but {folder} has no tiles: materialize "
+                                "raster_labeled_tiles first")
+    text = storage.storage.read_text(summary_uri)
+    sources = json.loads(text)["sources"]
+    return join(folder, "tiles"), False, {
+        "raster_labels_summary_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "training_rasters": str(sources["spec"]), "landcover_sha256": str(sources["landcover"]["sha256"]),
+    }

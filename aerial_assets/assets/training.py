@@ -35,7 +35,15 @@ from aerial_assets.partitions import by_backbone, classifier_partitions
 from aerial_assets.rendering import confusion_png, markdown_image
 from aerial_assets.resources import SparkResource, StorageResource
 from aerial_assets.storage import join, storage_for
-from aerial_assets.training import ClassifierParams, class_list, evaluate_splits, fit, training_rows, with_vectors
+from aerial_assets.training import (
+    ClassifierParams,
+    class_list,
+    evaluate_splits,
+    fit,
+    split_predictions,
+    training_rows,
+    with_vectors,
+)
 
 LEADERBOARD_COLUMNS = ["backbone", "algorithm", "accuracy", "macro_f1", "n_train", "n_test", "fit_seconds"]
 EXTRA_COLUMNS = ["views", "augmentation", "val_accuracy", "val_macro_f1", "n_validation", "model_id"]
@@ -255,9 +263,17 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
         "views": views, "augmentation": info.get("augmentation", "average"), "params": info.get("params", {}),
         "upstream": upstream,
     }
+    predictions = split_predictions(model, rows, classes, "test")
+    catalog_rows = pd.read_parquet(io.BytesIO(store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))),
+                                   columns=["tile_id", "uri"])
+    predictions = predictions.merge(catalog_rows, on="tile_id", how="left").rename(columns={"uri": "filepath"})
+    predictions = predictions[["tile_id", "filepath", "label", "pred_label",
+                               *[c for c in predictions.columns if c.startswith("prob_")]]]
+    csv_name = f"{algorithm}_predictions_test_set.csv"
     with store.atomic_dir(out) as tmp:
         write_json(storage_for(tmp), tmp, "metrics.json", payload)
         storage_for(tmp).write_bytes(join(tmp, "confusion.png"), png)
+        storage_for(tmp).write_text(join(tmp, csv_name), predictions.to_csv(index=False))
     return MaterializeResult(
         metadata={
             "model_id": info["model_id"],
@@ -267,6 +283,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             "n_train": int(info["n_train"]),
             "views": views,
             "per_class": MetadataValue.md(test.per_class_markdown()),
+            "test_predictions": MetadataValue.path(join(out, csv_name)),
             "confusion_matrix": MetadataValue.md(markdown_image(png, f"confusion matrix {backbone} {algorithm}")),
         }
     )
