@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     instance.add_dynamic_partitions(county_partitions.name, [k for k in keys if not instance.has_dynamic_partition(
         county_partitions.name, k)])
     for key in keys:
-        runner.run(["county_tiles", "county_predictions", "county_land_use_map"], key)
+        assets = ["county_tiles", "county_predictions", "county_land_use_map"]
+        # the map against the county's reference land cover, where one is registered
+        runner.run([*assets, "county_map_agreement"] if registry[key].reference else assets, key)
     # Change between vintages, once every vintage of an area is scored.
     for key in keys:
         if earlier_vintages(registry, registry[key]):
