@@ -109,3 +109,14 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1]
         if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def latest_metadata(instance, asset: str, partition: str | None = None) -> dict:
+    """The metadata of the latest materialization of ``asset`` (of ``partition``, for partitioned assets: other
+    tests materialize other counties on the shared graph run)."""
+    from dagster import AssetKey, AssetRecordsFilter
+
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
+    assert records, f"{asset}[{partition}] was never materialized"
+    return records[0].asset_materialization.metadata

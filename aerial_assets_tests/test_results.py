@@ -15,6 +15,8 @@ from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 
 from aerial_assets.prediction_checks import inspect_predictions
 
+from .conftest import latest_metadata
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,8 +25,12 @@ PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000
                         "0000000200015e2b4c7a0000000049454e44ae426082")
 
 
+COUNTY_ASSETS = {"county_tiles", "county_predictions", "county_land_use_map"}
+
+
 def _materialization(graph_run, name: str):
-    return graph_run["instance"].get_latest_materialization_event(AssetKey(name)).asset_materialization.metadata
+    """The shared run's metadata of ``name`` (its county "tiny": other tests materialize other counties)."""
+    return latest_metadata(graph_run["instance"], name, "tiny" if name in COUNTY_ASSETS else None)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)")
@@ -136,12 +142,14 @@ def test_prediction_checks_catch_corrupted_files(graph_run, tmp_path):
         shutil.copytree(source, folder)
         return folder, sorted(folder.glob("part-*.parquet"))[0]
 
-    folder, part = copy()  # one probability column halved
-    prob = next(n for n in pq.read_schema(part).names if n.startswith("prob_"))
+    folder, part = copy()  # the probability of each tile's predicted class halved (any other may be ~0)
 
     def halve(t: pa.Table) -> pa.Table:
-        i = t.schema.get_field_index(prob)
-        return t.set_column(i, prob, pa.array(np.asarray(t.column(prob).to_numpy(zero_copy_only=False)) / 2))
+        for name in [n for n in t.schema.names if n.startswith("prob_")]:
+            values = np.asarray(t.column(name).to_numpy(zero_copy_only=False), float)
+            predicted = np.asarray(t.column("predicted_label").to_numpy(zero_copy_only=False)) == name[5:]
+            t = t.set_column(t.schema.get_field_index(name), name, pa.array(np.where(predicted, values / 2, values)))
+        return t
 
     _rewrite(part, halve)
     assert inspect_predictions(str(folder), "EPSG:26919").max_probability_error > 1e-3
