@@ -14,6 +14,7 @@ Font Awesome defaults are dropped: nothing here uses them).
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -161,11 +162,5 @@ def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int =
             self.layer = json.dumps(settings).replace("</", "<\\/")
 
     Tiles().add_to(fmap)
-    html = fmap.get_root().render()
-    return html.replace("<head>", f"<head>\n<title>{_escape(layer.title)}</title>", 1), len(arrays)
-
-
-def _escape(value: str) -> str:
-    import html
-
-    return html.escape(value, quote=True)
+    page = fmap.get_root().render()
+    return page.replace("<head>", f"<head>\n<title>{html.escape(layer.title)}</title>", 1), len(arrays)

@@ -46,14 +46,16 @@ def _scored(spark: SparkResource, store: Storage, folder: str, extra: tuple[str,
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
 
 
-def _html_map(tmp_store: Storage, uri: str, frames, layer: MapLayer, n_tiles: int, max_tiles: int) -> str:
-    """Write the interactive map unless the county has more than ``max_tiles`` tiles; what happened, in words."""
+def _html_map(tmp_store: Storage, uri: str, final_uri: str, frames, layer: MapLayer, n_tiles: int,
+              max_tiles: int):
+    """Write the interactive map unless the county has more than ``max_tiles`` tiles. The metadata entry: the
+    page's path (``final_uri``, where the commit puts it), or why there is none."""
     if n_tiles > max_tiles:
         return (f"not written: {n_tiles} tiles is more than interactive_max_tiles={max_tiles} (the page holds "
                 "every tile); raise it, or use the GeoTIFF")
-    html, drawn = tiles_html(frames, layer, max_tiles)
+    html, _ = tiles_html(frames, layer, max_tiles)
     tmp_store.write_text(uri, html)
-    return f"{drawn} tiles"
+    return MetadataValue.path(final_uri)
 
 
 def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours,
@@ -106,8 +108,9 @@ def county_land_use_map(
             tiles = _scored(spark, store, layout.county_predictions(key), probs).withColumnRenamed(
                 "predicted_index", "value")
             layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
-            html_note = _html_map(tmp_store, join(tmp, "land_use.html"), frames_of(tiles, [*LONLAT, "value", *probs]),
-                                  layer, int(summary["n_tiles"]), config.interactive_max_tiles)
+            html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
+                                   frames_of(tiles, [*LONLAT, "value", *probs]), layer, int(summary["n_tiles"]),
+                                   config.interactive_max_tiles)
             write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.get("year"),
                                    {"aerial:county": key, "aerial:model_id": model_id,
                                     "aerial:smoothing": config.smoothing},
@@ -125,7 +128,7 @@ def county_land_use_map(
             "map_png": MetadataValue.path(join(out, "land_use.png")),
             "map_geotiff": MetadataValue.path(join(out, "land_use.tif")),
             "stac_item": MetadataValue.path(join(out, "land_use.stac.json")),
-            "map_html": MetadataValue.path(join(out, "land_use.html")) if html_note.endswith(" tiles") else html_note,
+            "map_html": html_entry,
             "map": MetadataValue.md(markdown_image(png, f"land use map of {key}")),
             "class_shares": metadata_table(shares, 1),
             "model_id": model_id,
@@ -222,9 +225,9 @@ def county_land_use_change(
             changes = pairs.withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(-1))
             layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,
                              ("from_label", "to_label"), after_summary["model_id"], fill_label="unchanged")
-            html_note = _html_map(tmp_store, join(tmp, "change.html"),
-                                  frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
-                                  config.interactive_max_tiles)
+            html_entry = _html_map(tmp_store, join(tmp, "change.html"), join(out, "change.html"),
+                                   frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
+                                   config.interactive_max_tiles)
             _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"land-use class gained since {base}",
                            {UNCHANGED: "unchanged"})
@@ -238,7 +241,7 @@ def county_land_use_change(
             "transition_matrix": metadata_table(table.reset_index(names="tiles")),
             "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),
             "transitions": MetadataValue.path(join(out, "transitions.parquet")),
-            "change_html": MetadataValue.path(join(out, "change.html")) if html_note.endswith(" tiles") else html_note,
+            "change_html": html_entry,
         }
 
     return run_per_county(context, work)
