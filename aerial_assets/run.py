@@ -264,6 +264,8 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         if store.exists(png):
             print(f"Map of {key}: {png}")
             print(f"  GeoTIFF: {join(layout.county_map(key), 'land_use.tif')}")
+            if store.exists(join(layout.county_map(key), "land_use.html")):
+                print(f"  interactive map: {join(layout.county_map(key), 'land_use.html')}")
         change = join(layout.county_change(key), "change.png")
         if store.exists(change):
             print(f"Change map of {key}: {change}")
