@@ -82,8 +82,9 @@ def assign_group_splits(usable: pd.DataFrame, groups: pd.Series, test_fraction: 
 
     Groups in seeded-hash order go to test while some class of the group is still short of its test share
     (``test_fraction`` of its tiles), then to validation likewise (``validation_fraction`` of the rest), else to
-    train. Raises :class:`TrainingDataError` when a tile has no position or a class ends up without test or
-    training tiles."""
+    train. A group never leaves training if that would take a class's last tiles out of it: with few large
+    blocks, a block taken for one short class could otherwise empty another class's training set. Raises
+    :class:`TrainingDataError` when a tile has no position or a class ends up without test or training tiles."""
     group = usable["tile_id"].map(groups)
     if group.isna().any():
         missing = usable.loc[group.isna(), "tile_id"].head(3).tolist()
@@ -99,12 +100,15 @@ def assign_group_splits(usable: pd.DataFrame, groups: pd.Series, test_fraction: 
     split_of: dict[str, str] = {}
     for key in sorted(frame["_group"].unique(), key=lambda k: _rank(str(k), seed)):
         counts = frame.loc[frame["_group"] == key].groupby("label").size()
-        if ((want_test[counts.index] - got_test[counts.index]) > 0).any():
+        classes = counts.index
+        # tiles of these classes that would still be left for training if this group left it
+        keeps_train = bool(((totals[classes] - got_test[classes] - got_val[classes] - counts) > 0).all())
+        if keeps_train and ((want_test[classes] - got_test[classes]) > 0).any():
             split_of[key] = "test"
-            got_test[counts.index] += counts
-        elif ((want_val[counts.index] - got_val[counts.index]) > 0).any():
+            got_test[classes] += counts
+        elif keeps_train and ((want_val[classes] - got_val[classes]) > 0).any():
             split_of[key] = "validation"
-            got_val[counts.index] += counts
+            got_val[classes] += counts
         else:
             split_of[key] = "train"
     splits = frame["_group"].map(split_of)

@@ -47,6 +47,22 @@ def test_blocks_go_whole_to_one_split_and_every_class_is_tested_and_trained():
     assert not assign_group_splits(usable, groups, 0.2, 0.1, seed=1).equals(splits)  # the seed matters
 
 
+def test_a_rare_class_keeps_training_tiles_whatever_the_group_order():
+    """A rare class (Shrub) shares its only two blocks with a common one (Forest). Taking the second block to test
+    for Forest's sake would leave Shrub nothing to train on; whatever the seeded order, one block of the two goes to
+    test and the other stays in training."""
+    usable = pd.DataFrame({"tile_id": [f"t{i}" for i in range(24)],
+                           "label": ["Shrub", "Forest", "Shrub", "Forest"] + ["Forest"] * 10 + ["Developed"] * 10})
+    groups = pd.Series(["g0", "g0", "g1", "g1", *[f"f{i // 2}" for i in range(10)], *[f"d{i // 2}" for i in range(10)]],
+                       index=usable["tile_id"])
+    for seed in range(40):
+        frame = usable.assign(split=assign_group_splits(usable, groups, 0.2, 0.1, seed=seed))
+        shrub = sorted(frame.loc[frame["label"] == "Shrub", "split"])
+        assert shrub == ["test", "train"], (seed, shrub)
+        for label in ("Forest", "Developed"):
+            assert {"train", "test"} <= set(frame.loc[frame["label"] == label, "split"]), (seed, label)
+
+
 def test_raster_strategy_keeps_each_source_raster_in_one_split():
     grid = _grid(rows=8)
     positions = grid.drop(columns="label")
@@ -64,7 +80,7 @@ def test_raster_strategy_keeps_each_source_raster_in_one_split():
 def test_too_large_blocks_or_missing_positions_are_clear_errors():
     grid = _grid()
     usable = pd.DataFrame({"tile_id": grid["filename"], "label": grid["label"]})
-    one_block = groups_of(grid.drop(columns="label"), "blocks", 1e7)
+    one_block = groups_of(grid.drop(columns="label").assign(source="a.tif"), "blocks", 1e7)  # one raster, one block
     with pytest.raises(TrainingDataError, match="lower block_size_m"):
         assign_group_splits(usable, one_block, 0.2, 0.1, seed=0)
     partial = groups_of(grid.drop(columns="label").iloc[5:], "blocks", 672.0)

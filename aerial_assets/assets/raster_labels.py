@@ -105,9 +105,11 @@ def raster_labeled_tiles(
                         "landcover": _sha256(spec.landcover), "legend": _sha256(spec.legend)},
         }
         store.write_text(join(tmp, "tiles.csv"), table.to_csv(index=False))
-        # where each labelled tile lies: labeled_tiles then splits by whole map blocks (aerial_assets.spatial_splits)
+        # where each labelled tile lies: labeled_tiles then splits by whole map blocks (aerial_assets.spatial_splits).
+        # The source is the raster's file name (unique in a spec), not its full path: the split's seeded order
+        # hashes it, and must not change with the folder the rasters happen to sit in.
         positions = labelled.assign(filename=labelled["label"] + "/" + labelled["tile_id"] + ".png",
-                                    source=labelled["raster"])
+                                    source=labelled["raster"].map(lambda uri: uri.rstrip("/").rsplit("/", 1)[-1]))
         store.write_text(join(tmp, "tiles", POSITIONS_FILE),
                          positions[["filename", "left", "bottom", "right", "top", "source"]].to_csv(index=False))
         write_json(store, tmp, "summary.json", summary)
