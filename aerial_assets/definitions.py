@@ -37,6 +37,7 @@ from aerial_assets.resources import (
     TrainingRastersResource,
     TrainingTilesResource,
 )
+from aerial_assets.spark_session import SparkSettings
 from aerial_assets.storage import AZURE_SCHEMES, scheme_of
 
 ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement, raster_labels]
@@ -123,12 +124,12 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
                                  f"{', '.join(sorted(DEPLOYMENTS))}")
     storage = _azure_storage(env) if deployment == "azure" else _local_storage(env)
+    spark = SparkSettings.from_env(env)  # the same reading as make run's early start (spark_session.py)
     return {
-        "spark": SparkResource(master=env.get("AERIAL_SPARK_MASTER", "local[2]"), remote=env.get("SPARK_REMOTE", ""),
+        "spark": SparkResource(master=spark.master, remote=spark.remote,
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
                                ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
-                               driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", "4g"),
-                               jars=env.get("AERIAL_SPARK_JARS", ""), storage=storage,
+                               driver_memory=spark.driver_memory, jars=spark.jars, storage=storage,
                                parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),

@@ -5,7 +5,6 @@ place that reads the environment to choose them.
 
 
 import os
-import re
 import sys
 import tempfile
 from typing import Any
@@ -18,6 +17,16 @@ from aerial_assets.counties import County, parse_registry, resolve_county
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.layout import Layout
 from aerial_assets.spark_jobs import is_connect, task_slots
+from aerial_assets.spark_session import (
+    APP_NAME,
+    DEFAULT_DRIVER_MEMORY,
+    DEFAULT_MASTER,
+    SparkSettings,
+    classic_conf,
+    is_local_master,
+    session_conf,
+    wait_for_early_start,
+)
 from aerial_assets.storage import Storage, is_local, join, local_path, scheme_of, storage_for
 
 DEMO_COUNTY_KEY = "demo_middlesex"
@@ -49,13 +58,13 @@ class SparkResource(LazyPySparkResource):
     """
 
     spark_config: dict[str, Any] = {}
-    master: str = "local[2]"
+    master: str = DEFAULT_MASTER
     remote: str = ""
     conf: dict[str, str] = {}
     parallelism: int = 0  # task slots of the cluster; 0 = ask Spark (classic) or 2 (Connect): AERIAL_SPARK_PARALLELISM
     ship_code: bool = True
     remote_token: str = ""
-    driver_memory: str = "4g"
+    driver_memory: str = DEFAULT_DRIVER_MEMORY
     jars: str = ""
     storage: "StorageResource | None" = None
 
@@ -77,11 +86,12 @@ class SparkResource(LazyPySparkResource):
 
     def session_config(self) -> dict[str, str]:
         """Everything the session is opened with: for Connect the URL (with the token), else the master, the
-        local defaults, ``conf`` and ``spark_config`` (later ones win)."""
+        local defaults, ``conf`` and ``spark_config`` (later ones win; :func:`aerial_assets.spark_session.session_conf`,
+        which an early start of ``make run`` uses too)."""
         if self.remote:
-            return {"spark.app.name": "aerial_assets", **self.spark_config, "spark.remote": self.remote_url()}
-        return {"spark.app.name": "aerial_assets", "spark.master": self.master, **self.default_conf(), **self.conf,
-                **self.spark_config}
+            return {"spark.app.name": APP_NAME, **self.spark_config, "spark.remote": self.remote_url()}
+        return session_conf(SparkSettings(master=self.master, driver_memory=self.driver_memory, jars=self.jars),
+                            self.conf, self.spark_config)
 
     def _create(self):
         from dagster_pyspark.resources import spark_session_from_config
@@ -90,6 +100,8 @@ class SparkResource(LazyPySparkResource):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if self.remote:
             check_reachable(self.remote)
+        else:
+            wait_for_early_start()  # make run may have started this very session already (spark_session.py)
         session = spark_session_from_config(self.session_config())
         if self.ship_code and not self.is_local:
             # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this
@@ -101,42 +113,11 @@ class SparkResource(LazyPySparkResource):
 
     @property
     def is_local(self) -> bool:
-        return not self.remote and (self.master or "").strip().startswith("local")
+        return not self.remote and is_local_master(self.master)
 
     def default_conf(self) -> dict[str, str]:
-        """Settings every classic session gets (``conf`` and the cluster's spark-defaults.conf can override them).
-
-        Local masters bind the driver (and the executors it runs) to loopback: nothing a local run opens
-        listens on another interface. A cluster master leaves addresses to the cluster's own configuration.
-        """
-        conf = {
-            "spark.ui.enabled": "false",
-            "spark.sql.execution.arrow.pyspark.enabled": "true",
-            "spark.python.worker.reuse": "true",
-            # A feature row holds views x D floats (8 x 3072 for a triple combination: 96 KiB). Spark's
-            # default batches (4096 rows per Parquet read, 10000 per Arrow batch) would then need
-            # hundreds of MB per task and overflow a 2g heap; these keep each batch in tens of MB.
-            "spark.sql.parquet.columnarReaderBatchSize": "256",
-            "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
-            "spark.ui.showConsoleProgress": "false",
-            # The shuffles before featurization and scoring move a few hundred bytes per tile (catalog rows,
-            # window offsets) and the tasks after them are CPU-bound: any free slot beats the executor that
-            # happens to hold the map output, so do not wait for reduce-side locality.
-            "spark.shuffle.reduceLocality.enabled": "false",
-        }
-        jars = [j.strip() for j in self.jars.split(",") if j.strip()] or (local_jars() if self.is_local else [])
-        if jars:
-            conf["spark.jars"] = ",".join(jars)
-        if self.is_local:
-            conf.update({
-                "spark.driver.host": "127.0.0.1",
-                "spark.driver.bindAddress": "127.0.0.1",
-                # local mode: the driver JVM also runs the executors; a triple backbone combination with
-                # 8-view train-time augmentation trains on ~1 GB of doubles, more than 2g leaves room for.
-                "spark.driver.memory": self.driver_memory,
-                "spark.sql.shuffle.partitions": str(max(2, 2 * _local_cores(self.master))),
-            })
-        return conf
+        """Settings every classic session gets (:func:`aerial_assets.spark_session.classic_conf`)."""
+        return classic_conf(self.master, self.driver_memory, self.jars)
 
     def remote_url(self) -> str:
         token = _value(self.remote_token)
@@ -148,21 +129,6 @@ class SparkResource(LazyPySparkResource):
     def task_parallelism(self) -> int:
         """How many tasks the cluster runs at once (see :func:`aerial_assets.spark_jobs.task_slots`)."""
         return task_slots(self.session, self.parallelism)
-
-
-JARS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jars")
-
-
-def local_jars(folder: str = JARS_DIR) -> list[str]:
-    """The jars ``make jars`` fetched (pom.xml), once complete (``.complete``): hadoop-azure and what it needs."""
-    if not os.path.exists(os.path.join(folder, ".complete")):
-        return []
-    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".jar"))
-
-
-def _local_cores(master: str) -> int:
-    match = re.match(r"local\[(\d+)", master or "")
-    return int(match.group(1)) if match else (os.cpu_count() or 2)
 
 
 def check_reachable(remote: str, timeout_s: float = 10.0) -> None:

@@ -26,6 +26,7 @@ from aerial_assets.definitions import build_defs  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.partitions import county_partitions  # noqa: E402
 from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags  # noqa: E402
+from aerial_assets.spark_session import start_early  # noqa: E402
 from aerial_assets.storage import is_local, join, local_path, storage_for  # noqa: E402
 from aerial_assets.tile_summaries import parse_tile_summary  # noqa: E402
 from aerial_assets.training import check_algorithm  # noqa: E402
@@ -219,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry, keys = check_counties(resources, args.counties)
         except AerialError as exc:
             return configuration_error(exc)
+    start_early(env, argv or [])  # settings checked: the Spark JVM comes up while Dagster prepares the first run
     instance = guard.instance
     runner = Runner(defs, instance, run_config)
 

@@ -30,6 +30,23 @@ def is_connect(session) -> bool:
     return type(session).__module__.startswith("pyspark.sql.connect")
 
 
+def observation_for(session, name: str):
+    """A named ``Observation`` of the session's kind (classic or Connect): metrics that an action computes while it
+    runs (``DataFrame.observe``), so counting what a job wrote takes no second job."""
+    unique = f"{name}_{uuid.uuid4().hex[:8]}"
+    if is_connect(session):
+        from pyspark.sql.connect.observation import Observation as ConnectObservation
+
+        return ConnectObservation(unique)
+    from pyspark.sql.observation import Observation
+
+    # Observation() returns the Connect class whenever a Connect session was ever opened in this process
+    # (SPARK_CONNECT_MODE_ENABLED stays set); a classic session needs the classic class, so build it directly.
+    observation = object.__new__(Observation)
+    observation.__init__(unique)
+    return observation
+
+
 def task_slots(session, setting: int = 0) -> int:
     """How many tasks the cluster runs at once: ``setting`` (``AERIAL_SPARK_PARALLELISM``) when positive; else
     the session's default parallelism (classic sessions: total executor cores, at least 2 on a cluster); over

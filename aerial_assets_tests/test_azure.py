@@ -541,7 +541,7 @@ def test_direct_mode_needs_hadoop_azure_and_a_credential_spark_can_use():
 
 def _hadoop_azure_jars() -> list[str]:
     """The jars ``make jars`` fetches (pom.xml: hadoop-azure 3.5.0 and what it needs), fetched here if missing."""
-    from aerial_assets.resources import local_jars
+    from aerial_assets.spark_session import local_jars
 
     if local_jars():
         return local_jars()

@@ -58,3 +58,34 @@ def test_spark_resource_is_dagster_pyspark_lazy_resource_with_the_project_settin
     assert "spark.master" not in remote.session_config() and "s3cret" not in str(remote.spark_config)
     built = build_defs({"AERIAL_SPARK_TOKEN": "s3cret", "SPARK_REMOTE": "sc://h:15002"}).resources["spark"]
     assert isinstance(built, LazyPySparkResource) and built.remote_token.env_var_name == "AERIAL_SPARK_TOKEN"
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"AERIAL_SPARK_MASTER": "local[3]", "AERIAL_SPARK_DRIVER_MEMORY": "6g", "AERIAL_SPARK_JARS": "/opt/a.jar"},
+    {"AERIAL_SPARK_MASTER": "spark://127.0.0.1:7077"},
+])
+def test_make_runs_early_start_opens_the_session_the_resource_would(env):
+    """An early start with other settings would open a JVM whose static settings (memory, jars, binding) the
+    resource could no longer change: the two must compute the same configuration from the same environment."""
+    from aerial_assets.spark_session import SparkSettings, session_conf
+
+    resource = build_defs(env).resources["spark"]
+    assert session_conf(SparkSettings.from_env(env)) == resource.session_config()
+
+
+def test_no_early_start_over_spark_connect_or_for_help():
+    from aerial_assets.spark_session import start_early
+
+    assert start_early({"SPARK_REMOTE": "sc://127.0.0.1:1"}) is None
+    assert start_early({}, ["--help"]) is None
+
+
+def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user():
+    from aerial_assets.spark_session import LOCAL_DRIVER_JAVA_OPTIONS, classic_conf
+
+    local = classic_conf("local[2]", "4g", "")
+    assert local["spark.driver.defaultJavaOptions"] == LOCAL_DRIVER_JAVA_OPTIONS
+    assert "-XX:MaxHeapFreeRatio=30" in LOCAL_DRIVER_JAVA_OPTIONS
+    assert "spark.driver.extraJavaOptions" not in local  # the user's own options are appended after ours and win
+    assert "spark.driver.defaultJavaOptions" not in classic_conf("spark://127.0.0.1:7077", "4g", "")

@@ -52,7 +52,10 @@ def child(stage: str, keys: list[str]) -> int:
     from aerial_assets.definitions import build_defs
     from aerial_assets.run import Runner
 
+    from aerial_assets.spark_session import start_early
+
     defs = build_defs(os.environ)
+    start_early(os.environ)  # as make run does once its settings are checked
     runner = Runner(defs, DagsterInstance.get(), {})
     storage = defs.resources["storage"]
     out: dict[str, object] = {}

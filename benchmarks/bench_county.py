@@ -56,15 +56,40 @@ def write_synthetic_county(path: str, n_tiles: int, tile_px: int, resolution: fl
     return rows
 
 
+def bare_window_loop(model_bytes: bytes, raster: str, n_tiles: int, tile_px: int, batch: int = 8,
+                     threads: int = 2) -> float:
+    """Tiles per second of a bare loop over the county's first ``n_tiles`` windows, in one process: read each
+    window resampled to the backbone's input (as scoring does), then onnxruntime on ``threads`` threads. The
+    yardstick the end-to-end rate is compared with, measured in the same run on the same machine."""
+    import rasterio
+
+    from aerial_assets.inference import input_size, make_session, run_features
+    from aerial_assets.rasters import read_tile
+
+    session = make_session(model_bytes, threads)
+    size = input_size(session)
+    run_features(session, np.zeros((batch, size, size, 3), np.uint8))  # warm-up, as Spark's workers are warm
+    with rasterio.open(raster) as ds:
+        per_row = ds.width // tile_px
+        offsets = [((i % per_row) * tile_px, (i // per_row) * tile_px) for i in range(n_tiles)]
+        started = time.monotonic()
+        for i in range(0, n_tiles, batch):
+            images = np.stack([read_tile(ds, c, r, tile_px, size, (0.0, 255.0)) for c, r in offsets[i:i + batch]])
+            run_features(session, images)
+    return n_tiles / (time.monotonic() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiles", type=int, default=TILES_FULL)
     parser.add_argument("--sizes", default="1.0,0.5", help="fractions of --tiles to run, side by side")
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--bare-tiles", type=int, default=8000, help="windows in the bare loop (the yardstick)")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_county_")
+    os.makedirs(workdir, exist_ok=True)
     os.environ["AERIAL_DATA_ROOT"] = os.path.join(workdir, "data")
     os.environ.pop("AERIAL_TRAINING_TILES", None)
     registry = os.path.join(workdir, "counties.yaml")
@@ -124,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((key, n, times, memory.peak))
             print("peak memory by process: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
                                                           for k, v in sorted(memory.breakdown.items())), flush=True)
+    first_key, (first_county, first_n) = next(iter(counties.items()))
+    print("bare loop over the county's windows (the yardstick) ...", flush=True)
+    model = open(os.path.join(os.environ["AERIAL_DATA_ROOT"], "backbone_models", "mobilenet_v2", "model.onnx"),
+                 "rb").read()
+    bare = bare_window_loop(model, first_county.rasters[0], min(args.bare_tiles, first_n), tile_px)
     print()
     print("| county | tiles | tiling s | featurize + predict s | map s | total s | tiles/s | peak memory (PSS, process tree) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -131,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(t.values())
         print(f"| {key} | {n} | {t['county_tiles']:.0f} | {t['county_predictions']:.0f} | "
               f"{t['county_land_use_map']:.0f} | {total:.0f} | {n / total:.0f} | {peak / 2**30:.2f} GiB |")
+    print()
+    print("| rate | tiles/s | ratio to the bare loop |")
+    print("|---|---:|---:|")
+    print(f"| bare loop: read window + onnxruntime, one process, 2 threads ({min(args.bare_tiles, first_n)} "
+          f"windows) | {bare:.0f} | 1.00 |")
+    for key, n, t, _ in rows:
+        print(f"| {key} end to end (tiling, scoring, map) | {n / sum(t.values()):.0f} | "
+              f"{n / sum(t.values()) / bare:.2f} |")
     if len(rows) == 2:
         (_, n0, t0, p0), (_, n1, t1, p1) = rows
         print(f"\nratio full/half: tiles {n0 / n1:.2f}, time {sum(t0.values()) / sum(t1.values()):.2f}, "

@@ -16,7 +16,7 @@ from aerial_assets.featurization import FEATURE_SCHEMA, file_featurizer, part_co
 from aerial_assets.inference import VIEW_COUNTS
 from aerial_assets.partitions import backbone_partitions
 from aerial_assets.resources import SparkResource, StorageResource
-from aerial_assets.spark_jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
+from aerial_assets.spark_jobs import DEFAULT_TILES_PER_TASK, JobProgress, observation_for, task_count
 from aerial_assets.storage import join, storage_for
 from aerial_assets.zoo import COMBINATION, ZooEntry, zoo_entry
 
@@ -80,20 +80,25 @@ def tile_features(
     with store.atomic_dir(out) as tmp:
         features_path = storage_for(tmp).spark_path(join(tmp, "features.parquet"))
         n_tasks = task_count(len(usable), spark.task_parallelism(), config.tiles_per_task)
+        observation = observation_for(session, f"tile_features_{backbone}")
         if reusable:
             context.log.info(f"{backbone}: concatenating the cached features of {', '.join(entry.parts)}")
-            _concatenate_parts(spark, storage, entry, config.views, n_tasks).write.parquet(features_path)
+            featurized = _concatenate_parts(spark, storage, entry, config.views, n_tasks)
+            featurized.observe(observation, *_split_counts()).write.parquet(features_path)
         else:
             frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
             featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
-            # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows.
+            featurized = frame.repartition(n_tasks).mapInPandas(featurize, FEATURE_SCHEMA)
+            # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows. The counts
+            # per split and status are observed while it writes: no second job reads the features back to count.
             with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
-                frame.repartition(n_tasks).mapInPandas(featurize, FEATURE_SCHEMA).write.parquet(features_path)
+                featurized.observe(observation, *_split_counts()).write.parquet(features_path)
             context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
-        written = session.read.parquet(features_path)
-        stats = written.groupBy("split", "status").count().toPandas()
-        n_bad = int(stats.loc[stats["status"] != OK, "count"].sum())
-        bad = (written.filter(written.status != OK).select("tile_id", "reason").toPandas() if n_bad
+        observed = observation.get
+        per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
+        n_bad = int(observed["not_ok"])
+        written = session.read.parquet(features_path) if n_bad else None
+        bad = (written.filter(written.status != OK).select("tile_id", "reason").toPandas() if written is not None
                else pd.DataFrame({"tile_id": [], "reason": []}))
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
@@ -103,12 +108,10 @@ def tile_features(
             "model_sha256": model_sha, "run_id": context.run_id,
             "reused_parts": list(entry.parts) if reusable else [],
         })
-    ok = stats[stats["status"] == OK]
-    per_split = {s: int(ok.loc[ok["split"] == s, "count"].sum()) for s in SPLITS}
     return MaterializeResult(
         metadata={
             "features": MetadataValue.path(join(out, "features.parquet")),
-            "dagster/row_count": int(ok["count"].sum()),
+            "dagster/row_count": sum(per_split.values()),
             "feature_dim": int(record["feature_dim"]),
             "views": config.views,
             "reused_cached_features_of": ", ".join(entry.parts) if reusable else "none (computed)",
@@ -117,9 +120,18 @@ def tile_features(
             "seconds": round(elapsed, 2),
             "tiles_per_second": round(len(usable) / elapsed, 1) if elapsed > 0 else 0.0,
             "quarantine": metadata_table(bad.head(50)),
-            "dagster/column_schema": spark_table_schema(written.schema, FEATURE_COLUMNS),
+            "dagster/column_schema": spark_table_schema(featurized.schema, FEATURE_COLUMNS),
         }
     )
+
+
+def _split_counts():
+    """What featurization observes while it writes: usable rows per split, and rows that are not usable."""
+    from pyspark.sql import functions as F
+
+    ok = F.col("status") == OK
+    return [*(F.sum(F.when(ok & (F.col("split") == split), 1).otherwise(0)).alias(f"ok_{split}") for split in SPLITS),
+            F.sum(F.when(~ok, 1).otherwise(0)).alias("not_ok")]
 
 
 def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str, views: int) -> bool:
