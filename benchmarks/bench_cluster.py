@@ -51,7 +51,6 @@ def child(stage: str, keys: list[str]) -> int:
 
     from aerial_assets.definitions import build_defs
     from aerial_assets.run import Runner
-
     from aerial_assets.spark_session import start_early
 
     defs = build_defs(os.environ)
