@@ -115,8 +115,13 @@ def _resolve(base: str, path: str) -> str:
     return join(base, path)
 
 
+def raster_name(uri: str) -> str:
+    """A raster's file name: unique within a spec (``parse_spec`` refuses two with one stem), the same in any folder."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _stem(uri: str) -> str:
-    return os.path.splitext(uri.rstrip("/").rsplit("/", 1)[-1])[0]
+    return os.path.splitext(raster_name(uri))[0]
 
 
 def decide(codes: np.ndarray, valid: np.ndarray, legend: dict[int, str], rule: LabelRule) -> tuple[str | None, str]:

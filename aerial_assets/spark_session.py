@@ -1,6 +1,6 @@
 """What a classic Spark session is opened with, and opening it early. No Dagster import.
 
-A local Spark session costs seconds before any work: the JVM starts and the SparkContext comes up (5-6 s
+A local Spark session costs seconds before any work: the JVM starts and the SparkContext comes up (5.4-7.5 s
 measured on the 2-core machine). ``make run`` needs Spark in nearly every run, so once its settings are checked
 (a configuration error must stay one line on stderr, without the JVM's start-up warnings) :func:`start_early`
 starts the session in a background thread, with exactly the settings :class:`aerial_assets.resources.SparkResource`
@@ -130,10 +130,7 @@ def start_early(env: Mapping[str, str], argv: Sequence[str] = ()) -> threading.T
             from pyspark.sql import SparkSession
 
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            builder = SparkSession.builder
-            for key, value in conf.items():
-                builder = builder.config(key, value)
-            builder.getOrCreate()
+            SparkSession.builder.config(map=conf).getOrCreate()
         except Exception:  # noqa: BLE001 - the resource opens the session again and reports what went wrong
             pass
 

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -149,10 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((key, n, times, memory.peak))
             print("peak memory by process: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
                                                           for k, v in sorted(memory.breakdown.items())), flush=True)
-    first_key, (first_county, first_n) = next(iter(counties.items()))
+    _, (first_county, first_n) = next(iter(counties.items()))
     print("bare loop over the county's windows (the yardstick) ...", flush=True)
-    model = open(os.path.join(os.environ["AERIAL_DATA_ROOT"], "backbone_models", "mobilenet_v2", "model.onnx"),
-                 "rb").read()
+    model = Path(os.environ["AERIAL_DATA_ROOT"], "backbone_models", "mobilenet_v2", "model.onnx").read_bytes()
     bare = bare_window_loop(model, first_county.rasters[0], min(args.bare_tiles, first_n), tile_px)
     print()
     print("| county | tiles | tiling s | featurize + predict s | map s | total s | tiles/s | peak memory (PSS, process tree) |")

@@ -97,9 +97,8 @@ def tile_features(
         observed = observation.get
         per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
         n_bad = int(observed["not_ok"])
-        written = session.read.parquet(features_path) if n_bad else None
-        bad = (written.filter(written.status != OK).select("tile_id", "reason").toPandas() if written is not None
-               else pd.DataFrame({"tile_id": [], "reason": []}))
+        bad = (session.read.parquet(features_path).filter(f"status != '{OK}'").select("tile_id", "reason").toPandas()
+               if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
         write_json(storage_for(tmp), tmp, "summary.json", {

@@ -10,7 +10,7 @@ from PIL import Image
 
 from aerial_assets.assets._io import metadata_table, write_json
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.raster_labels import LabelRule, label_tiles, load_legend
+from aerial_assets.raster_labels import LabelRule, label_tiles, load_legend, raster_name
 from aerial_assets.rasters import grid_shape, open_info
 from aerial_assets.resources import StorageResource, TrainingRastersResource
 from aerial_assets.spatial_splits import POSITIONS_FILE
@@ -109,7 +109,7 @@ def raster_labeled_tiles(
         # The source is the raster's file name (unique in a spec), not its full path: the split's seeded order
         # hashes it, and must not change with the folder the rasters happen to sit in.
         positions = labelled.assign(filename=labelled["label"] + "/" + labelled["tile_id"] + ".png",
-                                    source=labelled["raster"].map(lambda uri: uri.rstrip("/").rsplit("/", 1)[-1]))
+                                    source=labelled["raster"].map(raster_name))
         store.write_text(join(tmp, "tiles", POSITIONS_FILE),
                          positions[["filename", "left", "bottom", "right", "top", "source"]].to_csv(index=False))
         write_json(store, tmp, "summary.json", summary)
