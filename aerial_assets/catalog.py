@@ -166,6 +166,35 @@ def _rank(tile_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{tile_id}".encode()).hexdigest()
 
 
+def _copy_ranks(catalog: pd.DataFrame, ok: pd.Series, seed: int) -> pd.Series:
+    """Each tile's place in the split order: its own id's rank, except that byte-identical copies (same
+    ``sha256``) all take the rank of the group's first tile id, so they sort next to each other and
+    :func:`_group_cut` can keep them on one side of every cut. A dataset with a copied image (AID has one)
+    would otherwise put one copy in train and the other in test: leakage, which ``labeled_tiles_leakage``
+    blocks. Tiles without copies keep exactly the rank they always had, so no other split moves."""
+    key = catalog["tile_id"].copy()
+    if "sha256" in catalog.columns:
+        hashed = ok & catalog["sha256"].fillna("").astype(bool)
+        first = catalog.loc[hashed].groupby("sha256")["tile_id"].transform("min")
+        key.loc[first.index] = first
+    return key.map(lambda t: _rank(t, seed))
+
+
+def _group_cut(keys: list[str], n: int) -> int:
+    """Move a cut at position ``n`` of an ordered class so that no run of equal keys (copies) straddles it:
+    forward past the run, or back before it when forward would take every tile."""
+    if n <= 0 or n >= len(keys):
+        return n
+    forward = n
+    while forward < len(keys) and keys[forward] == keys[forward - 1]:
+        forward += 1
+    if forward < len(keys):
+        return forward
+    while n > 0 and keys[n] == keys[n - 1]:
+        n -= 1
+    return n
+
+
 def _take(count: int, fraction: float, keep_one_back: bool) -> int:
     """How many of ``count`` go to a held-out split: at least one, never all when one must stay."""
     if count <= 0 or fraction <= 0:
@@ -177,7 +206,8 @@ def _take(count: int, fraction: float, keep_one_back: bool) -> int:
 
 
 def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validation: bool = True) -> pd.DataFrame:
-    """Give every usable tile a split: stratified, deterministic in (seed, tile id), order-free.
+    """Give every usable tile a split: stratified, deterministic in (seed, tile id), order-free; byte-identical
+    copies of one class always land in the same split (:func:`_copy_ranks`).
 
     Tiles already marked ``test`` (train/test layout) keep it; validation is carved from train unless
     ``carve_validation`` is off (a spatial split has chosen whole blocks for it already); with
@@ -186,7 +216,7 @@ def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validati
     settings.check()
     out = catalog.copy()
     ok = out["status"] == OK
-    out["_rank"] = out["tile_id"].map(lambda t: _rank(t, settings.seed))
+    out["_rank"] = _copy_ranks(out, ok, settings.seed)
     preset = ok & out["split"].isin(["train", "test", "validation"])
     if not preset.any():
         out.loc[ok, "split"] = "train"
@@ -196,12 +226,16 @@ def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validati
                     f"class {group['label'].iloc[0]!r} has {len(group)} usable image; each class needs at least "
                     "two (one to train on, one to test): add images or remove the class folder"
                 )
-            ordered = group.sort_values("_rank").index
-            out.loc[ordered[: _take(len(group), settings.test_fraction, True)], "split"] = "test"
+            group = group.sort_values(["_rank", "tile_id"])
+            n_test = _group_cut(list(group["_rank"]), _take(len(group), settings.test_fraction, True))
+            out.loc[group.index[:n_test], "split"] = "test"
     train = ok & (out["split"] == "train")
     for _, group in out[train].groupby("label"):
-        ordered = group.sort_values("_rank").index
+        group = group.sort_values(["_rank", "tile_id"])
+        ordered = group.index
         n_val = _take(len(group), settings.validation_fraction, True) if len(group) >= 3 and carve_validation else 0
+        n_val = len(ordered) - _group_cut(list(group["_rank"]), len(ordered) - n_val) if n_val else 0
+        n_val = 0 if n_val == len(ordered) else n_val  # one run of copies: it stays in train
         out.loc[ordered[len(ordered) - n_val:] if n_val else [], "split"] = "validation"
         if settings.sample_frac < 1.0:
             rest = ordered[: len(ordered) - n_val]

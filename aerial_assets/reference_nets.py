@@ -130,7 +130,7 @@ def mobilenet_v2(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return feats, linear(feats, sd, "classifier.1")
 
 
-# --- EfficientNet-Lite0 (efficientnet_lite_pytorch 0.1.0, model.py / utils.py) ------------------
+# --- EfficientNet-Lite0/1/2 (efficientnet_lite_pytorch 0.1.0, model.py / utils.py) ------------------
 def _same_pad_conv(x: np.ndarray, weight: np.ndarray, stride: int, groups: int = 1) -> np.ndarray:
     """``Conv2dDynamicSamePadding``: TensorFlow 'SAME', extra pixel at the bottom/right."""
     ih, iw = x.shape[2:]
@@ -142,17 +142,35 @@ def _same_pad_conv(x: np.ndarray, weight: np.ndarray, stride: int, groups: int =
     return conv2d(x, weight, stride=stride, pads=pads, groups=groups)
 
 
-def efficientnet_lite0(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# efficientnet_lite_params of efficientnet_lite_pytorch's utils.py: (width, depth, resolution, dropout)
+_LITE_PARAMS = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite1": (1.0, 1.1), "efficientnet_lite2": (1.1, 1.2)}
+_LITE_BLOCKS_ARGS = ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
+                     "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"]
+
+
+def _lite_round_filters(filters: int, width: float) -> int:
+    """``round_filters`` of utils.py (depth_divisor 8, min_depth None)."""
+    if not width:
+        return filters
+    filters = filters * width
+    new_filters = max(8, int(filters + 8 / 2) // 8 * 8)
+    if new_filters < 0.9 * filters:
+        new_filters += 8
+    return int(new_filters)
+
+
+def _efficientnet_lite(name: str, sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    width, depth = _LITE_PARAMS[name]
     eps = 1e-3  # batch_norm_epsilon of efficientnet_lite()
     x = _preprocess(images, np.full(3, 127.0), np.full(3, 128.0), bgr=False)
-    x = relu6(batch_norm(_same_pad_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0", eps))
-    blocks_args = ["r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40", "r3_k3_s22_e6_i40_o80",
-                   "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192", "r1_k3_s11_e6_i192_o320"]
+    x = relu6(batch_norm(_same_pad_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0", eps))  # stem fixed at 32
     idx = 0
-    for block_string in blocks_args:
+    for position, block_string in enumerate(_LITE_BLOCKS_ARGS):
         opts = {part[0]: int(part[1:]) for part in block_string.split("_")}
         repeats, stride, expand = opts["r"], opts["s"] // 10, opts["e"]
-        in_f, out_f = opts["i"], opts["o"]
+        in_f, out_f = _lite_round_filters(opts["i"], width), _lite_round_filters(opts["o"], width)
+        if position not in (0, len(_LITE_BLOCKS_ARGS) - 1):  # fix_head_stem: first and last repeats unscaled
+            repeats = int(math.ceil(depth * repeats))
         for r in range(repeats):
             p = f"_blocks.{idx}"
             inputs = x
@@ -166,9 +184,23 @@ def efficientnet_lite0(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.nd
             idx += 1
             if r == 0:
                 in_f, stride = out_f, 1
-    x = relu6(batch_norm(conv2d(x, sd["_conv_head.weight"]), sd, "_bn1", eps))
+    if f"_blocks.{idx}._project_conv.weight" in sd:
+        raise ValueError(f"{name}: the weights hold more than the {idx} blocks of the architecture")
+    x = relu6(batch_norm(conv2d(x, sd["_conv_head.weight"]), sd, "_bn1", eps))  # head fixed at 1280
     feats = gap(x)
     return feats, linear(feats, sd, "_fc")
+
+
+def efficientnet_lite0(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite0", sd, images)
+
+
+def efficientnet_lite1(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite1", sd, images)
+
+
+def efficientnet_lite2(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite2", sd, images)
 
 
 # --- SqueezeNet 1.1 (Caffe prototxt; Keras HWIO weights of ndf), computed channels-last ---------
@@ -250,6 +282,8 @@ def alexnet(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 REFERENCE_NETS: dict[str, Callable[[State, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "mobilenet_v2": mobilenet_v2,
     "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
     "squeezenet1_1": squeezenet1_1,
     "resnet18": resnet18,
     "alexnet": alexnet,

@@ -25,15 +25,13 @@ from aerial_assets.counties import County, earlier_vintages, resolve_county  # n
 from aerial_assets.definitions import build_defs  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.partitions import county_partitions  # noqa: E402
+from aerial_assets.presets import DEFAULT_PRESET, PRESETS, get_preset, merged_run_config  # noqa: E402
 from aerial_assets.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags  # noqa: E402
 from aerial_assets.spark_session import start_early  # noqa: E402
 from aerial_assets.storage import is_local, join, local_path, storage_for  # noqa: E402
 from aerial_assets.tile_summaries import parse_tile_summary  # noqa: E402
 from aerial_assets.training import check_algorithm  # noqa: E402
 from aerial_assets.zoo import zoo_entry  # noqa: E402
-
-DEFAULT_BACKBONES = "mobilenet_v2,efficientnet_lite0"
-DEFAULT_ALGORITHMS = "logistic_regression,random_forest,mlp"
 
 
 def parse_list(value: str, check) -> list[str]:
@@ -132,6 +130,7 @@ settings (environment variables; README, "Your own data", lists them all):
   AERIAL_SPARK_MASTER     local[N] (default local[2]), spark://host:7077, yarn
   SPARK_REMOTE            a Spark Connect URL (sc://host:15002), instead of a master
   AERIAL_DEPLOYMENT       local or azure (default: azure when an Azure URI and Azure credentials are set)
+  AERIAL_PRESET           what to train and compare: {presets}
 
 exit status: 0 all succeeded, 1 a step failed (listed at the end), 2 a configuration error (one line on
 stderr naming the setting), 3 another run holds this data root.
@@ -140,19 +139,27 @@ stderr naming the setting), 3 another run holds this data root.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aerial_assets.run", description=__doc__, epilog=EPILOG,
+        prog="python -m aerial_assets.run", description=__doc__,
+        epilog=EPILOG.replace("{presets}", f"{' or '.join(PRESETS)} (default {DEFAULT_PRESET})"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES", DEFAULT_BACKBONES),
-                        help="comma list of backbones to featurize with (default: $AERIAL_BACKBONES or "
-                             f"{DEFAULT_BACKBONES}; README, Backbones, lists them)")
-    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS", DEFAULT_ALGORITHMS),
-                        help=f"comma list of classifiers to train on each backbone (default: $AERIAL_ALGORITHMS or "
-                             f"{DEFAULT_ALGORITHMS})")
+    parser.add_argument("--preset", default=os.environ.get("AERIAL_PRESET", DEFAULT_PRESET),
+                        help="what to train and compare (default: $AERIAL_PRESET or "
+                             f"{DEFAULT_PRESET}): " + "; ".join(f"{p.name}: {p.cost}" for p in PRESETS.values()))
+    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES"),
+                        help="comma list of backbones to featurize with, instead of the preset's (default: "
+                             "$AERIAL_BACKBONES or the preset's: " + "; ".join(
+                                 f"{p.name}: {','.join(p.backbones)}" for p in PRESETS.values())
+                             + "; README, Backbones, lists them)")
+    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS"),
+                        help="comma list of classifiers to train on each backbone, instead of the preset's (default: "
+                             "$AERIAL_ALGORITHMS or the preset's: " + "; ".join(
+                                 f"{p.name}: {','.join(p.algorithms)}" for p in PRESETS.values()) + ")")
     parser.add_argument("--counties", default=None, help="comma list of registry keys to score; default: every "
                         "county in the registry")
     parser.add_argument("--skip-counties", action="store_true", help="stop after the champion model (no scoring)")
     parser.add_argument("--config", default=None, metavar="YAML", help="run config for the assets' settings, as "
-                        "Dagster takes it: ops: {asset_name: {config: {...}}}")
+                        "Dagster takes it: ops: {asset_name: {config: {...}}}; it overrides the preset's settings "
+                        "key by key")
     return parser
 
 
@@ -198,17 +205,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     env = dict(os.environ)
-    backbones = parse_list(args.backbones, zoo_entry)
-    algorithms = parse_list(args.algorithms, check_algorithm)
+    preset = get_preset(args.preset)
+    backbones = parse_list(args.backbones or ",".join(preset.backbones), zoo_entry)
+    algorithms = parse_list(args.algorithms or ",".join(preset.algorithms), check_algorithm)
     prepare_home(env)
     try:  # one run per data root, held until this process ends; dead runs failed, their temporaries swept
         guard = RunGuard(env["DAGSTER_HOME"], env.get("AERIAL_DATA_ROOT", ".aerial_data"))
     except RunRefused as exc:
         print(f"make run: refused: {exc}", file=sys.stderr, flush=True)
         return 3
-    run_config = load_run_config(args.config)
+    user_config = load_run_config(args.config)
+    run_config = merged_run_config(preset, None, user_config)
     defs = build_defs(env)
-    check_run_config(defs, run_config)
+    for algorithm in algorithms:  # the preset's settings under the user's, for every run this process will launch
+        check_run_config(defs, merged_run_config(preset, algorithm, user_config))
+    print(f"preset {preset.name}: backbones {', '.join(backbones)}; classifiers {', '.join(algorithms)}; "
+          f"{run_config['ops'].get('tile_features', {}).get('config', {}).get('views', 1)} view(s) per tile",
+          flush=True)
     resources = defs.resources
     try:  # an unreachable storage account stops the run here, in seconds and one line, not step after step
         resources["storage"].storage.exists(resources["storage"].layout.root)
@@ -234,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for backbone in backbones:
         for algorithm in algorithms:
             key = MultiPartitionKey({"backbone": backbone, "algorithm": algorithm})
+            runner.run_config = merged_run_config(preset, algorithm, user_config)
             runner.run(["land_use_classifiers", "classifier_metrics"], key, f"{backbone}|{algorithm}")
+    runner.run_config = run_config
     if not runner.run(["model_leaderboard", "champion_model"]) or args.skip_counties:
         return report(runner, resources, [])
     instance.add_dynamic_partitions(county_partitions.name, [k for k in keys if not instance.has_dynamic_partition(
@@ -258,8 +273,9 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
     if store.exists(board):
         frame = pd.read_csv(io.StringIO(store.read_text(board)))
         print("Leaderboard (test split; champion chosen on validation macro-F1):")
-        print(frame[["backbone", "algorithm", "views", "accuracy", "macro_f1", "val_macro_f1", "n_train", "n_test",
-                     "fit_seconds"]].to_string(index=False))
+        shown = ["backbone", "algorithm", "views", "accuracy", "macro_f1", "val_macro_f1", "ece", "n_train", "n_test",
+                 "fit_seconds"]
+        print(frame[[c for c in shown if c in frame.columns]].to_string(index=False))  # an older board has no ece
         print(f"  csv: {board}")
     for key in counties:
         png = join(layout.county_map(key), "land_use.png")

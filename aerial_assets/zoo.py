@@ -22,7 +22,8 @@ from aerial_assets.quantization import quantize_int8
 
 INT8_SUFFIX = "_int8"
 INT8_VARIANTS = ("mobilenet_v2_int8",)
-COMBINED = ("mobilenet_v2+efficientnet_lite0", "mobilenet_v2+efficientnet_lite0+squeezenet1_1")
+COMBINED = ("mobilenet_v2+efficientnet_lite0", "mobilenet_v2+efficientnet_lite2",
+            "mobilenet_v2+efficientnet_lite0+squeezenet1_1")
 
 BASE, INT8, COMBINATION = "base", "int8", "combined"
 

@@ -417,7 +417,7 @@ def test_whole_graph_with_tiles_rasters_and_outputs_in_azurite(azurite, tiny_til
     home = tmp_path / "dagster_home"
     env = azurite.env(AERIAL_DEPLOYMENT="azure", AERIAL_DATA_ROOT="az://aerial/run", DAGSTER_HOME=str(home),
                       AERIAL_TRAINING_TILES="az://aerial/inputs/tiles", AERIAL_COUNTIES="az://aerial/inputs/counties.yaml")
-    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--backbones", "mobilenet_v2",
+    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--preset", "fast", "--backbones", "mobilenet_v2",
                            "--algorithms", "logistic_regression"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -581,7 +581,7 @@ def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurit
     env = azurite.env(AERIAL_DEPLOYMENT="azure", AERIAL_DATA_ROOT="az://direct/run", DAGSTER_HOME=str(home),
                       AERIAL_TRAINING_TILES="az://direct/inputs/tiles", AERIAL_COUNTIES="az://direct/inputs/counties.yaml",
                       AERIAL_SPARK_STORAGE="direct", AERIAL_SPARK_AZURE_SCHEME="wasbs", SPARK_CONF_DIR=str(conf_dir))
-    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--backbones", "mobilenet_v2",
+    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--preset", "fast", "--backbones", "mobilenet_v2",
                            "--algorithms", "logistic_regression"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -9,6 +9,7 @@ from aerial_assets.catalog import (
     assign_splits,
     check_splits,
     counts_table,
+    find_duplicates,
     list_tiles,
 )
 from aerial_assets.errors import TrainingDataError
@@ -30,6 +31,32 @@ def test_split_is_stratified_deterministic_and_order_free():
     assert counts["Forest", "validation"] == 4 and counts["Developed", "validation"] == 2
     other_seed = assign_splits(listed, SplitSettings(0.2, 0.1, seed=1))
     assert not other_seed["split"].equals(first["split"])
+
+
+def test_byte_identical_copies_land_in_one_split_and_other_tiles_do_not_move():
+    """AID holds one image twice (Industrial/industrial_203.jpg = industrial_205.jpg): a random split must not put
+    one copy in train and the other in test, which the blocking leakage check would then refuse."""
+    listed = list_tiles(_entries({"Forest": 50, "Developed": 20}), split_layout=False)
+    listed["sha256"] = [f"{i:064x}" for i in range(len(listed))]
+    before = assign_splits(listed, SplitSettings(test_fraction=0.5, validation_fraction=0.1, seed=0))
+    for seed in range(6):  # several seeds: cuts fall at different places relative to the copies
+        copied = listed.copy()
+        forest = copied.index[copied["label"] == "Forest"]
+        for a, b in zip(forest[:20:2], forest[1:20:2], strict=True):  # 10 pairs of copies
+            copied.loc[b, "sha256"] = copied.loc[a, "sha256"]
+        copied.loc[forest[20:23], "sha256"] = copied.loc[forest[20], "sha256"]  # and one triple
+        table = assign_splits(copied, SplitSettings(test_fraction=0.5, validation_fraction=0.1, seed=seed))
+        assert table.groupby("sha256")["split"].nunique().max() == 1, seed
+        assert find_duplicates(table).across_splits.empty
+        check_splits(table)
+        counts = table.groupby(["label", "split"]).size()
+        assert abs(counts["Forest", "test"] - 25) <= 2 and counts["Developed", "test"] == 10
+    # tiles without copies keep the split they had (same seed): only the copies' ranks changed
+    copied_ids = set(copied.loc[forest[:23], "tile_id"])
+    developed = before["label"] == "Developed"
+    assert before[developed]["split"].tolist() == assign_splits(copied, SplitSettings(0.5, 0.1, seed=0))[
+        developed]["split"].tolist()
+    assert len(copied_ids) == 23
 
 
 def test_train_test_layout_keeps_test_and_carves_validation_from_train():

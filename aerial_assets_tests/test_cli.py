@@ -23,7 +23,7 @@ def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 def test_help_documents_the_options_the_settings_and_the_exit_status(tmp_path):
     done = cli(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
-    for text in ("--backbones", "--algorithms", "--counties", "--skip-counties", "--config", "AERIAL_TRAINING_TILES",
+    for text in ("--preset", "AERIAL_PRESET", "--backbones", "--algorithms", "--counties", "--skip-counties", "--config", "AERIAL_TRAINING_TILES",
                  "AERIAL_DATA_ROOT", "AERIAL_SPARK_MASTER", "SPARK_REMOTE", "AERIAL_DEPLOYMENT", "exit status"):
         assert text in done.stdout, text
     assert "mobilenet_v2,efficientnet_lite0" in " ".join(done.stdout.split())  # the defaults are shown
@@ -34,6 +34,8 @@ def test_help_documents_the_options_the_settings_and_the_exit_status(tmp_path):
     ((), {"AERIAL_SPARK_PARALLELISM": "many"}, "AERIAL_SPARK_PARALLELISM='many' is not a whole number"),
     ((), {"AERIAL_DATA_ROOT": "az://data/run"}, "AERIAL_DATA_ROOT=az://data/run is an Azure URI but no Azure credentials"),
     (("--backbones", "vgg99"), {}, "unknown backbone 'vgg99'"),
+    (("--preset", "precise"), {}, "unknown preset 'precise'"),
+    ((), {"AERIAL_PRESET": "precise"}, "unknown preset 'precise'"),
     (("--config", "{tmp}/missing.yaml"), {}, "missing.yaml: cannot read it"),
     (("--config", "{tmp}/broken.yaml"), {}, "broken.yaml: not valid YAML"),
     (("--config", "{tmp}/unknown_asset.yaml"), {}, "--config names unknown assets: tile_featurs"),

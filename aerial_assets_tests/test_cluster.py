@@ -99,7 +99,7 @@ def test_whole_graph_on_a_three_worker_cluster(cluster, graph_run, tiny_tiles, t
     events = tmp_path / "events"
     env = _env(cluster, root, tiny_tiles, registry, events, cores=3)
     # one algorithm keeps the test short; every heavy stage (featurize, train, score, map) still runs on the cluster
-    selection = ["--backbones", "mobilenet_v2", "--algorithms", "logistic_regression"]
+    selection = ["--preset", "fast", "--backbones", "mobilenet_v2", "--algorithms", "logistic_regression"]
     done = subprocess.run([sys.executable, "-m", "aerial_assets.run", *selection], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
     output = done.stdout + done.stderr

@@ -7,10 +7,13 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, MultiPartitionKey, instance_for_test
 
+from aerial_assets.counties import County, render_registry
 from aerial_assets.definitions import build_defs
+from aerial_assets.partitions import county_partitions
 from aerial_assets.run import Runner
 from aerial_assets.training import ALGORITHMS
 from aerial_assets_tests.conftest import env_for, shared_dataset
+from aerial_assets_tests.test_integrity import _failure
 
 LABEL_MAP = """
 classes:
@@ -73,10 +76,28 @@ def test_augmented_training_has_four_rows_per_training_tile(views_run, augmentat
     assert info["n_train_rows"] == info["n_train"] * (4 if augmentation == "augment" else 1)
     assert info["search"]["method"] == "train_validation_split"
     assert len(info["search"]["candidates"]) == 3 and info["params"]["regParam"] in (0.001, 0.01, 0.1)
+    # the search optimises the metric the champion is picked on, and the chosen candidate scored best
+    assert info["search"]["metric"] == "macro_f1"
+    scores = {c["regParam"]: c["macro_f1"] for c in info["search"]["candidates"]}
+    assert scores[info["params"]["regParam"]] == max(scores.values())
     metrics = json.loads((root / "classifier_metrics" / "mobilenet_v2" / "logistic_regression" /
                           "metrics.json").read_text())
     assert sum(metrics["test"]["support"]) == 10  # 5 mapped source classes x 2; one row per test tile
     assert metrics["views"] == 4
+
+
+def test_search_evaluator_is_macro_f1_not_accuracy(spark):
+    """Three classes, one large: predicting the large class everywhere scores a high accuracy but a low
+    macro-F1; the search's evaluator must give the macro-F1 of the reports, for classic and Connect sessions."""
+    from aerial_assets.metrics import confusion_matrix, report
+    from aerial_assets.training import macro_f1_evaluator
+
+    pairs = [(0, 0)] * 80 + [(1, 0)] * 10 + [(2, 2)] * 5 + [(2, 1)] * 5  # (label, prediction)
+    df = spark.createDataFrame([(float(t), float(p)) for t, p in pairs], "label_idx double, prediction double")
+    expected = report(confusion_matrix(((t, p, 1) for t, p in pairs), 3), ["a", "b", "c"])
+    score = macro_f1_evaluator(3).evaluate(df)
+    assert score == pytest.approx(expected.macro_f1) and score < expected.accuracy - 0.3
+    assert macro_f1_evaluator(3).isLargerBetter()
 
 
 @pytest.mark.parametrize("search", ["train_validation_split", "cross_validation"])
@@ -123,6 +144,41 @@ def test_every_algorithm_trains_and_the_floor_check_runs(views_run):
     champion = json.loads((views_run["root"] / "champion_model" / "champion.json").read_text())
     assert data.passed == (champion["test_accuracy"] >= 0.8)
     assert champion["views"] == 4
+
+
+def test_county_scoring_uses_the_models_views_unless_told_fewer(views_run, tiny_tiles, tiny_county, tmp_path):
+    """A 4-view champion scores a county with 4 views by default; ``county_predictions`` ``views: 1`` scores it
+    with one (a quarter of the inference), and a view count that does not exist is refused."""
+    root, instance = views_run["root"], views_run["instance"]
+    raster, _ = tiny_county
+    registry = tmp_path / "counties.yaml"
+    registry.write_text(render_registry({"tiny": County("tiny", "Tiny county", [str(raster)])}))
+    defs = build_defs({**env_for(root, tiny_tiles, registry), "AERIAL_LABEL_MAP": str(root / "map.yaml")})
+    runner = Runner(defs, instance, {})
+    if not (root / "champion_model" / "champion.json").exists():  # when run on its own
+        assert runner.run(["land_use_classifiers", "classifier_metrics"],
+                          MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": "logistic_regression"}))
+        assert runner.run(["model_leaderboard", "champion_model"])
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())
+    assert champion["views"] == 4
+    instance.add_dynamic_partitions(county_partitions.name, ["tiny"])
+    assert runner.run(["county_tiles", "county_predictions"], "tiny")
+    folder = root / "county_predictions" / "tiny"
+    assert json.loads((folder / "summary.json").read_text())["views"] == 4
+    four = pd.read_parquet(folder / "predictions.parquet").set_index("tile_id").sort_index()
+    runner.run_config = {"ops": {"county_predictions": {"config": {"views": 1}}}}
+    assert runner.run(["county_predictions"], "tiny")
+    assert json.loads((folder / "summary.json").read_text())["views"] == 1
+    one = pd.read_parquet(folder / "predictions.parquet").set_index("tile_id").sort_index()
+    assert list(one.index) == list(four.index) and len(one) == 30
+    probs = [c for c in one.columns if c.startswith("prob_")]
+    assert not (one[probs] - four[probs]).abs().lt(1e-6).all().all()  # other features, other probabilities
+    assert (one["predicted_label"] == four["predicted_label"]).mean() >= 0.5  # but mostly the same land use
+    refused = runner.job.execute_in_process(
+        run_config={"ops": {"county_predictions": {"config": {"views": 3}}}}, instance=instance,
+        partition_key="tiny", asset_selection=[AssetKey("county_predictions")], raise_on_error=False)
+    assert not refused.success
+    assert "views must be 0 (the model's) or one of (1, 4, 8), got 3" in _failure(refused)
 
 
 def test_aid_subset_every_algorithm(spark, tmp_path):

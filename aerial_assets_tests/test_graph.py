@@ -34,6 +34,26 @@ def test_champion_is_chosen_on_validation_and_bundled(graph_run):
     assert (graph_run["root"] / "champion_model" / "pipeline_model").is_dir()
 
 
+def test_calibration_of_every_classifier_is_recomputed_from_its_test_predictions(graph_run):
+    """ECE in metrics.json, the leaderboard and champion.json is the one the test-set probabilities give."""
+    from aerial_assets.metrics import calibration
+
+    root = graph_run["root"]
+    board = pd.read_csv(root / "model_leaderboard" / "leaderboard.csv").set_index("algorithm")
+    for algorithm in board.index:
+        folder = root / "classifier_metrics" / "mobilenet_v2" / algorithm
+        metrics = json.loads((folder / "metrics.json").read_text())
+        preds = pd.read_csv(folder / f"{algorithm}_predictions_test_set.csv")
+        probs = preds[[c for c in preds.columns if c.startswith("prob_")]]
+        expected = calibration(probs.max(axis=1).to_numpy(), (preds["label"] == preds["pred_label"]).to_numpy())
+        assert metrics["calibration"]["n"] == len(preds) == 12
+        assert metrics["calibration"]["ece"] == pytest.approx(expected.ece)
+        assert 0.0 <= metrics["calibration"]["ece"] <= 1.0
+        assert board.loc[algorithm, "ece"] == pytest.approx(expected.ece)
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())
+    assert champion["test_ece"] == pytest.approx(board.loc[champion["algorithm"], "ece"])
+
+
 def test_predictions_cover_every_tile_with_probabilities_and_model_id(graph_run, spark):
     root = graph_run["root"]
     tiles = spark.read.parquet(str(root / "county_tiles" / "tiny" / "tiles.parquet")).toPandas()

@@ -262,7 +262,7 @@ def _make_run(tmp_path: Path, registry: str) -> tuple[subprocess.CompletedProces
     for name in ("DAGSTER_HOME", "SPARK_REMOTE"):
         env.pop(name, None)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--backbones", "mobilenet_v2",
+    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--preset", "fast", "--backbones", "mobilenet_v2",
                            "--algorithms", "logistic_regression"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     return done, time.monotonic() - started

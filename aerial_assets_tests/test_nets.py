@@ -27,12 +27,13 @@ from aerial_assets.errors import BackboneError
 from aerial_assets.inference import make_session
 from aerial_assets.nets.alexnet import build_alexnet
 from aerial_assets.nets.combined import combine_models
+from aerial_assets.nets.efficientnet_lite import build_efficientnet_lite0, build_efficientnet_lite2
 from aerial_assets.numpy_weights import load_numpy_pickle
 from aerial_assets.torch_weights import save_state_dict_zip
 
-PACKAGED = ["mobilenet_v2", "efficientnet_lite0", "squeezenet1_1"]
-FEATURE_DIMS = {"mobilenet_v2": 1280, "efficientnet_lite0": 1280, "squeezenet1_1": 512, "resnet18": 512,
-                "alexnet": 4096}
+PACKAGED = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1"]
+FEATURE_DIMS = {"mobilenet_v2": 1280, "efficientnet_lite0": 1280, "efficientnet_lite1": 1280,
+                "efficientnet_lite2": 1280, "squeezenet1_1": 512, "resnet18": 512, "alexnet": 4096}
 TOLERANCE = 1e-4  # max absolute feature difference, ONNX (float32) vs numpy reference (float64)
 
 
@@ -67,6 +68,18 @@ def test_export_record_has_provenance(name, exported):
     assert len(record["weights_sha256"]) == 64 and record["weights_package"] and record["weights_license"]
     assert record["weights_user_supplied"] is False
     assert ("BGR" if spec.bgr else "RGB") in record["preprocessing"]
+
+
+def test_efficientnet_lite_sizes_follow_their_published_inputs_and_refuse_other_weights():
+    """Lite1 and Lite2 run at 240 and 260 px; a variant's architecture fed another variant's weights fails at export
+    with the block that differs (Lite1 and Lite2 have the same depth but not the same widths)."""
+    assert [get_backbone(n).input_size for n in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")] \
+        == [224, 240, 260]
+    lite1 = load_weights(get_backbone("efficientnet_lite1"))
+    with pytest.raises(BackboneError, match="efficientnet_lite2: block 4 is depthwise"):
+        build_efficientnet_lite2(lite1, 260, (127.0,) * 3, (128.0,) * 3)
+    with pytest.raises(BackboneError, match="efficientnet_lite0: the weights hold 21 blocks, the architecture 16"):
+        build_efficientnet_lite0(lite1, 224, (127.0,) * 3, (128.0,) * 3)
 
 
 # --- user-supplied torchvision weights ----------------------------------------------------------

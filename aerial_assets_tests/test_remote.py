@@ -158,7 +158,7 @@ def test_whole_graph_over_spark_connect_matches_local_mode(connect_server, graph
            "PYSPARK_PYTHON": sys.executable}
     env.pop("DAGSTER_HOME", None)
     # the same selection as the local graph_run fixture, whatever make run's defaults are
-    selection = ["--backbones", "mobilenet_v2", "--algorithms", ",".join(ALGORITHMS)]
+    selection = ["--preset", "fast", "--backbones", "mobilenet_v2", "--algorithms", ",".join(ALGORITHMS)]
     done = subprocess.run([sys.executable, "-m", "aerial_assets.run", *selection], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

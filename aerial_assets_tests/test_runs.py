@@ -38,7 +38,7 @@ def _env(root: Path, tiles: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AERIAL_", "AZURE_STORAGE_"))}
     env.pop("DAGSTER_HOME", None)
     return {**env, "AERIAL_DATA_ROOT": str(root), "AERIAL_TRAINING_TILES": str(tiles),
-            "AERIAL_BACKBONES": "mobilenet_v2", "AERIAL_ALGORITHMS": "logistic_regression",
+            "AERIAL_BACKBONES": "mobilenet_v2", "AERIAL_ALGORITHMS": "logistic_regression", "AERIAL_PRESET": "fast",
             "PYSPARK_PYTHON": sys.executable, **extra}
 
 
@@ -359,7 +359,8 @@ def test_an_unreachable_azure_endpoint_fails_fast_in_one_line(tmp_path):
     env.pop("DAGSTER_HOME", None)
     env.update(AERIAL_DEPLOYMENT="azure", AERIAL_DATA_ROOT="az://data/run", AERIAL_TRAINING_TILES="az://data/tiles",
                AZURE_STORAGE_ACCOUNT_NAME="acct", AZURE_STORAGE_ACCOUNT_KEY=key, AZURE_STORAGE_BLOB_ENDPOINT=endpoint,
-               AERIAL_BACKBONES="mobilenet_v2", AERIAL_ALGORITHMS="logistic_regression", PYSPARK_PYTHON=sys.executable)
+               AERIAL_BACKBONES="mobilenet_v2", AERIAL_ALGORITHMS="logistic_regression", AERIAL_PRESET="fast",
+               PYSPARK_PYTHON=sys.executable)
     started = time.monotonic()
     try:
         done = subprocess.run([sys.executable, "-m", "aerial_assets.run"], cwd=tmp_path, env=env,

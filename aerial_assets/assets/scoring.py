@@ -23,6 +23,7 @@ from aerial_assets.assets.features import FeaturizeConfig
 from aerial_assets.counties import County
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
+from aerial_assets.inference import VIEW_COUNTS
 from aerial_assets.partitions import county_partitions
 from aerial_assets.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
@@ -161,10 +162,14 @@ PREDICTION_COLUMNS = {
 class ScoringConfig(FeaturizeConfig):
     """Throughput knobs as for featurization; ``model_id``: score with this model of the leaderboard instead of
     the champion (its id, or ``backbone|algorithm``; empty = the champion); ``sample_frac``: score this fraction
-    of the county's tiles (a deterministic sample by tile id, as the original's batch-scoring script allowed)."""
+    of the county's tiles (a deterministic sample by tile id, as the original's batch-scoring script allowed);
+    ``views``: score with fewer (or more) views than the model was trained on."""
 
     model_id: str = ""
     sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
+    views: int = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
+                       "model was trained on; 1, 4 or 8 to trade accuracy for speed (each view is one inference; a "
+                       "model trained with augmentation has seen single views, so 1 view is a valid, faster choice)")
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,10 @@ def county_predictions(
     classes, model_id, dim = chosen.classes, chosen.model_id, chosen.feature_dim
     session = spark.session
     model = PipelineModel.read().session(session).load(store.spark_path(chosen.pipeline_uri))
-    views = chosen.views  # the model was trained on features averaged over this many views
+    if config.views not in (0, *VIEW_COUNTS):
+        raise ConfigurationError(f"county_predictions views must be 0 (the model's) or one of {VIEW_COUNTS}, "
+                                 f"got {config.views}")
+    views = config.views or chosen.views  # default: the views the model was trained on
     featurize = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
     label_of = F.array(*[F.lit(c) for c in classes])
 

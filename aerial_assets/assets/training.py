@@ -30,7 +30,7 @@ from pydantic import Field
 from aerial_assets.assets._io import metadata_table, read_json, table_schema, write_json
 from aerial_assets.catalog import OK
 from aerial_assets.errors import AerialError
-from aerial_assets.metrics import ClassificationReport
+from aerial_assets.metrics import ClassificationReport, calibration
 from aerial_assets.partitions import by_backbone, classifier_partitions
 from aerial_assets.rendering import confusion_png, markdown_image
 from aerial_assets.resources import SparkResource, StorageResource
@@ -46,7 +46,7 @@ from aerial_assets.training import (
 )
 
 LEADERBOARD_COLUMNS = ["backbone", "algorithm", "accuracy", "macro_f1", "n_train", "n_test", "fit_seconds"]
-EXTRA_COLUMNS = ["views", "augmentation", "val_accuracy", "val_macro_f1", "n_validation", "model_id"]
+EXTRA_COLUMNS = ["views", "augmentation", "val_accuracy", "val_macro_f1", "n_validation", "ece", "model_id"]
 PROVENANCE_COLUMNS = ["catalog_sha256", "features_sha256"]
 
 
@@ -270,6 +270,10 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     predictions = predictions[["tile_id", "filepath", "label", "pred_label",
                                *[c for c in predictions.columns if c.startswith("prob_")]]]
     csv_name = f"{algorithm}_predictions_test_set.csv"
+    prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
+    calib = calibration(predictions[prob_columns].max(axis=1).to_numpy(),
+                        (predictions["label"] == predictions["pred_label"]).to_numpy())
+    payload["calibration"] = calib.to_dict()
     with store.atomic_dir(out) as tmp:
         write_json(storage_for(tmp), tmp, "metrics.json", payload)
         storage_for(tmp).write_bytes(join(tmp, "confusion.png"), png)
@@ -282,6 +286,8 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             "fit_seconds": float(info["fit_seconds"]),
             "n_train": int(info["n_train"]),
             "views": views,
+            "ece": calib.ece,
+            "max_calibration_gap": calib.max_gap,
             "per_class": MetadataValue.md(test.per_class_markdown()),
             "test_predictions": MetadataValue.path(join(out, csv_name)),
             "confusion_matrix": MetadataValue.md(markdown_image(png, f"confusion matrix {backbone} {algorithm}")),
@@ -364,7 +370,7 @@ def leaderboard_frame(storage: StorageResource, keys: list[tuple[str, str]]
             "fit_seconds": m["fit_seconds"], "views": m.get("views", 1),
             "augmentation": m.get("augmentation", "average"), "val_accuracy": m["validation"]["accuracy"],
             "val_macro_f1": m["validation"]["macro_f1"], "n_validation": sum(m["validation"]["support"]),
-            "model_id": m["model_id"], **m["upstream"],
+            "ece": m.get("calibration", {}).get("ece"), "model_id": m["model_id"], **m["upstream"],
         })
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS + EXTRA_COLUMNS + PROVENANCE_COLUMNS)
     return rank(frame).reset_index(drop=True), missing, left_out
@@ -399,7 +405,7 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
     context.log.info("leaderboard:\n" + frame[LEADERBOARD_COLUMNS].to_string(index=False))
     return MaterializeResult(
         metadata={
-            "leaderboard": metadata_table(frame[LEADERBOARD_COLUMNS + ["val_macro_f1"]]),
+            "leaderboard": metadata_table(frame[LEADERBOARD_COLUMNS + ["val_macro_f1", "ece"]]),
             "dagster/column_schema": table_schema(frame),
             "csv": MetadataValue.path(join(out, "leaderboard.csv")),
             "dagster/row_count": len(frame),
@@ -472,6 +478,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
         "params": info.get("params", {}),
         "val_macro_f1": float(best["val_macro_f1"]), "val_accuracy": float(best["val_accuracy"]),
         "test_accuracy": float(best["accuracy"]), "test_macro_f1": float(best["macro_f1"]),
+        "test_ece": None if pd.isna(best["ece"]) else float(best["ece"]),
         "backbone_record": read_json(store, layout.backbone_model(backbone), "backbone.json"),
         "upstream": info["upstream"], "left_out": left_out,
     }
@@ -489,6 +496,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
             "views": int(info.get("views", 1)),
             "val_macro_f1": float(best["val_macro_f1"]), "test_accuracy": float(best["accuracy"]),
             "test_macro_f1": float(best["macro_f1"]),
+            **({} if record["test_ece"] is None else {"test_ece": record["test_ece"]}),
             "confusion_matrix": MetadataValue.md(markdown_image(metrics_png, "champion confusion matrix")),
             "bundle": MetadataValue.path(out),
             "n_left_out": len(left_out),
