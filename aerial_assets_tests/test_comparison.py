@@ -204,3 +204,38 @@ def test_aid_subset_every_algorithm(spark, tmp_path):
     board = pd.read_csv(tmp_path / "root" / "model_leaderboard" / "leaderboard.csv")
     assert len(board) == len(ALGORITHMS)
     assert (board["accuracy"] > 0.5).all()  # chance is 0.25
+
+
+def test_make_run_without_settings_trains_and_compares_the_accurate_preset(tiny_tiles, tmp_path):
+    """``make run`` with nothing set: the default preset's combined backbone with 8 rotated/flipped views, the
+    logistic regression trained on every view and the MLP on their mean; a champion among them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from aerial_assets.presets import DEFAULT_PRESET, get_preset
+
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AERIAL_", "AZURE_STORAGE_", "SPARK_REMOTE"))}
+    env.pop("DAGSTER_HOME", None)
+    env.update(AERIAL_DATA_ROOT=str(root), AERIAL_TRAINING_TILES=str(tiny_tiles), PYSPARK_PYTHON=sys.executable)
+    done = subprocess.run([sys.executable, "-m", "aerial_assets.run", "--skip-counties"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    preset = get_preset(DEFAULT_PRESET)
+    assert f"preset {preset.name}: backbones {', '.join(preset.backbones)}" in done.stdout
+    board = pd.read_csv(root / "model_leaderboard" / "leaderboard.csv").set_index("algorithm")
+    assert sorted(board.index) == sorted(preset.algorithms) and set(board["backbone"]) == set(preset.backbones)
+    assert (board["views"] == 8).all()
+    assert board.loc["logistic_regression", "augmentation"] == "augment"
+    assert board.loc["mlp", "augmentation"] == "average"
+    backbone = preset.backbones[0]
+    assert json.loads((root / "tile_features" / backbone / "summary.json").read_text())["views"] == 8
+    catalog = pd.read_parquet(root / "labeled_tiles" / "catalog.parquet")
+    n_train = int((catalog["split"] == "train").sum())
+    info = json.loads((root / "land_use_classifiers" / backbone / "logistic_regression" / "classifier.json").read_text())
+    assert info["n_train"] == n_train and info["n_train_rows"] == 8 * n_train  # every view of a training tile is a row
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())
+    assert champion["backbone"] == backbone and champion["views"] == 8 and 0.0 <= champion["test_ece"] <= 1.0

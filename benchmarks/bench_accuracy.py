@@ -2,11 +2,13 @@
 
 Runs the real asset graph (the same assets and Runner as ``make run``) on ``../shared/datasets/aid``
 (or ``--data``): catalog with ``test_fraction=0.5``, every backbone's features with 8 rotated/flipped
-views (reused on later runs when already computed for the same catalog), then every backbone x algorithm
-x views setting, and finally the leaderboard and champion. Prints one row per setting (backbone,
-algorithm, views, augmentation, test accuracy, macro-F1, validation accuracy, fit seconds, chosen
-hyperparameters), the featurization cost per backbone, and the wall time of the comparison itself
-(training + evaluation, features already computed) and of the whole benchmark.
+views (reused on later runs when already computed for the same catalog), then the default preset's
+settings (``make run``'s: ``aerial_assets.presets``) and every other backbone x algorithm x views setting,
+and finally the leaderboard and champion. Prints one row per setting: test accuracy, macro-F1, expected
+calibration error, validation macro-F1, fit seconds, the seconds of the whole classifier run (fit, search and
+evaluation), the featurization seconds that setting needs (its views' share of its backbone's features) and
+their sum, so accuracy per second is visible; then the featurization cost per backbone and the default
+preset's wall time on this data (catalog + its features + its classifiers, counties aside).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+
+from aerial_assets.presets import DEFAULT_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "aid"
@@ -40,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.environ.get("AERIAL_TRAINING_TILES", str(DEFAULT_DATA)))
     parser.add_argument("--root", default=os.environ.get("BENCH_ROOT", str(REPO / ".aerial_data" / "bench_accuracy")))
     parser.add_argument("--backbones", default=os.environ.get(
-        "BENCH_BACKBONES", "mobilenet_v2,mobilenet_v2+efficientnet_lite0+squeezenet1_1"))
-    parser.add_argument("--algorithms", default=os.environ.get("BENCH_ALGORITHMS", "logistic_regression,mlp,random_forest"))
+        "BENCH_BACKBONES", "mobilenet_v2,efficientnet_lite2,mobilenet_v2+efficientnet_lite0+squeezenet1_1"),
+        help="backbones compared besides the preset's")
+    parser.add_argument("--algorithms", default=os.environ.get("BENCH_ALGORITHMS", "logistic_regression,mlp"))
     parser.add_argument("--views", default=os.environ.get("BENCH_VIEWS", "1,8,8a"),
                         help="comma list of view settings per classifier; suffix 'a' = train-time augmentation")
     parser.add_argument("--feature-views", type=int, default=8,
                         help="views computed by tile_features (features already stored with as many or more are reused)")
     parser.add_argument("--sample-frac", type=float, default=1.0)
+    parser.add_argument("--preset", default=os.environ.get("BENCH_PRESET", DEFAULT_PRESET),
+                        help="the preset whose settings are measured first and timed as make run's default")
     args = parser.parse_args(argv)
     if not Path(args.data).exists():
         print(f"{args.data} not found: bench-accuracy needs AID (../shared/datasets/aid) or --data <class>/<image>",
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from dagster import DagsterInstance, MultiPartitionKey
 
     from aerial_assets.definitions import build_defs
+    from aerial_assets.presets import get_preset
     from aerial_assets.run import Runner, parse_list
     from aerial_assets.storage import join
     from aerial_assets.training import check_algorithm
@@ -68,14 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     defs = build_defs(env)
     storage = defs.resources["storage"]
     layout, store = storage.layout, storage.storage
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    preset = get_preset(args.preset)
+    backbones = list(dict.fromkeys([*preset.backbones, *[b.strip() for b in args.backbones.split(",") if b.strip()]]))
     algorithms = parse_list(args.algorithms, check_algorithm)
     settings = _settings(args.views)
+    # the preset's own settings first (views 0 = every computed view), then the others
+    plan = [(b, a, preset.classifier_settings(a).get("views", 0) or preset.feature_views,
+             preset.classifier_settings(a).get("augmentation", "average"), True)
+            for b in preset.backbones for a in preset.algorithms]
+    for backbone in backbones:
+        for algorithm in algorithms:
+            for views, augmentation in settings:
+                if augmentation == "augment" and algorithm != "logistic_regression":
+                    continue  # augmenting multiplies training rows: measured on the linear model only
+                if (backbone, algorithm, views, augmentation) not in [p[:4] for p in plan]:
+                    plan.append((backbone, algorithm, views, augmentation, False))
     with DagsterInstance.ephemeral() as instance:
         catalog_cfg = {"test_fraction": 0.5, "validation_fraction": 0.1, "seed": 0, "sample_frac": args.sample_frac}
         runner = Runner(defs, instance, {"ops": {"labeled_tiles": {"config": catalog_cfg}}})
+        catalog_started = time.monotonic()
         if not runner.run(["labeled_tiles"]):
             return 1
+        catalog_seconds = time.monotonic() - catalog_started
         catalog_stamp = store.read_text(join(layout.labeled_tiles(), "summary.json"))
         feature_rows = []
         for backbone in backbones:
@@ -93,32 +115,38 @@ def main(argv: list[str] | None = None) -> int:
             feature_rows.append({"backbone": backbone, "views": summary["views"], "tiles": summary["n_tiles"],
                                  "seconds": summary["seconds"],
                                  "tiles_per_s": round(summary["n_tiles"] / max(summary["seconds"], 1e-9), 1),
+                                 "ms_per_tile_view": round(1000 * summary["seconds"] / max(
+                                     summary["n_tiles"] * summary["views"], 1), 2),
                                  "reused": reuse, **({"reused_parts": summary["reused_parts"]}
                                                      if "reused_parts" in summary else {})})
         compare_started = time.monotonic()
+        feature_cost = {r["backbone"]: (r["seconds"], r["views"]) for r in feature_rows}
         rows = []
-        for backbone in backbones:
-            for algorithm in algorithms:
-                key = MultiPartitionKey({"backbone": backbone, "algorithm": algorithm})
-                for views, augmentation in settings:
-                    if augmentation == "augment" and algorithm != "logistic_regression":
-                        continue  # augmenting multiplies training rows: measured on the linear model only
-                    cfg = {"views": views, "augmentation": augmentation}
-                    runner.run_config = {"ops": {"land_use_classifiers": {"config": cfg}}}
-                    if not runner.run(["land_use_classifiers", "classifier_metrics"], key,
-                                      f"{backbone}|{algorithm}|{views}{augmentation[:3]}"):
-                        continue
-                    m = json.loads(store.read_text(join(layout.classifier_metrics(backbone, algorithm),
-                                                                "metrics.json")))
-                    rows.append({"backbone": backbone, "algorithm": algorithm, "views": views,
-                                 "augmentation": augmentation, "accuracy": round(m["test"]["accuracy"], 4),
-                                 "macro_f1": round(m["test"]["macro_f1"], 4),
-                                 "val_accuracy": round(m["validation"]["accuracy"], 4),
-                                 "fit_seconds": m["fit_seconds"], "params": json.dumps(m.get("params", {}))})
+        for backbone, algorithm, views, augmentation, in_preset in plan:
+            key = MultiPartitionKey({"backbone": backbone, "algorithm": algorithm})
+            cfg = {"views": views, "augmentation": augmentation}
+            runner.run_config = {"ops": {"land_use_classifiers": {"config": cfg}}}
+            run_started = time.monotonic()
+            if not runner.run(["land_use_classifiers", "classifier_metrics"], key,
+                              f"{backbone}|{algorithm}|{views}{augmentation[:3]}"):
+                continue
+            run_seconds = time.monotonic() - run_started
+            m = json.loads(store.read_text(join(layout.classifier_metrics(backbone, algorithm), "metrics.json")))
+            seconds, computed = feature_cost[backbone]
+            feature_s = seconds * views / computed  # this setting's views' share of the features computed
+            rows.append({"preset": preset.name if in_preset else "", "backbone": backbone, "algorithm": algorithm,
+                         "views": views, "augmentation": augmentation,
+                         "accuracy": round(m["test"]["accuracy"], 4), "macro_f1": round(m["test"]["macro_f1"], 4),
+                         "ece": round(m["calibration"]["ece"], 4), "val_macro_f1": round(m["validation"]["macro_f1"], 4),
+                         "fit_s": round(m["fit_seconds"], 1), "run_s": round(run_seconds, 1),
+                         "feature_s": round(feature_s), "total_s": round(feature_s + run_seconds),
+                         "params": json.dumps(m.get("params", {}))})
         compare_seconds = time.monotonic() - compare_started
         runner.run_config = {}
         runner.run(["model_leaderboard", "champion_model"])
     table = pd.DataFrame(rows).sort_values("accuracy", ascending=False, kind="mergesort")
+    preset_rows = table[table["preset"] != ""]
+    default_wall = catalog_seconds + sum(feature_cost[b][0] for b in preset.backbones) + preset_rows["run_s"].sum()
     pd.set_option("display.width", 250)
     pd.set_option("display.max_colwidth", 80)
     print("\nFeaturization (tile_features, local Spark):")
@@ -128,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     champion = json.loads(store.read_text(join(layout.champion(), "champion.json")))
     print(f"\nchampion (validation macro-F1): {champion['backbone']} + {champion['algorithm']}, "
           f"{champion['views']} view(s): test accuracy {champion['test_accuracy']:.4f}")
+    best = preset_rows.iloc[0] if len(preset_rows) else None
+    if best is not None:
+        print(f"default preset '{preset.name}' ({', '.join(preset.backbones)}; {', '.join(preset.algorithms)}): best "
+              f"test accuracy {best['accuracy']:.4f}; wall time {default_wall / 60:.1f} min on this data (catalog "
+              f"{catalog_seconds:.0f} s + features {sum(feature_cost[b][0] for b in preset.backbones):.0f} s + "
+              f"classifiers {preset_rows['run_s'].sum():.0f} s; counties aside)")
     print(f"comparison wall time (features computed): {compare_seconds:.0f} s; "
           f"whole benchmark: {time.monotonic() - started:.0f} s")
     if runner.failures:
