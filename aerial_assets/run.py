@@ -275,7 +275,7 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         print("Leaderboard (test split; champion chosen on validation macro-F1):")
         shown = ["backbone", "algorithm", "views", "accuracy", "macro_f1", "val_macro_f1", "ece", "n_train", "n_test",
                  "fit_seconds"]
-        print(frame[[c for c in shown if c in frame.columns]].to_string(index=False))  # an older board has no ece
+        print(frame[[c for c in shown if c in frame.columns]].round(4).to_string(index=False))  # an older board: no ece
         print(f"  csv: {board}")
     for key in counties:
         png = join(layout.county_map(key), "land_use.png")

@@ -277,12 +277,14 @@ def _assert_one_line_config_error(done: subprocess.CompletedProcess, elapsed: fl
     assert elapsed < 120  # seconds (imports and definitions), not the hour of training that came first
 
 
+@pytest.mark.slow  # a real make run process
 def test_make_run_stops_on_a_registry_typo_before_training(tmp_path):
     done, elapsed = _make_run(tmp_path, "counties:\n  town:\n    raster: [/data/town.tif]\n")
     _assert_one_line_config_error(done, elapsed, "county 'town' in")
     assert "unknown key 'raster' (did you mean 'rasters'?)" in done.stderr
 
 
+@pytest.mark.slow  # a real make run process
 def test_make_run_stops_on_metre_bounds_under_a_degree_crs_before_training(tmp_path):
     folder = tmp_path / "tiles"
     folder.mkdir()
