@@ -120,6 +120,10 @@ def build_pipeline(algorithm: str, params: ClassifierParams, n_features: int = 0
     return Pipeline(stages=[scaler, clf])
 
 
+#: What the hyperparameter search maximises: the metric the champion is picked on (validation macro-F1).
+SEARCH_METRIC = "macro_f1"
+
+
 @dataclass
 class SearchResult:
     """What the hyperparameter search tried and chose (recorded as metadata)."""
@@ -128,16 +132,12 @@ class SearchResult:
     chosen: dict[str, Any]
     candidates: list[dict[str, Any]]
     scores: list[float]
-    metric: str = "macro_f1"
+    metric: str = SEARCH_METRIC
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "metric": self.metric, "chosen": self.chosen,
                 "candidates": [{**c, self.metric: round(s, 4)} for c, s in zip(self.candidates, self.scores,
                                                                                 strict=True)]}
-
-
-#: What the hyperparameter search maximises: the metric the champion is picked on (validation macro-F1).
-SEARCH_METRIC = "macro_f1"
 
 
 def macro_f1_evaluator(n_classes: int):
