@@ -120,3 +120,18 @@ def latest_metadata(instance, asset: str, partition: str | None = None) -> dict:
         AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
     assert records, f"{asset}[{partition}] was never materialized"
     return records[0].asset_materialization.metadata
+
+
+def float_column_encodings(dataset: Path) -> set[str]:
+    """Every Parquet encoding of the float (feature) columns in the part files of a Spark-written ``dataset``."""
+    import pyarrow.parquet as pq
+
+    found: set[str] = set()
+    for part in sorted(dataset.glob("*.parquet")):
+        meta = pq.ParquetFile(part).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(g).column(c)
+                if column.physical_type == "FLOAT":
+                    found.update(column.encodings)
+    return found

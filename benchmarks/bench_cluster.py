@@ -108,7 +108,7 @@ def run_child(env: dict[str, str], stage: str, keys: list[str], log: Path) -> tu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--tiles", type=int, default=20000)
     parser.add_argument("--whole-images", type=int, default=10000)
     parser.add_argument("--workdir", default=None)

@@ -16,7 +16,13 @@ from aerial_assets.featurization import FEATURE_SCHEMA, file_featurizer, part_co
 from aerial_assets.inference import VIEW_COUNTS
 from aerial_assets.partitions import backbone_partitions
 from aerial_assets.resources import SparkResource, StorageResource
-from aerial_assets.spark_jobs import DEFAULT_TILES_PER_TASK, JobProgress, observation_for, task_count
+from aerial_assets.spark_jobs import (
+    DEFAULT_TILES_PER_TASK,
+    FEATURE_WRITE_OPTIONS,
+    JobProgress,
+    observation_for,
+    task_count,
+)
 from aerial_assets.storage import join, storage_for
 from aerial_assets.zoo import COMBINATION, ZooEntry, zoo_entry
 
@@ -84,7 +90,7 @@ def tile_features(
         if reusable:
             context.log.info(f"{backbone}: concatenating the cached features of {', '.join(entry.parts)}")
             featurized = _concatenate_parts(spark, storage, entry, config.views, n_tasks)
-            featurized.observe(observation, *_split_counts()).write.parquet(features_path)
+            featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(features_path)
         else:
             frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
             featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
@@ -92,7 +98,7 @@ def tile_features(
             # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows. The counts
             # per split and status are observed while it writes: no second job reads the features back to count.
             with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
-                featurized.observe(observation, *_split_counts()).write.parquet(features_path)
+                featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(features_path)
             context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
         observed = observation.get
         per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
