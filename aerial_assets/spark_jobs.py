@@ -27,8 +27,8 @@ DEFAULT_TILES_PER_TASK = 256
 # Parquet write options for feature vectors (``array<float>``, views x D floats per tile). parquet-mr
 # dictionary-encodes every column by default: each float goes through a hash map that grows, rehashes and
 # finally falls back to plain encoding, since float features barely repeat. A Java Flight Recorder profile of
-# ``tile_features`` over 10,000 AID images had most of the JVM's samples there (the JVM used 43-58 s of CPU
-# beside 120-135 s for the Python workers, on two cores). Plain encoding writes the same values.
+# ``tile_features`` over 10,000 AID images had most of the JVM's samples there (the JVM used 57-59 s of CPU
+# beside 120-135 s for the Python workers, on two cores; 40-46 s without it). Plain encoding writes the same values.
 FEATURE_WRITE_OPTIONS = {"parquet.enable.dictionary": "false"}
 
 

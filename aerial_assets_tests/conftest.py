@@ -122,8 +122,9 @@ def latest_metadata(instance, asset: str, partition: str | None = None) -> dict:
     return records[0].asset_materialization.metadata
 
 
-def float_column_encodings(dataset: Path) -> set[str]:
-    """Every Parquet encoding of the float (feature) columns in the part files of a Spark-written ``dataset``."""
+def assert_plain_float_columns(dataset: Path) -> None:
+    """The float (feature) columns of every part file of a Spark-written ``dataset`` are plain-encoded, never
+    dictionary-encoded (``spark_jobs.FEATURE_WRITE_OPTIONS``)."""
     import pyarrow.parquet as pq
 
     found: set[str] = set()
@@ -134,4 +135,4 @@ def float_column_encodings(dataset: Path) -> set[str]:
                 column = meta.row_group(g).column(c)
                 if column.physical_type == "FLOAT":
                     found.update(column.encodings)
-    return found
+    assert "PLAIN" in found and not any("DICTIONARY" in e for e in found), found

@@ -12,7 +12,7 @@ from aerial_assets.definitions import build_defs
 from aerial_assets.partitions import county_partitions
 from aerial_assets.run import Runner
 from aerial_assets.training import ALGORITHMS
-from aerial_assets_tests.conftest import env_for, float_column_encodings, shared_dataset
+from aerial_assets_tests.conftest import assert_plain_float_columns, env_for, shared_dataset
 from aerial_assets_tests.test_integrity import _failure
 
 LABEL_MAP = """
@@ -62,9 +62,7 @@ def test_four_views_store_every_view(views_run):
     first = ok.iloc[0]
     mean = first["view_features"].reshape(4, 1280).mean(axis=0)
     assert abs(mean - first["features"]).max() < 1e-5
-    # plain encoding: dictionary-encoding float features cost the JVM most of its CPU (spark_jobs.FEATURE_WRITE_OPTIONS)
-    encodings = float_column_encodings(views_run["root"] / "tile_features" / "mobilenet_v2" / "features.parquet")
-    assert "PLAIN" in encodings and not any("DICTIONARY" in e for e in encodings), encodings
+    assert_plain_float_columns(views_run["root"] / "tile_features" / "mobilenet_v2" / "features.parquet")
 
 
 @pytest.mark.parametrize("augmentation", ["augment", "average"])

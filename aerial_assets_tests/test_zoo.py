@@ -14,7 +14,7 @@ from aerial_assets.definitions import build_defs
 from aerial_assets.run import Runner
 from aerial_assets.torch_weights import save_state_dict_zip
 from aerial_assets.zoo import zoo_entry
-from aerial_assets_tests.conftest import env_for, float_column_encodings
+from aerial_assets_tests.conftest import assert_plain_float_columns, env_for
 from aerial_assets_tests.test_nets import random_resnet18
 
 CHECKS = ("backbone_imagenet_sanity", "backbone_reference_agreement")
@@ -69,8 +69,7 @@ def test_combined_reuses_cached_part_features(zoo_run):
     combined, a, b = load("mobilenet_v2+efficientnet_lite0"), load("mobilenet_v2"), load("efficientnet_lite0")
     tile = combined.index[0]
     np.testing.assert_array_equal(combined[tile], np.concatenate([a[tile], b[tile]]))
-    encodings = float_column_encodings(root / "tile_features" / "mobilenet_v2+efficientnet_lite0" / "features.parquet")
-    assert "PLAIN" in encodings and not any("DICTIONARY" in e for e in encodings), encodings
+    assert_plain_float_columns(root / "tile_features" / "mobilenet_v2+efficientnet_lite0" / "features.parquet")
 
 
 def test_int8_is_calibrated_on_training_tiles(zoo_run):

@@ -90,7 +90,7 @@ def tile_features(
         if reusable:
             context.log.info(f"{backbone}: concatenating the cached features of {', '.join(entry.parts)}")
             featurized = _concatenate_parts(spark, storage, entry, config.views, n_tasks)
-            featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(features_path)
+            _write_features(featurized, observation, features_path)
         else:
             frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
             featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
@@ -98,7 +98,7 @@ def tile_features(
             # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows. The counts
             # per split and status are observed while it writes: no second job reads the features back to count.
             with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
-                featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(features_path)
+                _write_features(featurized, observation, features_path)
             context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
         observed = observation.get
         per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
@@ -128,6 +128,11 @@ def tile_features(
             "dagster/column_schema": spark_table_schema(featurized.schema, FEATURE_COLUMNS),
         }
     )
+
+
+def _write_features(featurized, observation, path: str) -> None:
+    """Write the feature rows (plain-encoded: ``FEATURE_WRITE_OPTIONS``), observing the counts per split meanwhile."""
+    featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(path)
 
 
 def _split_counts():
