@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
-	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.run
+	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.defs.run
 
 run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
-	$(BIN)/python -m aerial_assets.run
+	$(BIN)/python -m aerial_assets.defs.run
 
 test: $(STAMP) $(if $(shell command -v mvn),jars) $(if $(shell command -v npm),leaflet)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips); with npm, Leaflet for the map test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -39,13 +39,13 @@ test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
 	# Creates the home (with dagster.yaml) if needed, fails runs whose process is gone, removes their temporaries.
-	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -m aerial_assets.run_guard
+	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -m aerial_assets.defs.run_guard
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check aerial_assets aerial_assets_tests
 
-# keep in step with aerial_assets_tests/test_azure.py
+# keep in step with aerial_assets_tests/storage/test_azure.py
 AZURITE_VERSION := 3.37.0
 azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and npm), into .cache/azurite
 	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
@@ -71,7 +71,7 @@ bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: 
 	$(BIN)/python -m benchmarks.bench_county
 
 demo-naip: $(STAMP)  ## the demo model on ten real NAIP vintages (needs ../shared/datasets/naip_nd): maps and change
-	env -u AERIAL_TRAINING_TILES AERIAL_COUNTIES=examples/naip_nd.yaml $(BIN)/python -m aerial_assets.run
+	env -u AERIAL_TRAINING_TILES AERIAL_COUNTIES=examples/naip_nd.yaml $(BIN)/python -m aerial_assets.defs.run
 
 bench-accuracy: $(STAMP)  ## AID-30 comparison, 50/50 split seed 0 (needs ../shared/datasets/aid): leaderboard + wall time
 	$(BIN)/python -m benchmarks.bench_accuracy

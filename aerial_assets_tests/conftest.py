@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from dagster import MultiPartitionKey, instance_for_test
 
-from aerial_assets import demo_data
-from aerial_assets.counties import County, render_registry
-from aerial_assets.definitions import build_defs
-from aerial_assets.partitions import county_partitions
-from aerial_assets.run import Runner
-from aerial_assets.training import ALGORITHMS
+from aerial_assets.defs.definitions import build_defs
+from aerial_assets.defs.partitions import county_partitions
+from aerial_assets.defs.run import Runner
+from aerial_assets.imagery import demo_data
+from aerial_assets.imagery.counties import County, render_registry
+from aerial_assets.training.classifiers import ALGORITHMS
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

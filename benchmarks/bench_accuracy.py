@@ -3,7 +3,7 @@
 Runs the real asset graph (the same assets and Runner as ``make run``) on ``../shared/datasets/aid``
 (or ``--data``): catalog with ``test_fraction=0.5``, every backbone's features with 8 rotated/flipped
 views (reused on later runs when already computed for the same catalog), then the default preset's
-settings (``make run``'s: ``aerial_assets.presets``) and every other backbone x algorithm x views setting,
+settings (``make run``'s: ``aerial_assets.training.presets``) and every other backbone x algorithm x views setting,
 and finally the leaderboard and champion. Prints one row per setting: test accuracy, macro-F1, expected
 calibration error, validation macro-F1, fit seconds, the seconds of the whole classifier run (fit, search and
 evaluation), the featurization seconds that setting needs (its views' share of its backbone's features) and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aerial_assets.presets import DEFAULT_PRESET
+from aerial_assets.training.presets import DEFAULT_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "aid"
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster import DagsterInstance, MultiPartitionKey
 
-    from aerial_assets.definitions import build_defs
-    from aerial_assets.presets import get_preset
-    from aerial_assets.run import Runner, parse_list
-    from aerial_assets.storage import join
-    from aerial_assets.training import check_algorithm
+    from aerial_assets.defs.definitions import build_defs
+    from aerial_assets.defs.run import Runner, parse_list
+    from aerial_assets.storage.core import join
+    from aerial_assets.training.classifiers import check_algorithm
+    from aerial_assets.training.presets import get_preset
 
     started = time.monotonic()
     env = {**os.environ, "AERIAL_DATA_ROOT": args.root, "AERIAL_TRAINING_TILES": args.data}

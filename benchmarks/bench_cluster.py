@@ -49,9 +49,9 @@ def child(stage: str, keys: list[str]) -> int:
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
     from dagster import DagsterInstance, MultiPartitionKey
 
-    from aerial_assets.definitions import build_defs
-    from aerial_assets.run import Runner
-    from aerial_assets.spark_session import start_early
+    from aerial_assets.defs.definitions import build_defs
+    from aerial_assets.defs.run import Runner
+    from aerial_assets.spark.session import start_early
 
     defs = build_defs(os.environ)
     start_early(os.environ)  # as make run does once its settings are checked
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args.child, [k for k in args.keys.split(",") if k] or ["-"])
 
-    from aerial_assets.counties import County, render_registry
+    from aerial_assets.imagery.counties import County, render_registry
     from aerial_assets_tests.standalone_cluster import StandaloneCluster, spark_conf_dir
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_"))
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["DAGSTER_HOME"] = local["DAGSTER_HOME"]
     with DagsterInstance.get() as instance:
-        from aerial_assets.partitions import county_partitions
+        from aerial_assets.defs.partitions import county_partitions
 
         instance.add_dynamic_partitions(county_partitions.name, [k for k in counties
                                                                  if not instance.has_dynamic_partition(

@@ -34,7 +34,7 @@ def write_synthetic_county(path: str, n_tiles: int, tile_px: int, resolution: fl
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    from aerial_assets import demo_data
+    from aerial_assets.imagery import demo_data
 
     rows = -(-n_tiles // COLS)
     layout = demo_data.county_layout(rows, COLS, seed)
@@ -64,8 +64,8 @@ def bare_window_loop(model_bytes: bytes, raster: str, n_tiles: int, tile_px: int
     yardstick the end-to-end rate is compared with, measured in the same run on the same machine."""
     import rasterio
 
-    from aerial_assets.inference import input_size, make_session, run_features
-    from aerial_assets.rasters import read_tile
+    from aerial_assets.backbones.inference import input_size, make_session, run_features
+    from aerial_assets.imagery.rasters import read_tile
 
     session = make_session(model_bytes, threads)
     size = input_size(session)
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster import DagsterInstance
 
-    from aerial_assets.counties import County, render_registry
-    from aerial_assets.definitions import build_defs
-    from aerial_assets.partitions import county_partitions
-    from aerial_assets.run import Runner, prepare_home
+    from aerial_assets.defs.definitions import build_defs
+    from aerial_assets.defs.partitions import county_partitions
+    from aerial_assets.defs.run import Runner, prepare_home
+    from aerial_assets.imagery.counties import County, render_registry
 
     env = dict(os.environ)
     prepare_home(env)

@@ -54,7 +54,7 @@ def image_tree(n: int, workdir: Path) -> Path:
                     _link_or_copy(items[i], folder / name / items[i].name)
                     taken += 1
         return folder
-    from aerial_assets import demo_data
+    from aerial_assets.imagery import demo_data
 
     demo_data.write_training_tiles(str(folder), per_class=-(-n // len(demo_data.DEMO_CLASSES)), size=150, seed=0,
                                    fmt="jpg")
@@ -72,8 +72,8 @@ def bare_loop(model_bytes: bytes, files: list[Path], batch: int, threads: int) -
     """(images/s decode+infer, images/s pure inference on the pre-decoded batch list, seconds to open the
     session). Opening includes ORT_ENABLE_ALL graph optimisation, which every Spark worker process pays
     once (sessions are cached per process): this column shows what saving an optimised model would save."""
-    from aerial_assets.imaging import load_tile
-    from aerial_assets.inference import input_size, make_session, run_features
+    from aerial_assets.backbones.inference import input_size, make_session, run_features
+    from aerial_assets.imagery.decode import load_tile
 
     opened = time.monotonic()
     session = make_session(model_bytes, threads)
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from dagster import DagsterInstance
 
-    from aerial_assets.backbones import offline_backbones
-    from aerial_assets.definitions import build_defs
-    from aerial_assets.run import Runner
-    from aerial_assets.zoo import INT8_VARIANTS
+    from aerial_assets.backbones.networks import offline_backbones
+    from aerial_assets.backbones.zoo import INT8_VARIANTS
+    from aerial_assets.defs.definitions import build_defs
+    from aerial_assets.defs.run import Runner
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_features_"))
     backbones = [b for b in args.backbones.split(",") if b] or [*offline_backbones(), *INT8_VARIANTS]

@@ -1,0 +1,254 @@
+"""Group ``maps``: the predicted land use of a county as a Cloud-Optimized GeoTIFF and a PNG, and the change
+between two vintages of a county."""
+
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
+from pydantic import Field
+
+from aerial_assets.defs.assets._io import metadata_table, read_json, run_per_county, write_json
+from aerial_assets.defs.partitions import county_partitions
+from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
+from aerial_assets.errors import CountyError
+from aerial_assets.imagery.counties import earlier_vintages
+from aerial_assets.imagery.rasters import MapGrid, write_class_geotiff
+from aerial_assets.maps.map_cells import frames_of, grid_of, paint, with_cells
+from aerial_assets.maps.rendering import (
+    change_png,
+    class_colours,
+    hex_to_rgb,
+    is_geographic_crs,
+    map_png,
+    markdown_image,
+)
+from aerial_assets.maps.spatial import plurality_smooth
+from aerial_assets.maps.stac import raster_item, write_item
+from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
+from aerial_assets.storage.core import Storage, join, storage_for
+
+NODATA = 255
+UNCHANGED = 254
+
+
+class LandUseMapConfig(Config):
+    """``smoothing``: a 3 x 3 plurality vote over neighbouring tiles (centre weighted), off by default (the
+    interactive map always shows each tile's own prediction and probabilities). ``interactive_max_tiles``: the
+    largest county drawn as an interactive HTML map (the page holds every tile: ~80 bytes each with six
+    classes)."""
+
+    smoothing: bool = False
+    interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
+
+
+LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
+
+
+def _scored(spark: SparkResource, store: Storage, folder: str, extra: tuple[str, ...] = ()):
+    """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
+    path = store.spark_path(join(folder, "predictions.parquet"))
+    return (spark.session.read.parquet(path).filter("status = 'ok'")
+            .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
+
+
+def _html_map(tmp_store: Storage, uri: str, final_uri: str, frames, layer: MapLayer, n_tiles: int,
+              max_tiles: int):
+    """Write the interactive map unless the county has more than ``max_tiles`` tiles. The metadata entry: the
+    page's path (``final_uri``, where the commit puts it), or why there is none."""
+    if n_tiles > max_tiles:
+        return (f"not written: {n_tiles} tiles is more than interactive_max_tiles={max_tiles} (the page holds "
+                "every tile); raise it, or use the GeoTIFF")
+    html, _ = tiles_html(frames, layer, max_tiles)
+    tmp_store.write_text(uri, html)
+    return MetadataValue.path(final_uri)
+
+
+def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid, crs: str, colours,
+                   classes: list[str], description: str, extra: dict[int, str] | None = None) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        tif = os.path.join(scratch, "map.tif")
+        write_class_geotiff(tif, grid, grid_def, crs, colours, NODATA, classes, description, extra)
+        with open(tif, "rb") as handle:
+            store.write_bytes(uri, handle.read())
+
+
+@asset(
+    group_name="maps",
+    partitions_def=county_partitions,
+    deps=["county_predictions"],
+    backfill_policy=BackfillPolicy.single_run(),
+    kinds={"geotiff", "png"},
+)
+def county_land_use_map(
+    context: AssetExecutionContext, config: LandUseMapConfig, spark: SparkResource, storage: StorageResource
+):
+    """A county's predicted land use: a single-band Cloud-Optimized GeoTIFF of class ids (one pixel per tile, in
+    the county's CRS, with a colour table) and a PNG map with legend, title and scale bar; class shares in
+    metadata. Optional 3 x 3 plurality smoothing, with the number of tiles it changed."""
+    layout, store = storage.layout, storage.storage
+
+    def work(key: str) -> dict:
+        summary = read_json(store, layout.county_predictions(key), "summary.json")
+        classes, model_id = summary["classes"], summary["model_id"]
+        scored = _scored(spark, store, layout.county_predictions(key))
+        grid_def = grid_of(scored)
+        if grid_def is None:
+            raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
+        raw = paint(with_cells(scored, grid_def), grid_def, "predicted_index", NODATA)
+        grid = plurality_smooth(raw, len(classes), NODATA) if config.smoothing else raw
+        changed = int((grid != raw).sum())
+        colours = class_colours(classes)
+        title = f"Predicted land use: {key} (model {model_id}){', smoothed 3x3' if config.smoothing else ''}"
+        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, summary["crs"], NODATA)
+        counts = np.bincount(grid[grid != NODATA].ravel(), minlength=len(classes))
+        shares = pd.DataFrame({"class": classes, "tiles": counts.astype(int),
+                               "share_%": np.round(100 * counts / max(counts.sum(), 1), 1)})
+        out = layout.county_map(key)
+        with store.atomic_dir(out) as tmp:
+            tmp_store = storage_for(tmp)
+            _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, summary["crs"],
+                           [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
+            tmp_store.write_bytes(join(tmp, "land_use.png"), png)
+            probs = tuple(f"prob_{c}" for c in classes)
+            tiles = _scored(spark, store, layout.county_predictions(key), probs).withColumnRenamed(
+                "predicted_index", "value")
+            layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
+            html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
+                                   frames_of(tiles, [*LONLAT, "value", *probs]), layer, int(summary["n_tiles"]),
+                                   config.interactive_max_tiles)
+            write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.get("year"),
+                                   {"aerial:county": key, "aerial:model_id": model_id,
+                                    "aerial:smoothing": config.smoothing},
+                                   classes, overview_png=join(tmp, "land_use.png")),
+                       join(tmp, "land_use.stac.json"))
+            write_json(tmp_store, tmp, "summary.json", {
+                "county": key, "model_id": model_id, "crs": summary["crs"], "classes": classes,
+                "grid": [grid_def.rows, grid_def.cols], "cell_x": grid_def.cell_x, "cell_y": grid_def.cell_y,
+                **({"cell_m": grid_def.cell_x} if grid_def.square and not is_geographic_crs(summary["crs"]) else {}),
+                "counts": counts.tolist(),
+                "smoothing": config.smoothing, "tiles_changed_by_smoothing": changed,
+            })
+        context.log.info(f"map of {key}: {join(out, 'land_use.png')}")
+        return {
+            "map_png": MetadataValue.path(join(out, "land_use.png")),
+            "map_geotiff": MetadataValue.path(join(out, "land_use.tif")),
+            "stac_item": MetadataValue.path(join(out, "land_use.stac.json")),
+            "map_html": html_entry,
+            "map": MetadataValue.md(markdown_image(png, f"land use map of {key}")),
+            "class_shares": metadata_table(shares, 1),
+            "model_id": model_id,
+            "crs": summary["crs"],
+            "grid_rows": grid_def.rows,
+            "grid_cols": grid_def.cols,
+            "smoothing": config.smoothing,
+            "tiles_changed_by_smoothing": changed,
+        }
+
+    return run_per_county(context, work)
+
+
+class LandUseChangeConfig(Config):
+    """``baseline``: the partition key of the earlier vintage; empty = the latest earlier vintage registered."""
+
+    baseline: str = ""
+    interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
+
+
+@asset(
+    group_name="maps",
+    partitions_def=county_partitions,
+    deps=["county_predictions"],
+    kinds={"parquet", "geotiff", "png"},
+)
+def county_land_use_change(
+    context: AssetExecutionContext,
+    config: LandUseChangeConfig,
+    spark: SparkResource,
+    storage: StorageResource,
+    counties: CountyRegistryResource,
+):
+    """Land-use change of a county vintage (partition `area@year`) since an earlier vintage of the same area:
+    per-tile transitions (for example tiles that became Developed), the transition matrix, and a change map
+    (PNG and GeoTIFF: the new class where a tile changed, 254 where it did not)."""
+    layout, store = storage.layout, storage.storage
+    registry = counties.load(layout)
+
+    def work(key: str) -> dict:
+        county = counties.get(layout, key)
+        earlier = [c.key for c in earlier_vintages(registry, county)]
+        base = config.baseline and (config.baseline if "@" in config.baseline else f"{county.area_key}@{config.baseline}")
+        base = base or (earlier[-1] if earlier else "")
+        if not base:
+            raise CountyError(f"county {key} has no earlier vintage to compare with: register the area with "
+                              "'vintages:' (see README) or set the baseline config")
+        if not store.exists(join(layout.county_predictions(base), "summary.json")):
+            raise CountyError(f"baseline {base} of {key} has no predictions yet: materialize county_predictions[{base}]")
+        before_summary = read_json(store, layout.county_predictions(base), "summary.json")
+        after_summary = read_json(store, layout.county_predictions(key), "summary.json")
+        classes = after_summary["classes"]
+        if before_summary["classes"] != classes:
+            raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
+        before = _scored(spark, store, layout.county_predictions(base))
+        after = _scored(spark, store, layout.county_predictions(key))
+        # Tiles of two vintages are matched by position on one grid, not by id: rasters of different years
+        # rarely share an origin to the metre, so a tile matches the cell its corner falls nearest to.
+        grid_def = grid_of(before.unionByName(after))
+        if grid_def is None:
+            raise CountyError(f"{base} and {key} have no scored tile: check county_tiles (all nodata?)")
+        from pyspark.sql import functions as F
+
+        pairs = with_cells(after, grid_def).join(
+            with_cells(before, grid_def).select("r", "c", F.col("predicted_index").alias("predicted_index_before")),
+            ["r", "c"])
+        label_of = F.array(*[F.lit(c) for c in classes])
+        pairs = (pairs.withColumn("from_label", F.element_at(label_of, F.col("predicted_index_before") + 1))
+                      .withColumn("to_label", F.element_at(label_of, F.col("predicted_index") + 1))
+                      .withColumn("changed", F.col("predicted_index_before") != F.col("predicted_index"))
+                      .withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(UNCHANGED)))
+        counts = pairs.groupBy("predicted_index_before", "predicted_index").count().collect()
+        if not counts:
+            raise CountyError(f"{base} and {key} share no tile position: are they the same area and tile size?")
+        matrix = np.zeros((len(classes), len(classes)), np.int64)
+        for row in counts:
+            matrix[int(row["predicted_index_before"]), int(row["predicted_index"])] += int(row["count"])
+        n_pairs, n_changed = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
+        grid = paint(pairs, grid_def, "value", NODATA)
+        colours = class_colours(classes)
+        title = f"Land-use change {base} -> {key} ({n_changed} of {n_pairs} tiles changed)"
+        crs = after_summary["crs"]
+        png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA)
+        table = pd.DataFrame(matrix, index=[f"from {c}" for c in classes], columns=classes)
+        became = {c: int(matrix[:, i].sum() - matrix[i, i]) for i, c in enumerate(classes)}
+        out = layout.county_change(key)
+        with store.atomic_dir(out) as tmp:
+            tmp_store = storage_for(tmp)
+            # Written by the executors (a Parquet dataset folder): no per-tile row passes through the driver.
+            pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed").write.parquet(
+                tmp_store.spark_path(join(tmp, "transitions.parquet")))
+            tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
+            tmp_store.write_bytes(join(tmp, "change.png"), png)
+            changes = pairs.withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(-1))
+            layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,
+                             ("from_label", "to_label"), after_summary["model_id"], fill_label="unchanged")
+            html_entry = _html_map(tmp_store, join(tmp, "change.html"), join(out, "change.html"),
+                                   frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
+                                   config.interactive_max_tiles)
+            _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
+                           [hex_to_rgb(c) for c in colours], classes, f"land-use class gained since {base}",
+                           {UNCHANGED: "unchanged"})
+            write_json(tmp_store, tmp, "summary.json", {"county": key, "baseline": base, "classes": classes,
+                                                        "matrix": matrix.tolist(), "became": became})
+        return {
+            "baseline": base,
+            "tiles_compared": n_pairs,
+            "tiles_changed": n_changed,
+            **{f"became_{c}": n for c, n in became.items()},
+            "transition_matrix": metadata_table(table.reset_index(names="tiles")),
+            "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),
+            "transitions": MetadataValue.path(join(out, "transitions.parquet")),
+            "change_html": html_entry,
+        }
+
+    return run_per_county(context, work)

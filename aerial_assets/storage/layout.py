@@ -1,0 +1,83 @@
+"""The documented output layout under the data root (``AERIAL_DATA_ROOT``).
+
+Every asset partition owns exactly one folder, written atomically as a whole; downstream assets
+find their inputs here and nowhere else. README.md documents this tree; keep them in step.
+
+```
+<root>/raster_labeled_tiles/                tiles/<class>/<tile_id>.png, tiles.csv, summary.json (AERIAL_TRAINING_RASTERS)
+<root>/labeled_tiles/                       catalog.parquet, quarantine.csv, summary.json
+<root>/backbone_models/<backbone>/          model.onnx, backbone.json
+<root>/tile_features/<backbone>/            features.parquet/, quarantine.csv
+<root>/land_use_classifiers/<backbone>/<algorithm>/   pipeline_model/, classifier.json
+<root>/classifier_metrics/<backbone>/<algorithm>/     metrics.json, confusion.png
+<root>/model_leaderboard/                   leaderboard.csv
+<root>/champion_model/                      model.onnx, pipeline_model/, champion.json
+<root>/county_tiles/<county>/               tiles.parquet/, summary.json
+<root>/county_predictions/<county>/         predictions.parquet/ (GeoParquet), predictions.stac.json, summary.json
+<root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, summary.json
+<root>/county_map_agreement/<county>/       agreement.json, confusion_raw.png, confusion_smoothed.png
+<root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif, change.html
+<root>/demo/                                generated demo imagery (only when no data is configured)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aerial_assets.storage.core import join
+
+
+@dataclass(frozen=True)
+class Layout:
+    """URIs of every output under one data root."""
+
+    root: str
+
+    def labeled_tiles(self) -> str:
+        return join(self.root, "labeled_tiles")
+
+    def raster_labeled_tiles(self) -> str:
+        return join(self.root, "raster_labeled_tiles")
+
+    def backbone_model(self, backbone: str) -> str:
+        return join(self.root, "backbone_models", backbone)
+
+    def tile_features(self, backbone: str) -> str:
+        return join(self.root, "tile_features", backbone)
+
+    def classifier(self, backbone: str, algorithm: str) -> str:
+        return join(self.root, "land_use_classifiers", backbone, algorithm)
+
+    def classifier_metrics(self, backbone: str, algorithm: str) -> str:
+        return join(self.root, "classifier_metrics", backbone, algorithm)
+
+    def leaderboard(self) -> str:
+        return join(self.root, "model_leaderboard")
+
+    def champion(self) -> str:
+        return join(self.root, "champion_model")
+
+    def county_tiles(self, county: str) -> str:
+        return join(self.root, "county_tiles", county)
+
+    def county_predictions(self, county: str) -> str:
+        return join(self.root, "county_predictions", county)
+
+    def county_map(self, county: str) -> str:
+        return join(self.root, "county_land_use_map", county)
+
+    def county_agreement(self, county: str) -> str:
+        return join(self.root, "county_map_agreement", county)
+
+    def county_change(self, county: str) -> str:
+        return join(self.root, "county_land_use_change", county)
+
+    def demo(self) -> str:
+        return join(self.root, "demo")
+
+    def demo_training_tiles(self) -> str:
+        return join(self.root, "demo", "training_tiles")
+
+    def demo_counties(self) -> str:
+        return join(self.root, "demo", "counties")

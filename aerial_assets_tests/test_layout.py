@@ -1,0 +1,57 @@
+"""The package layout that keeps the architecture visible: Dagster only in ``aerial_assets.defs``."""
+
+import ast
+from pathlib import Path
+
+import aerial_assets
+
+PACKAGE = Path(aerial_assets.__file__).resolve().parent
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_nothing_outside_defs_imports_dagster():
+    outside = [p for p in PACKAGE.rglob("*.py") if PACKAGE / "defs" not in p.parents]
+    assert len(outside) > 30  # the walk really saw the logic modules
+    offenders = sorted(str(p.relative_to(PACKAGE)) for p in outside
+                       if {"dagster", "dagster_pyspark", "dagster_azure"} & _imported_roots(p))
+    assert offenders == []
+
+
+def test_every_asset_module_imports_dagster_only_from_defs():
+    """The reverse holds too: the assets live in ``defs/assets``, one module per group."""
+    groups = sorted(p.stem for p in (PACKAGE / "defs" / "assets").glob("*.py") if not p.stem.startswith("_"))
+    assert groups == ["agreement", "backbones", "features", "maps", "raster_labels", "scoring", "tiles", "training"]
+    assert all("dagster" in _imported_roots(PACKAGE / "defs" / "assets" / f"{g}.py") for g in groups)
+
+
+def test_no_top_level_module_besides_errors_and_records():
+    """Everything else sits in a subpackage named for its concern."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert set(top) <= {"__init__.py", "errors.py", "records.py"}
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == {
+        "backbones", "defs", "imagery", "maps", "spark", "storage", "training"}
+
+
+def test_a_dagster_home_from_before_the_move_is_pointed_at_the_new_modules(tmp_path):
+    from aerial_assets.defs import run_guard
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("run_launcher:\n  module: aerial_assets.run_guard\n  class: AerialRunLauncher\n"
+                                       "compute_logs:\n  module: aerial_assets.compute_logs\n")
+    run_guard.install_instance_yaml(str(home))
+    text = (home / "dagster.yaml").read_text()
+    assert "module: aerial_assets.defs.run_guard\n" in text
+    assert "module: aerial_assets.defs.compute_logs\n" in text
+    run_guard.install_instance_yaml(str(home))  # idempotent
+    assert (home / "dagster.yaml").read_text() == text
+    assert hasattr(run_guard, "AerialRunLauncher")  # the class the yaml names, at its new module
