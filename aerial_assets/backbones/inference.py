@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+
+from aerial_assets.records import VIEW_COUNTS, TileStatus
 
 _SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
 _LOCK = threading.Lock()
@@ -66,10 +69,6 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-
-VIEW_COUNTS = (1, 4, 8)
-
-
 def dihedral_views(images: np.ndarray, views: int) -> np.ndarray:
     """``[N, S, S, C]`` -> ``[views, N, S, S, C]``: the tiles under the symmetries of the square.
 
@@ -94,3 +93,48 @@ def run_view_features(session: ort.InferenceSession, images: np.ndarray, views: 
     if views == 1:
         return run_features(session, images)[None]
     return np.stack([run_features(session, view) for view in dihedral_views(images, views)])
+
+
+@dataclass
+class FeaturizedBatch:
+    """One batch of tile rows after decoding and inference: which rows decoded (``status`` and ``reason`` of
+    each, in row order) and the features of those that did."""
+
+    rows: list
+    status: list[str]
+    reason: list[str]
+    per_view: np.ndarray | None  # [views, n decoded, D]
+
+    def features(self) -> list[np.ndarray | None]:
+        """Each row's features averaged over the views; None for a row that did not decode."""
+        means = iter(self.per_view.mean(axis=0) if self.per_view is not None else [])
+        return [next(means) if s == TileStatus.OK else None for s in self.status]
+
+    def view_features(self) -> list[np.ndarray | None]:
+        """Each row's features of every view, view after view (``views * D``); None when one view or no decode."""
+        if self.per_view is None or len(self.per_view) == 1:
+            return [None] * len(self.rows)
+        flat = iter(self.per_view.transpose(1, 0, 2).reshape(self.per_view.shape[1], -1))
+        return [next(flat) if s == TileStatus.OK else None for s in self.status]
+
+
+def featurize_rows(rows: Iterable, session: ort.InferenceSession, batch_size: int, views: int,
+                   load: Callable[[object, int], np.ndarray], errors: tuple[type[BaseException], ...],
+                   reason_prefix: str = "") -> Iterator[FeaturizedBatch]:
+    """The one decode/quarantine loop of every featurizer: ``load(row, input size)`` each row's pixels; a row
+    whose ``load`` raises one of ``errors`` is quarantined with the error as its reason (one bad file never
+    fails the task); the rest go through the graph in batches of ``batch_size``."""
+    size = input_size(session)
+    for batch in batched(rows, batch_size):
+        images, status, reason = [], [], []
+        for row in batch:
+            try:
+                images.append(load(row, size))
+            except errors as exc:
+                status.append(TileStatus.QUARANTINED.value)
+                reason.append(f"{reason_prefix}{exc}" if reason_prefix else (str(exc) or type(exc).__name__))
+            else:
+                status.append(TileStatus.OK.value)
+                reason.append("")
+        per_view = run_view_features(session, np.stack(images), views) if images else None
+        yield FeaturizedBatch(batch, status, reason, per_view)

@@ -20,13 +20,14 @@ import pandas as pd
 
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.imagery.decode import IMAGE_EXTENSIONS
+from aerial_assets.records import INSPECTION, TileStatus
 from aerial_assets.storage.core import FileEntry, is_local, local_path
 
 SPLITS = ("train", "validation", "test")
 CATALOG_COLUMNS = [
     "tile_id", "uri", "label", "split", "bytes", "width", "height", "mode", "status", "reason", "notes", "sha256",
 ]
-OK, QUARANTINED = "ok", "quarantined"
+
 EXCLUDED = "excluded"  # a training tile left out by sample_frac: kept in the catalog, not featurized
 
 
@@ -129,7 +130,7 @@ def list_tiles(entries: Iterable[FileEntry], split_layout: bool, root: str = "",
                 "width": 0,
                 "height": 0,
                 "mode": "",
-                "status": QUARANTINED if reason else OK,
+                "status": (TileStatus.QUARANTINED if reason else TileStatus.OK).value,
                 "reason": reason,
                 "notes": "",
                 "sha256": "",
@@ -143,7 +144,7 @@ def check_class_folders(class_dirs: dict[str, list[str]], files: pd.DataFrame) -
 
     A folder that was itself listed as a quarantined entry (a folder link looping back above itself) is
     not a class folder: it is reported in the quarantine, not as an empty class."""
-    listed_as_entry = set(files.loc[files["status"] == QUARANTINED, "tile_id"].str.lower())
+    listed_as_entry = set(files.loc[files["status"] == TileStatus.QUARANTINED, "tile_id"].str.lower())
     for split, dirs in class_dirs.items():
         where = f"{split}/" if split else ""
         for name in dirs:
@@ -154,7 +155,7 @@ def check_class_folders(class_dirs: dict[str, list[str]], files: pd.DataFrame) -
                 raise TrainingDataError(
                     f"class folder {where}{name}/ is empty: put its images in it or delete the folder"
                 )
-    labels = sorted(set(files.loc[files["status"] == OK, "label"]))
+    labels = sorted(set(files.loc[files["status"] == TileStatus.OK, "label"]))
     if len(labels) < 2:
         raise TrainingDataError(
             f"found {len(labels)} class(es) with usable images ({', '.join(labels) or 'none'}); a classifier "
@@ -215,7 +216,7 @@ def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validati
     """
     settings.check()
     out = catalog.copy()
-    ok = out["status"] == OK
+    ok = out["status"] == TileStatus.OK
     out["_rank"] = _copy_ranks(out, ok, settings.seed)
     preset = ok & out["split"].isin(["train", "test", "validation"])
     if not preset.any():
@@ -251,7 +252,7 @@ def check_class_names(catalog: pd.DataFrame) -> None:
     county scoring would then fail at the very end with COLUMN_ALREADY_EXISTS. Checked on the final labels
     (after the label map), so mapping both folders onto one class is a valid fix.
     """
-    labels = pd.Series(sorted(set(catalog.loc[catalog["status"] == OK, "label"])), dtype=object)
+    labels = pd.Series(sorted(set(catalog.loc[catalog["status"] == TileStatus.OK, "label"])), dtype=object)
     clashes = [sorted(group) for _, group in labels.groupby(labels.str.casefold()) if len(group) > 1]
     if clashes:
         names = "; ".join(" and ".join(f"{c}/" for c in group) for group in clashes)
@@ -263,7 +264,7 @@ def check_class_names(catalog: pd.DataFrame) -> None:
 
 def check_splits(catalog: pd.DataFrame) -> None:
     """Every class must be trained on and tested: say which class is missing where."""
-    ok = catalog[catalog["status"] == OK]
+    ok = catalog[catalog["status"] == TileStatus.OK]
     train_labels = set(ok.loc[ok["split"] == "train", "label"])
     test_labels = set(ok.loc[ok["split"] == "test", "label"])
     all_labels = set(ok["label"])
@@ -280,14 +281,14 @@ def check_splits(catalog: pd.DataFrame) -> None:
 
 def counts_table(catalog: pd.DataFrame) -> str:
     """Markdown table of usable tiles per class and split (quarantined ones in their own column)."""
-    ok = catalog[catalog["status"] == OK]
+    ok = catalog[catalog["status"] == TileStatus.OK]
     table = pd.crosstab(ok["label"], ok["split"]) if len(ok) else pd.DataFrame()
     for split in (*SPLITS, EXCLUDED):
         if split not in table.columns and (split != EXCLUDED):
             table[split] = 0
     cols = [c for c in (*SPLITS, EXCLUDED) if c in table.columns]
     table = table[cols]
-    bad = catalog[catalog["status"] != OK].groupby("label").size()
+    bad = catalog[catalog["status"] != TileStatus.OK].groupby("label").size()
     table["quarantined"] = bad.reindex(table.index).fillna(0).astype(int)
     table.loc["**total**"] = table.sum()
     header = "| class | " + " | ".join(table.columns) + " |"
@@ -298,9 +299,8 @@ def counts_table(catalog: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-INSPECT_COLUMNS = ["tile_id", "width", "height", "mode", "status", "reason", "notes", "sha256"]
-INSPECT_SCHEMA = ("tile_id string, width int, height int, mode string, status string, reason string, notes string, "
-                  "sha256 string")
+INSPECT_COLUMNS = INSPECTION.names
+INSPECT_SCHEMA = INSPECTION.ddl
 
 
 def inspect_frames(expected_size: int):
@@ -322,11 +322,11 @@ def inspect_frames(expected_size: int):
                     data = storage_for(uri).read_bytes(uri)
                     digest = hashlib.sha256(data).hexdigest()
                     info = inspect(data, expected_size)
-                    rows.append((tile_id, info.width, info.height, info.mode, OK, "", "; ".join(info.notes), digest))
+                    rows.append((tile_id, info.width, info.height, info.mode, TileStatus.OK.value, "", "; ".join(info.notes), digest))
                 except (ImageDecodeError, OSError, StorageError) as exc:
                     if isinstance(exc, StorageError) and not is_local(uri):
                         raise  # remote: credentials or a network fault, which must fail loudly, not quarantine all
-                    rows.append((tile_id, 0, 0, "", QUARANTINED, str(exc) or type(exc).__name__, "", digest))
+                    rows.append((tile_id, 0, 0, "", TileStatus.QUARANTINED.value, str(exc) or type(exc).__name__, "", digest))
             yield pd.DataFrame(rows, columns=INSPECT_COLUMNS)
 
     return run
@@ -345,7 +345,7 @@ def merge_inspection(listed: pd.DataFrame, inspected: pd.DataFrame) -> pd.DataFr
 
 def conversion_counts(catalog: pd.DataFrame) -> dict[str, int]:
     """How many usable tiles needed resizing, a mode change or a dtype scaling."""
-    notes = catalog.loc[catalog["status"] == OK, "notes"].fillna("")
+    notes = catalog.loc[catalog["status"] == TileStatus.OK, "notes"].fillna("")
     return {
         "resized": int(notes.str.contains("resized").sum()),
         "mode_converted": int(notes.str.contains(r"to RGB|first 3 kept|scaled to uint8", regex=True).sum()),
@@ -391,7 +391,7 @@ def find_duplicates(catalog: pd.DataFrame) -> Duplicates:
     ones included, since a label conflict is wrong wherever it sits. A catalog without hashes (written
     before they existed) has no duplicates to show: the checks say so and ask for a re-materialization.
     """
-    hashed = catalog[(catalog["status"] == OK) & catalog.get("sha256", pd.Series("", index=catalog.index))
+    hashed = catalog[(catalog["status"] == TileStatus.OK) & catalog.get("sha256", pd.Series("", index=catalog.index))
                      .fillna("").astype(bool)]
     used = hashed[hashed["split"].isin(SPLITS)].sort_values("tile_id")
     order = {split: i for i, split in enumerate(SPLITS)}

@@ -21,8 +21,7 @@ import pandas as pd
 import yaml
 
 from aerial_assets.errors import ConfigurationError
-
-UNMAPPED, IGNORED = "unmapped", "ignored"
+from aerial_assets.records import ClassMapping, LabelMapReport, TileStatus
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def parse_label_map(text: str, uri: str = "") -> LabelMap:
     return LabelMap(mapping=mapping, ignored=ignored, source=uri)
 
 
-def apply_label_map(catalog: pd.DataFrame, label_map: LabelMap, ok: str = "ok") -> tuple[pd.DataFrame, dict]:
+def apply_label_map(catalog: pd.DataFrame, label_map: LabelMap) -> tuple[pd.DataFrame, LabelMapReport]:
     """Relabel usable tiles; keep the folder name in ``source_label``. Returns (catalog, report).
 
     The report lists, per source class, its target (or ``unmapped`` / ``ignored``) and tile count, and
@@ -69,29 +68,26 @@ def apply_label_map(catalog: pd.DataFrame, label_map: LabelMap, ok: str = "ok") 
     """
     out = catalog.copy()
     out["source_label"] = out["label"]
-    usable = out["status"] == ok
+    usable = out["status"] == TileStatus.OK
     target = out["label"].map(label_map.mapping)
     ignored = usable & out["label"].isin(label_map.ignored)
     unmapped = usable & target.isna() & ~ignored
     out.loc[usable & target.notna(), "label"] = target[usable & target.notna()]
-    out.loc[ignored, "status"] = IGNORED
+    out.loc[ignored, "status"] = TileStatus.IGNORED.value
     out.loc[ignored, "reason"] = f"class ignored by the label map {label_map.source}".strip()
-    out.loc[unmapped, "status"] = UNMAPPED
+    out.loc[unmapped, "status"] = TileStatus.UNMAPPED.value
     out.loc[unmapped, "reason"] = out.loc[unmapped, "label"].map(
         lambda c: f"class {c!r} is not in the label map {label_map.source}: map it or list it under ignore:")
-    present = set(catalog.loc[catalog["status"] == ok, "label"])
-    counts = catalog.loc[catalog["status"] == ok, "label"].value_counts().to_dict()
-    classes = {
-        src: {"target": label_map.mapping.get(src, IGNORED if src in label_map.ignored else UNMAPPED),
-              "tiles": int(counts.get(src, 0))}
-        for src in sorted(present)
-    }
-    report = {
-        "classes": classes,
-        "unmapped": sorted(c for c, v in classes.items() if v["target"] == UNMAPPED),
-        "ignored": sorted(c for c, v in classes.items() if v["target"] == IGNORED),
-        "not_found": sorted((set(label_map.mapping) | set(label_map.ignored)) - present),
-        "n_unmapped_tiles": int(unmapped.sum()),
-        "n_ignored_tiles": int(ignored.sum()),
-    }
+    present = set(catalog.loc[catalog["status"] == TileStatus.OK, "label"])
+    counts = catalog.loc[catalog["status"] == TileStatus.OK, "label"].value_counts().to_dict()
+    fallback = {src: TileStatus.IGNORED if src in label_map.ignored else TileStatus.UNMAPPED for src in present}
+    classes = {src: ClassMapping(target=label_map.mapping.get(src, fallback[src]), tiles=int(counts.get(src, 0)))
+               for src in sorted(present)}
+    report = LabelMapReport(
+        label_map=label_map.source or None, classes=classes,
+        unmapped=sorted(c for c, v in classes.items() if v.target == TileStatus.UNMAPPED),
+        ignored=sorted(c for c, v in classes.items() if v.target == TileStatus.IGNORED),
+        not_found=sorted((set(label_map.mapping) | set(label_map.ignored)) - present),
+        n_unmapped_tiles=int(unmapped.sum()), n_ignored_tiles=int(ignored.sum()),
+    )
     return out, report

@@ -15,13 +15,10 @@ import numpy as np
 
 from aerial_assets.errors import CountyError
 from aerial_assets.imagery.decode import to_uint8, value_range
+from aerial_assets.records import TILES
 from aerial_assets.storage.core import raster_opener
 
-TILE_COLUMNS = [
-    "tile_id", "raster_uri", "raster_index", "row", "col", "col_off", "row_off", "width_px", "height_px",
-    "left", "bottom", "right", "top", "lon", "lat", "min_lon", "min_lat", "max_lon", "max_lat",
-    "nodata_fraction", "status", "reason",
-]
+TILE_COLUMNS = TILES.names
 
 
 @dataclass(frozen=True)

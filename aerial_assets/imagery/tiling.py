@@ -11,25 +11,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from aerial_assets.backbones.inference import batched, get_session, input_size, run_view_features
-from aerial_assets.errors import StorageError
-from aerial_assets.imagery.decode import ImageDecodeError, load_tile
-from aerial_assets.imagery.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, read_tile, tile_windows
-from aerial_assets.storage.core import raster_opener, storage_for
+from aerial_assets.imagery.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, tile_windows
+from aerial_assets.records import TILES, TileStatus
+from aerial_assets.storage.core import raster_opener
 
-TILE_SCHEMA = (
-    "tile_id string, raster_uri string, raster_index int, row int, col int, col_off int, row_off int, "
-    "width_px int, height_px int, left double, bottom double, right double, top double, lon double, lat double, "
-    "min_lon double, min_lat double, max_lon double, max_lat double, nodata_fraction double, status string, "
-    "reason string"
-)
-PASSTHROUGH = ["tile_id", "raster_index", "row", "col", "left", "bottom", "right", "top", "lon", "lat",
-               "min_lon", "min_lat", "max_lon", "max_lat"]
-WINDOW_FEATURE_SCHEMA = (
-    "tile_id string, raster_index int, row int, col int, left double, bottom double, right double, top double, "
-    "lon double, lat double, min_lon double, min_lat double, max_lon double, max_lat double, "
-    "features array<float>, status string, reason string"
-)
+TILE_SCHEMA = TILES.ddl
 
 
 def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
@@ -48,72 +34,17 @@ def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
                     try:
                         frac = nodata_fraction(ds, int(col_off), int(row_off), int(size))
                         fractions.append(frac)
-                        status.append("nodata" if frac > max_nodata else "ok")
+                        status.append(TileStatus.NODATA.value if frac > max_nodata else TileStatus.OK.value)
                         reason.append(f"{100 * frac:.0f} % nodata" if frac > max_nodata else "")
                     except rasterio.errors.RasterioError as exc:
                         fractions.append(float("nan"))
-                        status.append("quarantined")
+                        status.append(TileStatus.QUARANTINED.value)
                         reason.append(f"unreadable window: {exc}")
                 out = pd.DataFrame(cols)
                 out["nodata_fraction"] = fractions
                 out["status"] = status
                 out["reason"] = reason
                 yield out[TILE_COLUMNS]
-
-    return run
-
-
-def window_featurizer(
-    model_uri: str, threads: int, batch_size: int, views: int = 1
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """``mapInPandas`` over county tiles: read each window (resampled to the backbone's input) and featurize.
-
-    ``views`` must match the champion's training features (mean over that many rotations/flips).
-    """
-
-    def read(uri: str) -> bytes:
-        return storage_for(uri).read_bytes(uri)
-
-    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import rasterio
-
-        session = get_session(model_uri, threads, read)
-        size = input_size(session)
-        open_sets: dict[str, object] = {}
-        try:
-            for frame in frames:
-                frame = frame.sort_values(["raster_uri", "row_off", "col_off"])
-                for rows in batched(frame.itertuples(index=False), batch_size):
-                    images, good, status, reason = [], [], [], []
-                    for row in rows:
-                        try:
-                            if row.raster_index < 0:  # a ready-made tile file, not a raster window
-                                images.append(load_tile(read(row.raster_uri), size))
-                                good.append(True)
-                                status.append("ok")
-                                reason.append("")
-                                continue
-                            if row.raster_uri not in open_sets:
-                                open_sets[row.raster_uri] = rasterio.open(row.raster_uri, opener=raster_opener(row.raster_uri))
-                            ds = open_sets[row.raster_uri]
-                            scale = (row.scale_lo, row.scale_hi)
-                            images.append(read_tile(ds, row.col_off, row.row_off, row.width_px, size, scale))
-                            good.append(True)
-                            status.append("ok")
-                            reason.append("")
-                        except (rasterio.errors.RasterioError, ImageDecodeError, StorageError, OSError) as exc:
-                            good.append(False)
-                            status.append("quarantined")
-                            reason.append(f"unreadable tile: {exc}")
-                    feats = iter(run_view_features(session, np.stack(images), views).mean(axis=0) if images else [])
-                    out = pd.DataFrame({col: [getattr(r, col) for r in rows] for col in PASSTHROUGH})
-                    out["features"] = [next(feats) if ok else None for ok in good]
-                    out["status"] = status
-                    out["reason"] = reason
-                    yield out
-        finally:
-            for ds in open_sets.values():
-                ds.close()
 
     return run
 
@@ -143,5 +74,5 @@ def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) ->
         "left": left, "bottom": bottom, "right": right, "top": top,
         "lon": lons[0], "lat": lats[0], "min_lon": lons[1:].min(axis=0), "min_lat": lats[1:].min(axis=0),
         "max_lon": lons[1:].max(axis=0), "max_lat": lats[1:].max(axis=0),
-        "nodata_fraction": np.zeros(n), "status": ["ok"] * n, "reason": [""] * n,
+        "nodata_fraction": np.zeros(n), "status": [TileStatus.OK.value] * n, "reason": [""] * n,
     })[TILE_COLUMNS]

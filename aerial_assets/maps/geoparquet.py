@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aerial_assets.records import TileStatus
+
 GEOPARQUET_VERSION = "1.1.0"
 
 
@@ -115,9 +117,9 @@ def part_writer(folder: str, crs: str, arrow_schema: pa.Schema) -> Callable[[Ite
             pq.write_table(table, buf, compression="snappy")
             storage_for(folder).write_bytes(join(folder, name), buf.getvalue())
         status = table.column("status").to_numpy(zero_copy_only=False)
-        labels = table.column("predicted_label").to_numpy(zero_copy_only=False)[status == "ok"]
+        labels = table.column("predicted_label").to_numpy(zero_copy_only=False)[status == TileStatus.OK.value]
         names, counts = np.unique(labels.astype(str), return_counts=True)
-        yield pd.DataFrame([{"file": name, "rows": table.num_rows, "n_ok": int((status == "ok").sum()),
+        yield pd.DataFrame([{"file": name, "rows": table.num_rows, "n_ok": int((status == TileStatus.OK.value).sum()),
                              "counts": json.dumps({str(k): int(v) for k, v in zip(names, counts, strict=True)}),
                              "min_x": bbox[0], "min_y": bbox[1], "max_x": bbox[2], "max_y": bbox[3]}])
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
+from aerial_assets.records import TileStatus
 from aerial_assets.storage.core import join, storage_for
 
 PROBABILITY_TOLERANCE = 1e-4
@@ -84,7 +85,7 @@ def inspect_predictions(folder: str, expected_crs: str) -> PredictionsReport:
         probs = [c for c in schema.names if c.startswith("prob_")]
         table = handle.read(columns=["tile_id", "status", *probs])
         status = table.column("status").to_numpy(zero_copy_only=False)
-        ok = status == "ok"
+        ok = status == TileStatus.OK.value
         report.rows += table.num_rows
         report.scored += int(ok.sum())
         report.quarantined += int((~ok).sum())

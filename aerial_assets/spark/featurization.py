@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from aerial_assets.backbones.inference import batched, get_session, input_size, run_view_features
+from aerial_assets.backbones.inference import featurize_rows, get_session
 from aerial_assets.errors import StorageError
 from aerial_assets.imagery.decode import ImageDecodeError, load_tile
-from aerial_assets.storage.core import storage_for
+from aerial_assets.imagery.rasters import read_tile
+from aerial_assets.records import FEATURES, PASSTHROUGH, WINDOW_FEATURES, TileStatus
+from aerial_assets.storage.core import raster_opener, storage_for
 
-FEATURE_SCHEMA = (
-    "tile_id string, label string, split string, features array<float>, view_features array<float>, "
-    "status string, reason string"
-)
+FEATURE_SCHEMA = FEATURES.ddl
+WINDOW_FEATURE_SCHEMA = WINDOW_FEATURES.ddl
 
 
 # Rows per frame handed back to Spark. Every frame is one Arrow round trip: with one frame per inference batch
@@ -55,41 +55,69 @@ def file_featurizer(
     (``views * D`` floats), for train-time augmentation and for choosing fewer views later.
     """
 
+    def load(row, size: int) -> np.ndarray:
+        return load_tile(_read(row.uri), size)
+
     def featurize(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield from coalesce_frames(per_batch(frames), _ROWS_PER_OUTPUT)
 
     def per_batch(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         session = get_session(model_uri, threads, _read)
-        size = input_size(session)
         for frame in frames:
-            for rows in batched(frame.itertuples(index=False), batch_size):
-                images, good, status, reason = [], [], [], []
-                for row in rows:
-                    try:
-                        images.append(load_tile(_read(row.uri), size))
-                        good.append(True)
-                        status.append("ok")
-                        reason.append("")
-                    except (ImageDecodeError, StorageError, OSError) as exc:  # one bad file: quarantined
-                        good.append(False)
-                        status.append("quarantined")
-                        reason.append(str(exc) or type(exc).__name__)
-                per_view = run_view_features(session, np.stack(images), views) if images else None
-                it = iter(per_view.mean(axis=0) if per_view is not None else [])
-                flat = iter(per_view.transpose(1, 0, 2).reshape(len(images), -1) if views > 1 and images else [])
-                yield pd.DataFrame(
-                    {
-                        "tile_id": [r.tile_id for r in rows],
-                        "label": [r.label for r in rows],
-                        "split": [r.split for r in rows],
-                        "features": [next(it) if ok else None for ok in good],
-                        "view_features": [next(flat) if ok and views > 1 else None for ok in good],
-                        "status": status,
-                        "reason": reason,
-                    }
-                )
+            for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, load,
+                                        (ImageDecodeError, StorageError, OSError)):
+                yield pd.DataFrame({
+                    "tile_id": [r.tile_id for r in batch.rows],
+                    "label": [r.label for r in batch.rows],
+                    "split": [r.split for r in batch.rows],
+                    "features": batch.features(),
+                    "view_features": batch.view_features(),
+                    "status": batch.status,
+                    "reason": batch.reason,
+                })
 
     return featurize
+
+
+def window_featurizer(
+    model_uri: str, threads: int, batch_size: int, views: int = 1
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``mapInPandas`` over county tiles: read each window (resampled to the backbone's input) and featurize.
+
+    ``views``: the features are the mean over that many rotations/flips (the champion's training views by
+    default). Each raster is opened once per task and read window by window, in raster order.
+    """
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import rasterio
+
+        session = get_session(model_uri, threads, _read)
+        open_sets: dict[str, object] = {}
+
+        def load(row, size: int) -> np.ndarray:
+            if row.raster_index < 0:  # a ready-made tile file, not a raster window
+                return load_tile(_read(row.raster_uri), size)
+            if row.raster_uri not in open_sets:
+                open_sets[row.raster_uri] = rasterio.open(row.raster_uri, opener=raster_opener(row.raster_uri))
+            return read_tile(open_sets[row.raster_uri], row.col_off, row.row_off, row.width_px, size,
+                             (row.scale_lo, row.scale_hi))
+
+        errors = (rasterio.errors.RasterioError, ImageDecodeError, StorageError, OSError)
+        try:
+            for frame in frames:
+                frame = frame.sort_values(["raster_uri", "row_off", "col_off"])
+                for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, load, errors,
+                                            reason_prefix="unreadable tile: "):
+                    out = pd.DataFrame({col: [getattr(r, col) for r in batch.rows] for col in PASSTHROUGH})
+                    out["features"] = batch.features()
+                    out["status"] = batch.status
+                    out["reason"] = batch.reason
+                    yield out
+        finally:
+            for ds in open_sets.values():
+                ds.close()
+
+    return run
 
 
 def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -105,7 +133,7 @@ def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFra
             ok = np.ones(len(frame), bool)
             reasons = [""] * len(frame)
             for i in range(n_parts):
-                bad = (frame[f"s{i}"] != "ok").to_numpy()
+                bad = (frame[f"s{i}"] != TileStatus.OK).to_numpy()
                 for j in np.flatnonzero(bad & ok):
                     reasons[j] = str(frame[f"r{i}"].iloc[j])
                 ok &= ~bad
@@ -124,7 +152,7 @@ def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFra
             yield pd.DataFrame({
                 "tile_id": frame["tile_id"], "label": frame["label"], "split": frame["split"],
                 "features": feats, "view_features": view_feats,
-                "status": np.where(ok, "ok", "quarantined"), "reason": reasons,
+                "status": np.where(ok, TileStatus.OK.value, TileStatus.QUARANTINED.value), "reason": reasons,
             })
 
     return concat

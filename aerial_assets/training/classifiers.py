@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from aerial_assets.errors import ConfigurationError
+from aerial_assets.records import TRAINING
 from aerial_assets.training.metrics import ClassificationReport, confusion_matrix, report
 
 ALGORITHMS = ("logistic_regression", "random_forest", "mlp")
 SEARCHES = ("none", "train_validation_split", "cross_validation")
 AUGMENTATIONS = ("average", "augment")
 FEATURES_COL, LABEL_COL = "features_vec", "label_idx"
-TRAINING_SCHEMA = "tile_id string, label string, split string, features array<float>"
+TRAINING_SCHEMA = TRAINING.ddl
 
 
 def check_algorithm(name: str) -> str:

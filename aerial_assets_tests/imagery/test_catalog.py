@@ -4,8 +4,6 @@ import pytest
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.imagery.catalog import (
     EXCLUDED,
-    OK,
-    QUARANTINED,
     SplitSettings,
     assign_splits,
     check_splits,
@@ -13,6 +11,7 @@ from aerial_assets.imagery.catalog import (
     find_duplicates,
     list_tiles,
 )
+from aerial_assets.records import TileStatus
 from aerial_assets.storage.core import FileEntry
 
 
@@ -98,6 +97,6 @@ def test_stray_files_are_quarantined_with_reason():
     assert table.loc["A/notes.txt", "reason"].startswith("not an image file")
     assert table.loc["A/deep/x.png", "reason"].startswith("nested deeper")
     assert table.loc["A/empty.png", "reason"] == "empty file"
-    assert table.loc["A/good.png", "status"] == OK
-    assert (table["status"] == QUARANTINED).sum() == 4
+    assert table.loc["A/good.png", "status"] == TileStatus.OK
+    assert (table["status"] == TileStatus.QUARANTINED).sum() == 4
     assert isinstance(table, pd.DataFrame)

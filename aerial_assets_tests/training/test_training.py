@@ -6,7 +6,8 @@ import pytest
 
 from aerial_assets.backbones.inference import dihedral_views
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.imagery.label_map import IGNORED, UNMAPPED, apply_label_map, parse_label_map
+from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
+from aerial_assets.records import TileStatus
 from aerial_assets.training.classifiers import ClassifierParams, view_selector
 
 MAP = """
@@ -27,12 +28,12 @@ def test_label_map_relabels_and_reports_unmapped_classes():
     out, report = apply_label_map(_catalog(), parse_label_map(MAP, "map.yaml"))
     assert out["label"].tolist()[:3] == ["Developed", "Developed", "Water"]
     assert out["source_label"].tolist()[:3] == ["Commercial", "Industrial", "River"]
-    assert out.loc[3, "status"] == IGNORED
-    assert out.loc[4, "status"] == UNMAPPED and "'Desert' is not in the label map map.yaml" in out.loc[4, "reason"]
+    assert out.loc[3, "status"] == TileStatus.IGNORED
+    assert out.loc[4, "status"] == TileStatus.UNMAPPED and "'Desert' is not in the label map map.yaml" in out.loc[4, "reason"]
     assert out.loc[5, "status"] == "quarantined"  # quarantine is kept, not relabelled into training
-    assert report["unmapped"] == ["Desert"] and report["ignored"] == ["Airport"]
-    assert report["n_unmapped_tiles"] == 1
-    assert report["classes"]["River"] == {"target": "Water", "tiles": 1}
+    assert report.unmapped == ["Desert"] and report.ignored == ["Airport"]
+    assert report.n_unmapped_tiles == 1
+    assert report.classes["River"].model_dump() == {"target": "Water", "tiles": 1}
     assert len(out) == len(_catalog())  # nothing dropped
 
 
@@ -47,7 +48,7 @@ def test_label_map_errors_name_the_problem():
 
 def test_map_classes_without_folder_are_reported():
     _, report = apply_label_map(_catalog(), parse_label_map("classes: {Developed: [Commercial, Comercial]}"))
-    assert report["not_found"] == ["Comercial"]
+    assert report.not_found == ["Comercial"]
 
 
 def test_dihedral_views_are_the_eight_symmetries_of_the_square():
@@ -103,7 +104,7 @@ def test_classifier_params_validate_and_expose_grids():
 
 
 def test_champion_is_picked_on_validation_never_on_test():
-    from aerial_assets.defs.assets.training import pick_champion
+    from aerial_assets.training.leaderboard import pick_champion
 
     frame = pd.DataFrame({
         "backbone": ["a", "b"], "algorithm": ["mlp", "logistic_regression"],

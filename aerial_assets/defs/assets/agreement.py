@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
-from aerial_assets.defs.assets._io import metadata_table, read_json, run_per_county, write_json
+from aerial_assets.defs.assets._io import metadata_table, run_per_county
 from aerial_assets.defs.assets.maps import NODATA, _scored
 from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
@@ -14,6 +14,7 @@ from aerial_assets.maps.agreement import UNLABELLED, map_agreement, read_legend,
 from aerial_assets.maps.map_cells import grid_of, paint, with_cells
 from aerial_assets.maps.rendering import confusion_png, markdown_image
 from aerial_assets.maps.spatial import plurality_smooth
+from aerial_assets.records import AgreementRecord, PredictionsSummary
 from aerial_assets.storage.core import join, storage_for
 
 NO_REFERENCE = ("no reference raster registered: add 'reference: {raster: <land-cover GeoTIFF>, legend: "
@@ -47,11 +48,10 @@ def county_map_agreement(
         out = layout.county_agreement(key)
         if county.reference is None:
             with store.atomic_dir(out) as tmp:
-                write_json(storage_for(tmp), tmp, "agreement.json", {"county": key, "reference": None,
-                                                                       "note": NO_REFERENCE})
+                AgreementRecord(county=key, reference=None, note=NO_REFERENCE).write(storage_for(tmp), tmp)
             return {"reference": NO_REFERENCE}
-        summary = read_json(store, layout.county_predictions(key), "summary.json")
-        classes, crs = summary["classes"], summary["crs"]
+        summary = PredictionsSummary.read(store, layout.county_predictions(key))
+        classes, crs = summary.classes, summary.crs
         legend = read_legend(county.reference.legend)
         legend.lookup(classes)  # a legend class the model lacks fails before any Spark work
         scored = _scored(spark, store, layout.county_predictions(key))
@@ -81,13 +81,12 @@ def county_map_agreement(
             tmp_store = storage_for(tmp)
             for variant, png in pngs.items():
                 tmp_store.write_bytes(join(tmp, f"confusion_{variant}.png"), png)
-            write_json(tmp_store, tmp, "agreement.json", {
-                "county": key, "reference": {"raster": county.reference.raster, "legend": county.reference.legend},
-                "classes": classes, "crs": crs, "grid": [grid_def.rows, grid_def.cols],
-                "map_cells": int((raw != NODATA).sum()), "reference_labelled_cells": labelled,
-                "raw": raw_a.to_dict(), "smoothed": smooth_a.to_dict(),
-                "smoothing_gain": smooth_a.overall - raw_a.overall,
-            })
+            AgreementRecord(
+                county=key, reference={"raster": county.reference.raster, "legend": county.reference.legend},
+                classes=classes, crs=crs, grid=[grid_def.rows, grid_def.cols],
+                map_cells=int((raw != NODATA).sum()), reference_labelled_cells=labelled,
+                raw=raw_a.to_dict(), smoothed=smooth_a.to_dict(), smoothing_gain=smooth_a.overall - raw_a.overall,
+            ).write(tmp_store, tmp)
         context.log.info(f"agreement of {key} with its reference: raw {raw_a.overall:.3f}, "
                          f"smoothed {smooth_a.overall:.3f}")
         return {

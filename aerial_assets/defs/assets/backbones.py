@@ -26,11 +26,10 @@ from aerial_assets.backbones.networks import (
     verify_against_reference,
 )
 from aerial_assets.backbones.zoo import BASE, COMBINATION, INT8, cosine_similarity, export_entry, zoo_entry
-from aerial_assets.defs.assets._io import write_json
 from aerial_assets.defs.partitions import backbone_partitions
 from aerial_assets.defs.resources import BackboneWeightsResource, StorageResource
-from aerial_assets.imagery.catalog import OK
 from aerial_assets.imagery.decode import load_tile
+from aerial_assets.records import BackboneRecord, TileStatus
 from aerial_assets.storage.core import join, storage_for
 
 REFERENCE_TOLERANCE = 1e-4  # max absolute feature difference, ONNX vs the numpy reference
@@ -47,7 +46,7 @@ def _calibration_images(storage: StorageResource, n: int, size: int) -> np.ndarr
     """``n`` training tiles spread over the classes (sorted by a hash of their id: deterministic)."""
     layout, store = storage.layout, storage.storage
     catalog = pd.read_parquet(io.BytesIO(store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))))
-    train = catalog[(catalog["status"] == OK) & (catalog["split"] == "train")].copy()
+    train = catalog[(catalog["status"] == TileStatus.OK) & (catalog["split"] == "train")].copy()
     train["_order"] = pd.util.hash_pandas_object(train["tile_id"], index=False).to_numpy()
     chosen = train.sort_values("_order").head(n)
     return np.stack([load_tile(storage_for(uri).read_bytes(uri), size) for uri in chosen["uri"]])
@@ -77,7 +76,7 @@ def backbone_models(
     with storage.storage.atomic_dir(out) as tmp:
         store = storage_for(tmp)
         store.write_bytes(join(tmp, "model.onnx"), model_bytes)
-        write_json(store, tmp, "backbone.json", {**exported.record, "kind": entry.kind})
+        BackboneRecord(**{**exported.record, "kind": entry.kind}).write(store, tmp)
     return MaterializeResult(
         metadata={
             "model": MetadataValue.path(join(out, "model.onnx")),

@@ -9,13 +9,12 @@ import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from aerial_assets.backbones.inference import VIEW_COUNTS
 from aerial_assets.backbones.zoo import COMBINATION, ZooEntry, zoo_entry
-from aerial_assets.defs.assets._io import metadata_table, read_json, spark_table_schema, write_json
+from aerial_assets.defs.assets._io import metadata_table, spark_table_schema
 from aerial_assets.defs.partitions import backbone_partitions
 from aerial_assets.defs.resources import SparkResource, StorageResource
-from aerial_assets.errors import ConfigurationError
-from aerial_assets.imagery.catalog import OK, SPLITS
+from aerial_assets.imagery.catalog import SPLITS
+from aerial_assets.records import BackboneRecord, FeaturesSummary, TileStatus, ViewCount
 from aerial_assets.spark.featurization import FEATURE_SCHEMA, file_featurizer, part_concatenator
 from aerial_assets.spark.jobs import (
     DEFAULT_TILES_PER_TASK,
@@ -47,7 +46,7 @@ class FeaturizeConfig(Config):
     batch_size: int = 8
     tiles_per_task: int = Field(default=DEFAULT_TILES_PER_TASK, ge=1)
     threads_per_task: int = 1
-    views: int = Field(default=1, description="1, 4 or 8: features averaged over this many rotations/flips "
+    views: ViewCount = Field(default=1, description="1, 4 or 8: features averaged over this many rotations/flips "
                        "of each tile (each view costs one more inference); every view is also kept for "
                        "train-time augmentation")
 
@@ -67,16 +66,14 @@ def tile_features(
     per Python worker. Tiles that fail to decode here are quarantined with their reason.
     """
     backbone = context.partition_key
-    if config.views not in VIEW_COUNTS:
-        raise ConfigurationError(f"views must be one of {VIEW_COUNTS}, got {config.views}")
     entry = zoo_entry(backbone)
     layout, store = storage.layout, storage.storage
     catalog_bytes = store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))
     catalog_sha = hashlib.sha256(catalog_bytes).hexdigest()
     catalog = pd.read_parquet(io.BytesIO(catalog_bytes))
-    usable = catalog[(catalog["status"] == OK) & catalog["split"].isin(SPLITS)][["tile_id", "uri", "label", "split"]]
+    usable = catalog[(catalog["status"] == TileStatus.OK) & catalog["split"].isin(SPLITS)][["tile_id", "uri", "label", "split"]]
     model_uri = join(layout.backbone_model(backbone), "model.onnx")
-    record = read_json(store, layout.backbone_model(backbone), "backbone.json")
+    record = BackboneRecord.read(store, layout.backbone_model(backbone))
     # which graph computed these features: a backbone rebuilt later must not pass for the one used here
     model_sha = hashlib.sha256(store.read_bytes(model_uri)).hexdigest()
     session = spark.session
@@ -103,21 +100,20 @@ def tile_features(
         observed = observation.get
         per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
         n_bad = int(observed["not_ok"])
-        bad = (session.read.parquet(features_path).filter(f"status != '{OK}'").select("tile_id", "reason").toPandas()
+        bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()
                if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
-        write_json(storage_for(tmp), tmp, "summary.json", {
-            "backbone": backbone, "views": config.views, "feature_dim": int(record["feature_dim"]),
-            "n_tiles": len(usable), "seconds": round(elapsed, 2), "catalog_sha256": catalog_sha,
-            "model_sha256": model_sha, "run_id": context.run_id,
-            "reused_parts": list(entry.parts) if reusable else [],
-        })
+        FeaturesSummary(
+            backbone=backbone, views=config.views, feature_dim=record.feature_dim, n_tiles=len(usable),
+            seconds=round(elapsed, 2), catalog_sha256=catalog_sha, model_sha256=model_sha, run_id=context.run_id,
+            reused_parts=list(entry.parts) if reusable else [],
+        ).write(storage_for(tmp), tmp)
     return MaterializeResult(
         metadata={
             "features": MetadataValue.path(join(out, "features.parquet")),
             "dagster/row_count": sum(per_split.values()),
-            "feature_dim": int(record["feature_dim"]),
+            "feature_dim": record.feature_dim,
             "views": config.views,
             "reused_cached_features_of": ", ".join(entry.parts) if reusable else "none (computed)",
             **{f"n_{split}": n for split, n in per_split.items()},
@@ -139,24 +135,38 @@ def _split_counts():
     """What featurization observes while it writes: usable rows per split, and rows that are not usable."""
     from pyspark.sql import functions as F
 
-    ok = F.col("status") == OK
+    ok = F.col("status") == TileStatus.OK.value
     return [*(F.sum(F.when(ok & (F.col("split") == split), 1).otherwise(0)).alias(f"ok_{split}") for split in SPLITS),
             F.sum(F.when(~ok, 1).otherwise(0)).alias("not_ok")]
 
 
 def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str, views: int) -> bool:
-    """A combination reuses its parts' features when every part was featurized from this very catalog with the
-    same views and takes the same input size as the combined graph (so the features are identical)."""
+    """Whether a combination may take its parts' stored features instead of running its own graph.
+
+    This is memoisation, not a dependency, and it is why the read is not declared to Dagster: the parts'
+    features are used only when they are exactly what the combined graph computes (every part featurized from
+    this very catalog, with the same views, by the part graph that is stored now, built from the same weights
+    as this combination, at the same input size), so the output depends on ``labeled_tiles`` and
+    ``backbone_models[<combination>]`` alone. (Dagster also refuses a dependency of a partition on other
+    partitions of the same asset unless the partitions are time windows.)"""
     if entry.kind != COMBINATION or not entry.same_input_size:
         return False
-    for part in entry.parts:
-        path = join(storage.layout.tile_features(part), "summary.json")
-        if not storage.storage.exists(path):
+    store, layout = storage.storage, storage.layout
+    combined = BackboneRecord.read(store, layout.backbone_model(entry.name)).weights_sha256.split(",")
+    for part, weights_sha in zip(entry.parts, combined, strict=False):
+        folder = layout.tile_features(part)
+        model_uri = join(layout.backbone_model(part), "model.onnx")
+        if not (FeaturesSummary.exists(store, folder) and BackboneRecord.exists(store, layout.backbone_model(part))
+                and store.exists(model_uri)):
             return False
-        summary = read_json(storage.storage, storage.layout.tile_features(part), "summary.json")
-        if summary.get("catalog_sha256") != catalog_sha or summary.get("views") != views:
+        summary = FeaturesSummary.read(store, folder)
+        if summary.catalog_sha256 != catalog_sha or summary.views != views:
             return False
-    return True
+        if BackboneRecord.read(store, layout.backbone_model(part)).weights_sha256 != weights_sha:
+            return False
+        if summary.model_sha256 != hashlib.sha256(store.read_bytes(model_uri)).hexdigest():
+            return False
+    return len(combined) == len(entry.parts)
 
 
 def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntry, views: int, n_tasks: int):

@@ -6,15 +6,24 @@ import tempfile
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, BackfillPolicy, Config, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 from pydantic import Field
 
-from aerial_assets.defs.assets._io import metadata_table, read_json, run_per_county, write_json
+from aerial_assets.defs.assets._io import metadata_table, run_per_county
 from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import CountyError
-from aerial_assets.imagery.counties import earlier_vintages
 from aerial_assets.imagery.rasters import MapGrid, write_class_geotiff
+from aerial_assets.maps.change import UNCHANGED, choose_baseline, transitions
 from aerial_assets.maps.map_cells import frames_of, grid_of, paint, with_cells
 from aerial_assets.maps.rendering import (
     change_png,
@@ -27,10 +36,10 @@ from aerial_assets.maps.rendering import (
 from aerial_assets.maps.spatial import plurality_smooth
 from aerial_assets.maps.stac import raster_item, write_item
 from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
+from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary, TileStatus
 from aerial_assets.storage.core import Storage, join, storage_for
 
 NODATA = 255
-UNCHANGED = 254
 
 
 class LandUseMapConfig(Config):
@@ -49,7 +58,7 @@ LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
 def _scored(spark: SparkResource, store: Storage, folder: str, extra: tuple[str, ...] = ()):
     """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
     path = store.spark_path(join(folder, "predictions.parquet"))
-    return (spark.session.read.parquet(path).filter("status = 'ok'")
+    return (spark.session.read.parquet(path).filter(f"status = '{TileStatus.OK}'")
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
 
 
@@ -90,8 +99,8 @@ def county_land_use_map(
     layout, store = storage.layout, storage.storage
 
     def work(key: str) -> dict:
-        summary = read_json(store, layout.county_predictions(key), "summary.json")
-        classes, model_id = summary["classes"], summary["model_id"]
+        summary = PredictionsSummary.read(store, layout.county_predictions(key))
+        classes, model_id, crs = summary.classes, summary.model_id, summary.crs
         scored = _scored(spark, store, layout.county_predictions(key))
         grid_def = grid_of(scored)
         if grid_def is None:
@@ -101,14 +110,14 @@ def county_land_use_map(
         changed = int((grid != raw).sum())
         colours = class_colours(classes)
         title = f"Predicted land use: {key} (model {model_id}){', smoothed 3x3' if config.smoothing else ''}"
-        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, summary["crs"], NODATA)
+        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, crs, NODATA)
         counts = np.bincount(grid[grid != NODATA].ravel(), minlength=len(classes))
         shares = pd.DataFrame({"class": classes, "tiles": counts.astype(int),
                                "share_%": np.round(100 * counts / max(counts.sum(), 1), 1)})
         out = layout.county_map(key)
         with store.atomic_dir(out) as tmp:
             tmp_store = storage_for(tmp)
-            _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, summary["crs"],
+            _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
             probs = tuple(f"prob_{c}" for c in classes)
@@ -116,20 +125,19 @@ def county_land_use_map(
                 "predicted_index", "value")
             layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
             html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
-                                   frames_of(tiles, [*LONLAT, "value", *probs]), layer, int(summary["n_tiles"]),
+                                   frames_of(tiles, [*LONLAT, "value", *probs]), layer, summary.n_tiles,
                                    config.interactive_max_tiles)
-            write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.get("year"),
+            write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.year,
                                    {"aerial:county": key, "aerial:model_id": model_id,
                                     "aerial:smoothing": config.smoothing},
                                    classes, overview_png=join(tmp, "land_use.png")),
                        join(tmp, "land_use.stac.json"))
-            write_json(tmp_store, tmp, "summary.json", {
-                "county": key, "model_id": model_id, "crs": summary["crs"], "classes": classes,
-                "grid": [grid_def.rows, grid_def.cols], "cell_x": grid_def.cell_x, "cell_y": grid_def.cell_y,
-                **({"cell_m": grid_def.cell_x} if grid_def.square and not is_geographic_crs(summary["crs"]) else {}),
-                "counts": counts.tolist(),
-                "smoothing": config.smoothing, "tiles_changed_by_smoothing": changed,
-            })
+            LandUseMapSummary(
+                county=key, model_id=model_id, crs=crs, classes=classes, grid=[grid_def.rows, grid_def.cols],
+                cell_x=grid_def.cell_x, cell_y=grid_def.cell_y,
+                cell_m=grid_def.cell_x if grid_def.square and not is_geographic_crs(crs) else None,
+                counts=counts.tolist(), smoothing=config.smoothing, tiles_changed_by_smoothing=changed,
+            ).write(tmp_store, tmp)
         context.log.info(f"map of {key}: {join(out, 'land_use.png')}")
         return {
             "map_png": MetadataValue.path(join(out, "land_use.png")),
@@ -139,7 +147,7 @@ def county_land_use_map(
             "map": MetadataValue.md(markdown_image(png, f"land use map of {key}")),
             "class_shares": metadata_table(shares, 1),
             "model_id": model_id,
-            "crs": summary["crs"],
+            "crs": crs,
             "grid_rows": grid_def.rows,
             "grid_cols": grid_def.cols,
             "smoothing": config.smoothing,
@@ -177,50 +185,26 @@ def county_land_use_change(
 
     def work(key: str) -> dict:
         county = counties.get(layout, key)
-        earlier = [c.key for c in earlier_vintages(registry, county)]
-        base = config.baseline and (config.baseline if "@" in config.baseline else f"{county.area_key}@{config.baseline}")
-        base = base or (earlier[-1] if earlier else "")
-        if not base:
-            raise CountyError(f"county {key} has no earlier vintage to compare with: register the area with "
-                              "'vintages:' (see README) or set the baseline config")
-        if not store.exists(join(layout.county_predictions(base), "summary.json")):
+        base = choose_baseline(registry, county, config.baseline)
+        if not PredictionsSummary.exists(store, layout.county_predictions(base)):
             raise CountyError(f"baseline {base} of {key} has no predictions yet: materialize county_predictions[{base}]")
-        before_summary = read_json(store, layout.county_predictions(base), "summary.json")
-        after_summary = read_json(store, layout.county_predictions(key), "summary.json")
-        classes = after_summary["classes"]
-        if before_summary["classes"] != classes:
+        before_summary = PredictionsSummary.read(store, layout.county_predictions(base))
+        after_summary = PredictionsSummary.read(store, layout.county_predictions(key))
+        classes = after_summary.classes
+        if before_summary.classes != classes:
             raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
         before = _scored(spark, store, layout.county_predictions(base))
         after = _scored(spark, store, layout.county_predictions(key))
-        # Tiles of two vintages are matched by position on one grid, not by id: rasters of different years
-        # rarely share an origin to the metre, so a tile matches the cell its corner falls nearest to.
-        grid_def = grid_of(before.unionByName(after))
-        if grid_def is None:
-            raise CountyError(f"{base} and {key} have no scored tile: check county_tiles (all nodata?)")
-        from pyspark.sql import functions as F
-
-        pairs = with_cells(after, grid_def).join(
-            with_cells(before, grid_def).select("r", "c", F.col("predicted_index").alias("predicted_index_before")),
-            ["r", "c"])
-        label_of = F.array(*[F.lit(c) for c in classes])
-        pairs = (pairs.withColumn("from_label", F.element_at(label_of, F.col("predicted_index_before") + 1))
-                      .withColumn("to_label", F.element_at(label_of, F.col("predicted_index") + 1))
-                      .withColumn("changed", F.col("predicted_index_before") != F.col("predicted_index"))
-                      .withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(UNCHANGED)))
-        counts = pairs.groupBy("predicted_index_before", "predicted_index").count().collect()
-        if not counts:
-            raise CountyError(f"{base} and {key} share no tile position: are they the same area and tile size?")
-        matrix = np.zeros((len(classes), len(classes)), np.int64)
-        for row in counts:
-            matrix[int(row["predicted_index_before"]), int(row["predicted_index"])] += int(row["count"])
-        n_pairs, n_changed = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
+        change = transitions(before, after, classes, base, key)
+        pairs, grid_def, matrix = change.pairs, change.grid, change.matrix
+        n_pairs, n_changed = change.n_pairs, change.n_changed
         grid = paint(pairs, grid_def, "value", NODATA)
         colours = class_colours(classes)
         title = f"Land-use change {base} -> {key} ({n_changed} of {n_pairs} tiles changed)"
-        crs = after_summary["crs"]
+        crs = after_summary.crs
         png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA)
         table = pd.DataFrame(matrix, index=[f"from {c}" for c in classes], columns=classes)
-        became = {c: int(matrix[:, i].sum() - matrix[i, i]) for i, c in enumerate(classes)}
+        became = change.became(classes)
         out = layout.county_change(key)
         with store.atomic_dir(out) as tmp:
             tmp_store = storage_for(tmp)
@@ -229,17 +213,18 @@ def county_land_use_change(
                 tmp_store.spark_path(join(tmp, "transitions.parquet")))
             tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
             tmp_store.write_bytes(join(tmp, "change.png"), png)
-            changes = pairs.withColumn("value", F.when(F.col("changed"), F.col("predicted_index")).otherwise(-1))
+            changes = change.for_web_map()
             layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,
-                             ("from_label", "to_label"), after_summary["model_id"], fill_label="unchanged")
+                             ("from_label", "to_label"), after_summary.model_id, fill_label="unchanged")
             html_entry = _html_map(tmp_store, join(tmp, "change.html"), join(out, "change.html"),
                                    frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
                                    config.interactive_max_tiles)
             _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"land-use class gained since {base}",
                            {UNCHANGED: "unchanged"})
-            write_json(tmp_store, tmp, "summary.json", {"county": key, "baseline": base, "classes": classes,
-                                                        "matrix": matrix.tolist(), "became": became})
+            ChangeSummary(county=key, baseline=base, classes=classes, matrix=matrix.tolist(), became=became,
+                          baseline_model_id=before_summary.model_id, baseline_run_id=before_summary.run_id,
+                          model_id=after_summary.model_id, run_id=after_summary.run_id).write(tmp_store, tmp)
         return {
             "baseline": base,
             "tiles_compared": n_pairs,
@@ -252,3 +237,33 @@ def county_land_use_change(
         }
 
     return run_per_county(context, work)
+
+
+@asset_check(asset=county_land_use_change, partitions_def=county_partitions,
+             description="Warns when the baseline vintage (or this vintage) was re-scored after the change was "
+                         "computed: the change map is then stale.")
+def county_land_use_change_inputs_current(context, storage: StorageResource) -> AssetCheckResult:
+    """The change of ``area@year`` also reads the predictions of its baseline vintage, another partition of
+    ``county_predictions`` that no built-in partition mapping of Dagster can name (counties are dynamic
+    partitions, and the baseline is chosen by config), so Dagster's staleness cannot see it. The change records
+    which scoring runs it was computed from (``summary.json``); this check compares them with the predictions
+    stored now, so a re-scored baseline shows up in the UI."""
+    layout, store = storage.layout, storage.storage
+    stale: dict[str, str] = {}
+    for key in context.partition_keys:
+        change = ChangeSummary.read(store, layout.county_change(key))
+        for vintage, model_id, run_id in ((change.baseline, change.baseline_model_id, change.baseline_run_id),
+                                          (key, change.model_id, change.run_id)):
+            if not PredictionsSummary.exists(store, layout.county_predictions(vintage)):
+                stale[key] = f"county_predictions[{vintage}] is no longer stored"
+                continue
+            now = PredictionsSummary.read(store, layout.county_predictions(vintage))
+            if (now.model_id, now.run_id) != (model_id, run_id):
+                stale[key] = (f"county_predictions[{vintage}] was re-scored (now {now.model_id}, run "
+                              f"{now.run_id[:8] or '?'}; the change used {model_id or '?'}, run {run_id[:8] or '?'}): "
+                              f"re-materialize county_land_use_change[{key}]")
+    return AssetCheckResult(
+        passed=not stale, severity=AssetCheckSeverity.WARN,
+        description="; ".join(stale.values()) or "computed from the predictions stored now",
+        metadata={"n_stale": len(stale)},
+    )

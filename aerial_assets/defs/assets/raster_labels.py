@@ -8,11 +8,12 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from PIL import Image
 
-from aerial_assets.defs.assets._io import metadata_table, write_json
+from aerial_assets.defs.assets._io import metadata_table
 from aerial_assets.defs.resources import StorageResource, TrainingRastersResource
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.raster_labels import LabelRule, label_tiles, load_legend, raster_name
 from aerial_assets.imagery.rasters import grid_shape, open_info
+from aerial_assets.records import RasterLabelsSummary
 from aerial_assets.storage.core import is_local, join, local_path, storage_for
 from aerial_assets.training.spatial_splits import POSITIONS_FILE
 
@@ -97,13 +98,13 @@ def raster_labeled_tiles(
         labelled = table[table["label"] != ""]
         per_class = {str(k): int(v) for k, v in labelled.groupby("label").size().items()}
         per_reason = {str(k): int(v) for k, v in table[table["label"] == ""].groupby("reason").size().items()}
-        summary = {
-            "tiles": len(table), "n_labelled": len(labelled), "n_unlabelled": len(table) - len(labelled),
-            "per_class": per_class, "unlabelled_by_reason": per_reason,
-            "rule": {**rule.model_dump(), "description": rule.describe()}, "tile_size_m": config.tile_size_m,
-            "sources": {"spec": training_rasters.uri, "imagery": [_sha256(uri) for uri in spec.imagery],
-                        "landcover": _sha256(spec.landcover), "legend": _sha256(spec.legend)},
-        }
+        summary = RasterLabelsSummary(
+            tiles=len(table), n_labelled=len(labelled), n_unlabelled=len(table) - len(labelled),
+            per_class=per_class, unlabelled_by_reason=per_reason,
+            rule={**rule.model_dump(), "description": rule.describe()}, tile_size_m=config.tile_size_m,
+            sources={"spec": training_rasters.uri, "imagery": [_sha256(uri) for uri in spec.imagery],
+                     "landcover": _sha256(spec.landcover), "legend": _sha256(spec.legend)},
+        )
         store.write_text(join(tmp, "tiles.csv"), table.to_csv(index=False))
         # where each labelled tile lies: labeled_tiles then splits by whole map blocks (aerial_assets.training.spatial_splits).
         # The source is the raster's file name (unique in a spec), not its full path: the split's seeded order
@@ -112,7 +113,7 @@ def raster_labeled_tiles(
                                     source=labelled["raster"].map(raster_name))
         store.write_text(join(tmp, "tiles", POSITIONS_FILE),
                          positions[["filename", "left", "bottom", "right", "top", "source"]].to_csv(index=False))
-        write_json(store, tmp, "summary.json", summary)
+        summary.write(store, tmp)
 
     counts = pd.DataFrame([{"class": k, "tiles": v} for k, v in per_class.items()], columns=["class", "tiles"])
     reasons = pd.DataFrame([{"reason": k, "tiles": v} for k, v in per_reason.items()], columns=["reason", "tiles"])
@@ -126,6 +127,6 @@ def raster_labeled_tiles(
         "counts_per_class": metadata_table(counts),
         "unlabelled_by_reason": metadata_table(reasons),
         "landcover": MetadataValue.path(spec.landcover),
-        "landcover_sha256": summary["sources"]["landcover"]["sha256"],
+        "landcover_sha256": summary.sources["landcover"]["sha256"],
         "imagery": ", ".join(spec.imagery),
     })

@@ -18,8 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from aerial_assets.backbones.inference import VIEW_COUNTS
-from aerial_assets.defs.assets._io import read_json, run_per_county, spark_table_schema, write_json
+from aerial_assets.defs.assets._io import run_per_county, spark_table_schema
 from aerial_assets.defs.assets.features import FeaturizeConfig
 from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
@@ -27,17 +26,21 @@ from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery.counties import County
 from aerial_assets.imagery.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.imagery.tile_summaries import parse_tile_summary
-from aerial_assets.imagery.tiling import (
-    PASSTHROUGH,
-    TILE_SCHEMA,
-    WINDOW_FEATURE_SCHEMA,
-    file_tile_rows,
-    tile_frames,
-    window_featurizer,
-)
+from aerial_assets.imagery.tiling import TILE_SCHEMA, file_tile_rows, tile_frames
 from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
 from aerial_assets.maps.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.maps.stac import geoparquet_item, lonlat_bbox, write_item
+from aerial_assets.records import (
+    PASSTHROUGH,
+    BackboneRecord,
+    ChampionRecord,
+    ClassifierRecord,
+    CountyTilesSummary,
+    PredictionsSummary,
+    TileStatus,
+    ViewChoice,
+)
+from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.storage.core import Storage, is_local, join, storage_for
 from aerial_assets.training.classifiers import with_vectors
@@ -125,17 +128,15 @@ def county_tiles(
             tiles.write.parquet(path)
             stats = {r["status"]: int(r["count"])
                      for r in spark.session.read.parquet(path).groupBy("status").count().collect()}
-            write_json(storage_for(tmp), tmp, "summary.json", {
-                "county": key, "name": county.name, "area": county.area_key, "year": county.year, "crs": crs,
-                "tile_size_m": config.tile_size_m, "sources": sources, "counts": stats,
-            })
+            CountyTilesSummary(county=key, name=county.name, area=county.area_key, year=county.year, crs=crs,
+                               tile_size_m=config.tile_size_m, sources=sources, counts=stats).write(storage_for(tmp), tmp)
         context.log.info(f"county {key}: {stats}")
         return {
             "tiles": MetadataValue.path(join(out, "tiles.parquet")),
             "dagster/row_count": int(sum(stats.values())),
-            "n_ok": stats.get("ok", 0),
-            "n_nodata_skipped": stats.get("nodata", 0),
-            "n_quarantined": stats.get("quarantined", 0),
+            "n_ok": stats.get(TileStatus.OK, 0),
+            "n_nodata_skipped": stats.get(TileStatus.NODATA, 0),
+            "n_quarantined": stats.get(TileStatus.QUARANTINED, 0),
             "crs": crs,
             "year": county.year if county.year is not None else "",
             "tile_size_m": config.tile_size_m,
@@ -167,7 +168,7 @@ class ScoringConfig(FeaturizeConfig):
 
     model_id: str = ""
     sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
-    views: int = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
+    views: ViewChoice = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
                        "model was trained on; 1, 4 or 8 to trade accuracy for speed (each view is one inference; a "
                        "model trained with augmentation has seen single views, so 1 view is a valid, faster choice)")
 
@@ -189,10 +190,10 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     ``wanted``: it must be on the current leaderboard and still be the model stored for its partition."""
     layout, store = storage.layout, storage.storage
     if not wanted:
-        champion = read_json(store, layout.champion(), "champion.json")
-        return ScoringModel(champion["model_id"], join(layout.champion(), "model.onnx"),
-                            join(layout.champion(), "pipeline_model"), champion["classes"],
-                            int(champion["backbone_record"]["feature_dim"]), int(champion.get("views", 1)))
+        champion = ChampionRecord.read(store, layout.champion())
+        return ScoringModel(champion.model_id, join(layout.champion(), "model.onnx"),
+                            join(layout.champion(), "pipeline_model"), champion.classes,
+                            champion.backbone_record.feature_dim, champion.views)
     board = pd.read_csv(io.StringIO(store.read_text(join(layout.leaderboard(), "leaderboard.csv"))))
     hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
     if hit.empty:
@@ -200,14 +201,13 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
         raise ConfigurationError(f"model_id {wanted!r} is not on the leaderboard; models: {known}")
     backbone, algorithm = str(hit["backbone"].iloc[0]), str(hit["algorithm"].iloc[0])
     folder = layout.classifier(backbone, algorithm)
-    info = read_json(store, folder, "classifier.json")
-    if info["model_id"] != hit["model_id"].iloc[0]:
+    info = ClassifierRecord.read(store, folder)
+    if info.model_id != hit["model_id"].iloc[0]:
         raise ConfigurationError(f"model {hit['model_id'].iloc[0]} ({backbone}|{algorithm}) is no longer stored: "
-                                 f"that partition now holds {info['model_id']}; re-materialize the leaderboard")
-    record = read_json(store, layout.backbone_model(backbone), "backbone.json")
-    return ScoringModel(info["model_id"], join(layout.backbone_model(backbone), "model.onnx"),
-                        join(folder, "pipeline_model"), info["classes"], int(record["feature_dim"]),
-                        int(info.get("views", 1)))
+                                 f"that partition now holds {info.model_id}; re-materialize the leaderboard")
+    record = BackboneRecord.read(store, layout.backbone_model(backbone))
+    return ScoringModel(info.model_id, join(layout.backbone_model(backbone), "model.onnx"),
+                        join(folder, "pipeline_model"), info.classes, record.feature_dim, info.views)
 
 
 def executor_folder(store: Storage, uri: str) -> str:
@@ -241,16 +241,13 @@ def county_predictions(
     classes, model_id, dim = chosen.classes, chosen.model_id, chosen.feature_dim
     session = spark.session
     model = PipelineModel.read().session(session).load(store.spark_path(chosen.pipeline_uri))
-    if config.views not in (0, *VIEW_COUNTS):
-        raise ConfigurationError(f"county_predictions views must be 0 (the model's) or one of {VIEW_COUNTS}, "
-                                 f"got {config.views}")
     views = config.views or chosen.views  # default: the views the model was trained on
     featurize = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
     label_of = F.array(*[F.lit(c) for c in classes])
 
     def score(part, year: int | None):
         feats = part.mapInPandas(featurize, WINDOW_FEATURE_SCHEMA)
-        ok = F.col("status") == "ok"
+        ok = F.col("status") == TileStatus.OK.value
         # Unreadable tiles get a zero vector so that one pass scores everything; their outputs are nulled.
         feats = feats.withColumn("features", F.when(ok, F.col("features")).otherwise(
             F.array_repeat(F.lit(0.0).cast("float"), dim)))
@@ -262,10 +259,10 @@ def county_predictions(
             "model_id", F.lit(model_id)).withColumn("vintage", F.lit(year).cast("int"))
 
     def work(key: str) -> dict:
-        tile_summary = read_json(store, layout.county_tiles(key), "summary.json")
+        tile_summary = CountyTilesSummary.read(store, layout.county_tiles(key))
         tiles = session.read.parquet(store.spark_path(join(layout.county_tiles(key), "tiles.parquet")))
-        tiles = tiles.filter("status = 'ok'")
-        n_tiles = int(tile_summary.get("counts", {}).get("ok", 0))  # counted by county_tiles: no job here
+        tiles = tiles.filter(F.col("status") == TileStatus.OK.value)
+        n_tiles = tile_summary.count(TileStatus.OK)  # counted by county_tiles: no job here
         if config.sample_frac < 1.0:  # by a hash of the tile id: the same sample on any cluster, any run
             tiles = tiles.filter((F.abs(F.xxhash64("tile_id")) % 1_000_000) < int(config.sample_frac * 1_000_000))
             n_tiles = int(round(n_tiles * config.sample_frac))  # the expected count, for the job's width
@@ -274,40 +271,40 @@ def county_predictions(
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
             folder = executor_folder(storage_for(tmp), join(tmp, "predictions.parquet"))
-            scored = score(tiles.repartition(n_tasks), tile_summary.get("year"))
+            scored = score(tiles.repartition(n_tasks), tile_summary.year)
             arrow_schema = to_arrow_schema(scored.schema)
             # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
             with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info, tasks=n_tasks):
-                parts = scored.mapInPandas(part_writer(folder, tile_summary["crs"], arrow_schema),
+                parts = scored.mapInPandas(part_writer(folder, tile_summary.crs, arrow_schema),
                                            PART_SCHEMA).collect()
             files = {p["file"] for p in parts if p["file"]}
             stray = remove_unlisted(folder, files)
             if stray:
                 context.log.warning(f"{key}: removed {len(stray)} part file(s) of failed task attempts")
             if not files:
-                write_empty(folder, tile_summary["crs"], arrow_schema)
+                write_empty(folder, tile_summary.crs, arrow_schema)
             counts: dict[str, int] = {}
             for part in parts:
                 for label, count in json.loads(part["counts"]).items():
                     counts[label] = counts.get(label, 0) + int(count)
             n_rows, n_ok = sum(int(p["rows"]) for p in parts), sum(int(p["n_ok"]) for p in parts)
             bad = (session.read.parquet(store.spark_path(join(tmp, "predictions.parquet")))
-                   .filter("status != 'ok'").select("tile_id", "reason").toPandas()
+                   .filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
                    if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
             storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
             seconds = time.monotonic() - started
-            summary = {"county": key, "model_id": model_id, "classes": classes, "counts": counts, "views": views,
-                       "crs": tile_summary["crs"], "year": tile_summary.get("year"), "area": tile_summary.get("area"),
-                       "n_tiles": int(sum(counts.values())), "n_quarantined": len(bad), "seconds": seconds,
-                       "spark_tasks": n_tasks, "sample_frac": config.sample_frac,
-                       "champion": not config.model_id.strip()}
-            write_json(storage_for(tmp), tmp, "summary.json", summary)
+            summary = PredictionsSummary(
+                county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,
+                year=tile_summary.year, area=tile_summary.area, n_tiles=int(sum(counts.values())),
+                n_quarantined=len(bad), seconds=seconds, spark_tasks=n_tasks, sample_frac=config.sample_frac,
+                champion=not config.model_id.strip(), run_id=context.run_id)
+            summary.write(storage_for(tmp), tmp)
             boxes = [p for p in parts if p["file"]]
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
                        max(p["max_x"] for p in boxes), max(p["max_y"] for p in boxes)] if boxes else None)
-            crs = tile_summary["crs"]
+            crs = tile_summary.crs
             write_item(geoparquet_item(join(tmp, "predictions.parquet"), f"{key}-predictions",
-                                       lonlat_bbox(native, crs) if native else None, crs, tile_summary.get("year"),
+                                       lonlat_bbox(native, crs) if native else None, crs, tile_summary.year,
                                        {"aerial:county": key, "aerial:model_id": model_id},
                                        schema=arrow_schema, row_count=n_rows, native_bbox=native),
                        join(tmp, "predictions.stac.json"))
@@ -323,12 +320,12 @@ def county_predictions(
             "model_id": model_id,
             "predictions": MetadataValue.path(join(out, "predictions.parquet")),
             "stac_item": MetadataValue.path(join(out, "predictions.stac.json")),
-            "dagster/row_count": summary["n_tiles"],
+            "dagster/row_count": summary.n_tiles,
             "n_quarantined": len(bad),
             "spark_tasks": n_tasks,
             "tiles_per_second": round(n_tiles / max(seconds, 1e-9), 1),
             "counts_per_class": MetadataValue.json(counts),
-            "crs": tile_summary["crs"],
+            "crs": tile_summary.crs,
         }
 
     return run_per_county(context, work)
@@ -340,12 +337,12 @@ class QuarantineShareConfig(Config):
     max_share: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
-def _reports(context, storage: StorageResource) -> dict[str, tuple[dict, PredictionsReport]]:
+def _reports(context, storage: StorageResource) -> dict[str, tuple[PredictionsSummary, PredictionsReport]]:
     out = {}
     for key in context.partition_keys:
         folder = storage.layout.county_predictions(key)
-        summary = read_json(storage.storage, folder, "summary.json")
-        out[key] = summary, inspect_predictions(join(folder, "predictions.parquet"), summary["crs"])
+        summary = PredictionsSummary.read(storage.storage, folder)
+        out[key] = summary, inspect_predictions(join(folder, "predictions.parquet"), summary.crs)
     return out
 
 
@@ -399,5 +396,5 @@ def county_predictions_geoparquet(context, storage: StorageResource) -> AssetChe
         passed=not problems,
         description="every part is GeoParquet in the county's CRS" if not problems else "; ".join(problems[:5]),
         metadata={"parts": sum(r.parts for _, r in reports.values()), "n_problems": len(problems),
-                  "crs": ", ".join(sorted({s["crs"] for s, _ in reports.values()}))},
+                  "crs": ", ".join(sorted({s.crs for s, _ in reports.values()}))},
     )

@@ -16,11 +16,12 @@ from dagster import (
 )
 from pydantic import Field
 
-from aerial_assets.defs.assets._io import markdown_table, metadata_table, read_json, table_schema, write_json
+from aerial_assets.defs.assets._io import markdown_table, metadata_table, table_schema
 from aerial_assets.defs.resources import SparkResource, StorageResource, TrainingRastersResource, TrainingTilesResource
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.imagery import catalog
 from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
+from aerial_assets.records import LabeledTilesSummary, LabelMapReport, TileStatus
 from aerial_assets.spark.jobs import task_count
 from aerial_assets.storage.core import join, storage_for
 from aerial_assets.training.spatial_splits import (
@@ -103,7 +104,7 @@ def labeled_tiles(
     catalog.check_class_folders(class_dirs, listed)
     context.log.info(f"listed {len(listed)} files under {root}; decoding them on Spark to check them")
 
-    candidates = listed[listed["status"] == catalog.OK][["tile_id", "uri"]]
+    candidates = listed[listed["status"] == TileStatus.OK][["tile_id", "uri"]]
     session = spark.session
     if len(candidates):
         frame = session.createDataFrame(candidates).repartition(task_count(len(candidates), spark.task_parallelism()))
@@ -116,7 +117,7 @@ def labeled_tiles(
     else:  # whole blocks (or rasters) to test and validation, so that neighbours never straddle the split
         positions = parse_positions(store.read_text(positions_uri), positions_uri)
         groups = groups_of(positions, strategy, config.block_size_m)
-        usable = listed[listed["status"] == catalog.OK]
+        usable = listed[listed["status"] == TileStatus.OK]
         listed = listed.copy()
         listed.loc[usable.index, "split"] = assign_group_splits(
             usable, groups, config.test_fraction, config.validation_fraction, config.seed)
@@ -129,23 +130,23 @@ def labeled_tiles(
     duplicates = catalog.find_duplicates(table).counts()
 
     out = storage.layout.labeled_tiles()
-    quarantine = table[table["status"] == catalog.QUARANTINED]
+    quarantine = table[table["status"] == TileStatus.QUARANTINED]
     conversions = catalog.conversion_counts(table)
-    counts = table[table["status"] == catalog.OK].groupby("split").size().to_dict()
-    summary = {
-        "source": root, "demo": is_demo, "layout": "train/test" if split_layout else "<class>/<image>",
-        "tiles": len(table), "quarantined": len(quarantine), "per_split": counts, **conversions,
-        "classes": sorted(table.loc[table["status"] == catalog.OK, "label"].unique().tolist()),
-        "duplicates": duplicates, "split_strategy": strategy, "spatial_groups": n_groups,
-        "block_size_m": config.block_size_m if strategy == "blocks" else None,
-    }
+    counts = table[table["status"] == TileStatus.OK].groupby("split").size().to_dict()
+    summary = LabeledTilesSummary(
+        source=root, demo=is_demo, layout="train/test" if split_layout else "<class>/<image>", tiles=len(table),
+        quarantined=len(quarantine), per_split=counts, **conversions,
+        classes=sorted(table.loc[table["status"] == TileStatus.OK, "label"].unique().tolist()),
+        duplicates=duplicates, split_strategy=strategy, spatial_groups=n_groups,
+        block_size_m=config.block_size_m if strategy == "blocks" else None,
+    )
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
         storage_for(tmp).write_bytes(join(tmp, "catalog.parquet"), buf.getvalue())
         storage_for(tmp).write_text(join(tmp, "quarantine.csv"), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
-        write_json(storage_for(tmp), tmp, "summary.json", summary)
-        write_json(storage_for(tmp), tmp, "label_map.json", mapping_report)
+        summary.write(storage_for(tmp), tmp)
+        mapping_report.write(storage_for(tmp), tmp)
 
     return MaterializeResult(
         metadata={
@@ -153,7 +154,7 @@ def labeled_tiles(
             "demo_data": is_demo,
             "catalog": MetadataValue.path(join(out, "catalog.parquet")),
             "dagster/row_count": len(table),
-            "n_classes": len(summary["classes"]),
+            "n_classes": len(summary.classes),
             "n_train": int(counts.get("train", 0)),
             "n_validation": int(counts.get("validation", 0)),
             "n_test": int(counts.get("test", 0)),
@@ -167,8 +168,8 @@ def labeled_tiles(
             "quarantine": metadata_table(quarantine[["tile_id", "reason"]].head(50)),
             "dagster/column_schema": table_schema(table, CATALOG_DESCRIPTIONS),
             "label_map": MetadataValue.md(_mapping_markdown(mapping_report)),
-            "n_unmapped": mapping_report["n_unmapped_tiles"],
-            "unmapped_classes": ", ".join(mapping_report["unmapped"]) or "none",
+            "n_unmapped": mapping_report.n_unmapped_tiles,
+            "unmapped_classes": ", ".join(mapping_report.unmapped) or "none",
             **duplicates,
             **lineage,
         }
@@ -189,45 +190,44 @@ def _split_strategy(config: LabeledTilesConfig, split_layout: bool, has_position
     return strategy
 
 
-def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, dict]:
+def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, LabelMapReport]:
     """Relabel with the map at ``uri`` (AERIAL_LABEL_MAP); without one, classes are the folder names."""
     if not uri:
         out = table.copy()
         out["source_label"] = out["label"]
-        return out, {"label_map": None, "unmapped": [], "ignored": [], "not_found": [], "n_unmapped_tiles": 0,
-                     "n_ignored_tiles": 0, "classes": {}}
+        return out, LabelMapReport()
     store = storage_for(uri)
     if not store.exists(uri):
         raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
-    mapped, report = apply_label_map(table, parse_label_map(store.read_text(uri), uri), catalog.OK)
-    if not (mapped["status"] == catalog.OK).any():
+    mapped, report = apply_label_map(table, parse_label_map(store.read_text(uri), uri))
+    if not (mapped["status"] == TileStatus.OK).any():
         raise ConfigurationError(
-            f"the label map {uri} maps none of the classes found: {', '.join(sorted(report['classes']))}")
+            f"the label map {uri} maps none of the classes found: {', '.join(sorted(report.classes))}")
     catalog.check_splits(mapped)
-    return mapped, {"label_map": uri, **report}
+    return mapped, report.model_copy(update={"label_map": uri})
 
 
-def _mapping_markdown(report: dict) -> str:
-    if not report.get("label_map"):
+def _mapping_markdown(report: LabelMapReport) -> str:
+    if not report.label_map:
         return "no label map: classes are the folder names"
-    rows = pd.DataFrame([{"source class": src, "target": v["target"], "tiles": v["tiles"]}
-                         for src, v in report["classes"].items()])
-    text = f"map: `{report['label_map']}`\n\n" + markdown_table(rows)
-    if report["not_found"]:
-        text += f"\n\nin the map but no such folder: {', '.join(report['not_found'])}"
+    rows = pd.DataFrame([{"source class": src, "target": v.target, "tiles": v.tiles}
+                         for src, v in report.classes.items()])
+    text = f"map: `{report.label_map}`\n\n" + markdown_table(rows)
+    if report.not_found:
+        text += f"\n\nin the map but no such folder: {', '.join(report.not_found)}"
     return text
 
 
 @asset_check(asset=labeled_tiles, description="Warns when a class of the data is not in the label map.")
 def labeled_tiles_label_map(storage: StorageResource) -> AssetCheckResult:
     """Unmapped classes are excluded from training: say which, so a typo in the map is seen, not absorbed."""
-    report = read_json(storage.storage, storage.layout.labeled_tiles(), "label_map.json")
+    report = LabelMapReport.read(storage.storage, storage.layout.labeled_tiles())
     return AssetCheckResult(
-        passed=not report["unmapped"] and not report["not_found"],
+        passed=not report.unmapped and not report.not_found,
         severity=AssetCheckSeverity.WARN,
-        metadata={"unmapped_classes": ", ".join(report["unmapped"]) or "none",
-                  "n_unmapped_tiles": report["n_unmapped_tiles"],
-                  "map_classes_without_folder": ", ".join(report["not_found"]) or "none"},
+        metadata={"unmapped_classes": ", ".join(report.unmapped) or "none",
+                  "n_unmapped_tiles": report.n_unmapped_tiles,
+                  "map_classes_without_folder": ", ".join(report.not_found) or "none"},
     )
 
 

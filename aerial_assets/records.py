@@ -1,0 +1,396 @@
+"""The contracts between assets: tile statuses and every side file, as typed records. No Dagster import.
+
+Each side file (``summary.json``, ``backbone.json``, ``classifier.json``, ...) is one pydantic model here, with
+its file name, its one reader (:meth:`SideFile.read`) and its one writer (:meth:`SideFile.write`). Readers
+validate what they read, so a missing or mistyped field fails at the read with the file's URI rather than as
+a ``KeyError`` deep inside a step, and defaults live in one place (the field) instead of in every reader.
+
+The files stay plain JSON with the same keys as before (sorted, indented): users and other tools read them.
+Unknown keys are ignored on reading, so a file written by a newer version still reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from aerial_assets.errors import AerialError
+from aerial_assets.storage.core import Storage, join
+
+
+class TileStatus(StrEnum):
+    """Why a row of a tile table is, or is not, usable: the ``status`` column of every catalog, feature,
+    tile and prediction table. A ``StrEnum``, so it is stored (Parquet, CSV, Spark) as its plain value."""
+
+    OK = "ok"
+    QUARANTINED = "quarantined"  # unreadable or unusable, with a reason
+    NODATA = "nodata"            # a county tile that is mostly nodata: skipped, not scored
+    UNMAPPED = "unmapped"        # a labelled tile whose class the label map does not name
+    IGNORED = "ignored"          # a labelled tile whose class the label map drops on purpose
+
+
+VIEW_COUNTS: tuple[int, ...] = (1, 4, 8)
+"""Rotated/flipped views of a tile that featurization can average (identity; 4 rotations; and their flips)."""
+
+
+def _view_count(views: int) -> int:
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}; got {views}")
+    return views
+
+
+def _view_choice(views: int) -> int:
+    return views if views == 0 else _view_count(views)
+
+
+# Dagster's config schema takes only string literals, so the allowed counts are a pydantic validator: a bad
+# value fails when the step's config is built, before any work, in every asset that takes views.
+ViewCount = Annotated[int, AfterValidator(_view_count)]
+ViewChoice = Annotated[int, AfterValidator(_view_choice)]
+"""A view count, or 0: "the views the upstream output was computed with"."""
+Augmentation = Literal["average", "augment"]
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A Spark table's columns, defined once: the DDL string Spark takes (``mapInPandas``, ``createDataFrame``)
+    and the column names the pandas code on the executors keeps, in the same order."""
+
+    fields: tuple[tuple[str, str], ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.fields]
+
+    @property
+    def ddl(self) -> str:
+        return ", ".join(f"{name} {kind}" for name, kind in self.fields)
+
+    def select(self, names: list[str]) -> TableSchema:
+        kinds = dict(self.fields)
+        return TableSchema(tuple((name, kinds[name]) for name in names))
+
+    def plus(self, *fields: tuple[str, str]) -> TableSchema:
+        return TableSchema((*self.fields, *fields))
+
+
+_STATUS = (("status", "string"), ("reason", "string"))
+_BOUNDS = tuple((name, "double") for name in ("left", "bottom", "right", "top", "lon", "lat", "min_lon", "min_lat",
+                                                "max_lon", "max_lat"))
+
+#: ``county_tiles/<county>/tiles.parquet``: one row per tile window of a county raster (or ready-made tile file).
+TILES = TableSchema((
+    ("tile_id", "string"), ("raster_uri", "string"), ("raster_index", "int"), ("row", "int"), ("col", "int"),
+    ("col_off", "int"), ("row_off", "int"), ("width_px", "int"), ("height_px", "int"), *_BOUNDS,
+    ("nodata_fraction", "double"), *_STATUS))
+#: The columns of a county tile that scoring carries through to the predictions.
+PASSTHROUGH = ["tile_id", "raster_index", "row", "col", *(name for name, _ in _BOUNDS)]
+#: A county tile's features, as the window featurizer returns them.
+WINDOW_FEATURES = TILES.select(PASSTHROUGH).plus(("features", "array<float>"), *_STATUS)
+#: ``tile_features/<backbone>/features.parquet``: a labelled tile's features (and every view's, when views > 1).
+FEATURES = TableSchema((("tile_id", "string"), ("label", "string"), ("split", "string"),
+                        ("features", "array<float>"), ("view_features", "array<float>"), *_STATUS))
+#: The rows a classifier trains and is evaluated on.
+TRAINING = FEATURES.select(["tile_id", "label", "split", "features"])
+#: What decoding a catalog file on an executor says of it.
+INSPECTION = TableSchema((("tile_id", "string"), ("width", "int"), ("height", "int"), ("mode", "string"), *_STATUS,
+                          ("notes", "string"), ("sha256", "string")))
+
+
+class Record(BaseModel):
+    """A typed JSON document (frozen; unknown keys ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+class SideFile(Record):
+    """A record stored as ``<folder>/<FILE>`` in an asset's output folder."""
+
+    FILE: ClassVar[str]
+
+    @classmethod
+    def uri(cls, folder: str) -> str:
+        return join(folder, cls.FILE)
+
+    @classmethod
+    def exists(cls, store: Storage, folder: str) -> bool:
+        return store.exists(cls.uri(folder))
+
+    @classmethod
+    def read(cls, store: Storage, folder: str) -> Self:
+        uri = cls.uri(folder)
+        try:
+            return cls.model_validate_json(store.read_text(uri))
+        except ValidationError as exc:
+            raise AerialError(f"{uri} is not a valid {cls.__name__} (written by another version? re-materialize "
+                              f"its asset): {exc.errors(include_url=False)}") from None
+
+    def write(self, store: Storage, folder: str) -> None:
+        store.write_text(self.uri(folder), self.to_json())
+
+
+# --- tiles ------------------------------------------------------------------------------------------------
+
+class LabeledTilesSummary(SideFile):
+    """``labeled_tiles/summary.json``: what the catalog holds."""
+
+    FILE: ClassVar[str] = "summary.json"
+    source: str
+    demo: bool
+    layout: str
+    tiles: int
+    quarantined: int
+    per_split: dict[str, int]
+    classes: list[str]
+    duplicates: dict[str, int]
+    split_strategy: str
+    spatial_groups: int
+    block_size_m: float | None = None
+    resized: int = 0
+    mode_converted: int = 0
+
+
+class ClassMapping(Record):
+    """Where a source class (a folder name) went: a target class, ``unmapped`` or ``ignored``; and its tiles."""
+
+    target: str
+    tiles: int
+
+
+class LabelMapReport(SideFile):
+    """``labeled_tiles/label_map.json``: how the dataset's classes were mapped (``label_map`` None: no map,
+    classes are the folder names)."""
+
+    FILE: ClassVar[str] = "label_map.json"
+    label_map: str | None = None
+    classes: dict[str, ClassMapping] = Field(default_factory=dict)
+    unmapped: list[str] = Field(default_factory=list)
+    ignored: list[str] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list)  # classes of the map that no folder had (a typo?)
+    n_unmapped_tiles: int = 0
+    n_ignored_tiles: int = 0
+
+
+class RasterLabelsSummary(SideFile):
+    """``raster_labeled_tiles/summary.json``: tiles cut from imagery and labelled from a land-cover raster."""
+
+    FILE: ClassVar[str] = "summary.json"
+    tiles: int
+    n_labelled: int
+    n_unlabelled: int
+    per_class: dict[str, int]
+    unlabelled_by_reason: dict[str, int]
+    rule: dict[str, Any]
+    tile_size_m: float
+    sources: dict[str, Any]
+
+
+# --- backbones and features -------------------------------------------------------------------------------
+
+class BackboneRecord(SideFile):
+    """``backbone_models/<backbone>/backbone.json``: what the ONNX graph was built from."""
+
+    FILE: ClassVar[str] = "backbone.json"
+    model_config = ConfigDict(extra="allow", frozen=True)  # weights provenance differs by kind (base, INT8, combined)
+    backbone: str
+    input_size: int
+    feature_dim: int
+    preprocessing: str
+    kind: str = "base"
+    weights_sha256: str = ""
+    parts: list[str] = Field(default_factory=list)
+
+
+class FeaturesSummary(SideFile):
+    """``tile_features/<backbone>/summary.json``: which catalog and graph the features came from."""
+
+    FILE: ClassVar[str] = "summary.json"
+    backbone: str
+    views: ViewCount = 1
+    feature_dim: int
+    n_tiles: int
+    seconds: float
+    catalog_sha256: str = ""
+    model_sha256: str = ""
+    run_id: str = ""
+    reused_parts: list[str] = Field(default_factory=list)
+
+
+class FeaturesIdentity(Record):
+    """What a classifier was trained on: the catalog's sha256 and a fingerprint of the stored features
+    (``training.provenance.features_identity``). Equal identities mean the very same stored features."""
+
+    catalog_sha256: str
+    features_sha256: str
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+class ClassifierRecord(SideFile):
+    """``land_use_classifiers/<backbone>/<algorithm>/classifier.json``: a fitted classifier."""
+
+    FILE: ClassVar[str] = "classifier.json"
+    model_id: str
+    backbone: str
+    algorithm: str
+    classes: list[str]
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)
+    n_train: int
+    n_train_rows: int = 0
+    views: ViewCount = 1
+    augmentation: Augmentation = "average"
+    fit_seconds: float
+    train_counts: dict[str, int] = Field(default_factory=dict)
+    upstream: FeaturesIdentity | None = None
+
+
+class ReportRecord(Record):
+    """One split's classification report (``training.metrics.ClassificationReport.to_dict``)."""
+
+    classes: list[str]
+    confusion_matrix: list[list[int]]
+    accuracy: float
+    macro_f1: float
+    precision: list[float]
+    recall: list[float]
+    f1: list[float]
+    support: list[int]
+
+
+class MetricsRecord(SideFile):
+    """``classifier_metrics/<backbone>/<algorithm>/metrics.json``: a classifier on the held-out splits."""
+
+    FILE: ClassVar[str] = "metrics.json"
+    backbone: str
+    algorithm: str
+    model_id: str
+    n_train: int
+    fit_seconds: float
+    test: ReportRecord
+    validation: ReportRecord
+    views: ViewCount = 1
+    augmentation: Augmentation = "average"
+    params: dict[str, Any] = Field(default_factory=dict)
+    upstream: FeaturesIdentity | None = None
+    calibration: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChampionRecord(SideFile):
+    """``champion_model/champion.json``: the model that scores counties, with its backbone's record, so the
+    bundle (``model.onnx`` + ``pipeline_model``) is self-describing."""
+
+    FILE: ClassVar[str] = "champion.json"
+    model_id: str
+    backbone: str
+    algorithm: str
+    classes: list[str]
+    why: str
+    views: ViewCount = 1
+    augmentation: Augmentation = "average"
+    params: dict[str, Any] = Field(default_factory=dict)
+    val_macro_f1: float
+    val_accuracy: float
+    test_accuracy: float
+    test_macro_f1: float
+    test_ece: float | None = None
+    backbone_record: BackboneRecord
+    upstream: FeaturesIdentity | None = None
+    left_out: dict[str, str] = Field(default_factory=dict)
+
+
+# --- counties and maps ------------------------------------------------------------------------------------
+
+class CountyTilesSummary(SideFile):
+    """``county_tiles/<county>/summary.json``: a county's tiles, counted by status."""
+
+    FILE: ClassVar[str] = "summary.json"
+    county: str
+    name: str = ""
+    area: str = ""
+    year: int | None = None
+    crs: str
+    tile_size_m: float
+    sources: list[dict[str, Any]] = Field(default_factory=list)  # rasters (header each) or one tile folder
+    counts: dict[str, int] = Field(default_factory=dict)
+
+    def count(self, status: TileStatus) -> int:
+        return int(self.counts.get(status, 0))
+
+
+class PredictionsSummary(SideFile):
+    """``county_predictions/<county>/summary.json``: which model scored the county, and the counts per class."""
+
+    FILE: ClassVar[str] = "summary.json"
+    county: str
+    model_id: str
+    classes: list[str]
+    counts: dict[str, int]
+    views: ViewCount = 1
+    crs: str
+    year: int | None = None
+    area: str | None = None
+    n_tiles: int
+    n_quarantined: int
+    seconds: float
+    spark_tasks: int
+    sample_frac: float = 1.0
+    champion: bool = True
+    run_id: str = ""
+
+
+class LandUseMapSummary(SideFile):
+    """``county_land_use_map/<county>/summary.json``: the map's grid and the tiles per class."""
+
+    FILE: ClassVar[str] = "summary.json"
+    county: str
+    model_id: str
+    crs: str
+    classes: list[str]
+    grid: list[int]
+    cell_x: float
+    cell_y: float
+    cell_m: float | None = None
+    counts: list[int]
+    smoothing: bool
+    tiles_changed_by_smoothing: int
+
+
+class ChangeSummary(SideFile):
+    """``county_land_use_change/<county>/summary.json``: transitions since the baseline vintage, and which
+    scoring of the baseline and of this vintage they were computed from (``*_model_id`` / ``*_run_id``)."""
+
+    FILE: ClassVar[str] = "summary.json"
+    county: str
+    baseline: str
+    classes: list[str]
+    matrix: list[list[int]]
+    became: dict[str, int]
+    baseline_model_id: str = ""
+    baseline_run_id: str = ""
+    model_id: str = ""
+    run_id: str = ""
+
+
+class AgreementRecord(SideFile):
+    """``county_agreement/<county>/agreement.json``: the map against a reference land-cover raster (or why not)."""
+
+    FILE: ClassVar[str] = "agreement.json"
+    county: str
+    reference: dict[str, str] | None
+    note: str = ""
+    classes: list[str] = Field(default_factory=list)
+    crs: str = ""
+    grid: list[int] = Field(default_factory=list)
+    map_cells: int = 0
+    reference_labelled_cells: int = 0
+    raw: dict[str, Any] = Field(default_factory=dict)
+    smoothed: dict[str, Any] = Field(default_factory=dict)
+    smoothing_gain: float = 0.0
