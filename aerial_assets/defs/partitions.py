@@ -2,7 +2,9 @@
 
 
 from dagster import (
+    AllPartitionMapping,
     DynamicPartitionsDefinition,
+    IdentityPartitionMapping,
     MultiPartitionsDefinition,
     MultiToSingleDimensionPartitionMapping,
     StaticPartitionsDefinition,
@@ -16,5 +18,8 @@ algorithm_partitions = StaticPartitionsDefinition(list(ALGORITHMS))
 classifier_partitions = MultiPartitionsDefinition({"backbone": backbone_partitions, "algorithm": algorithm_partitions})
 county_partitions = DynamicPartitionsDefinition(name="counties")
 
-# A classifier partition reads the features of its backbone.
-by_backbone = MultiToSingleDimensionPartitionMapping(partition_dimension_name="backbone")
+# How a partition reads another asset's partitions (every read is declared with one of these, so that Dagster's
+# lineage, staleness and "materialize upstream" see it).
+by_backbone = MultiToSingleDimensionPartitionMapping(partition_dimension_name="backbone")  # classifier -> its features
+same_partition = IdentityPartitionMapping()  # the same backbone, classifier or county
+every_partition = AllPartitionMapping()  # an unpartitioned asset (or scoring) that reads any partition

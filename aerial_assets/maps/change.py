@@ -9,6 +9,9 @@ from aerial_assets.errors import CountyError
 from aerial_assets.imagery.counties import County, earlier_vintages
 from aerial_assets.imagery.rasters import MapGrid
 from aerial_assets.maps.map_cells import grid_of, with_cells
+from aerial_assets.records import ChangeSummary, PredictionsSummary
+from aerial_assets.storage.core import Storage
+from aerial_assets.storage.layout import Layout
 
 UNCHANGED = 254  # the change map's value where a tile kept its class
 
@@ -77,3 +80,20 @@ def transitions(before, after, classes: list[str], base: str, key: str) -> Trans
     for row in counts:
         matrix[int(row["predicted_index_before"]), int(row["predicted_index"])] += int(row["count"])
     return Transitions(pairs, grid_def, matrix)
+
+
+def stale_change_inputs(store: Storage, layout: Layout, key: str) -> str:
+    """'' when the change of ``key`` was computed from the predictions stored now (of its baseline and of its
+    own vintage), else what changed since and what to re-materialize. The change records the scoring run and
+    model of both (:class:`aerial_assets.records.ChangeSummary`)."""
+    change = ChangeSummary.read(store, layout.county_change(key))
+    for vintage, model_id, run_id in ((change.baseline, change.baseline_model_id, change.baseline_run_id),
+                                      (key, change.model_id, change.run_id)):
+        if not PredictionsSummary.exists(store, layout.county_predictions(vintage)):
+            return f"county_predictions[{vintage}] is no longer stored: re-materialize it, then the change"
+        now = PredictionsSummary.read(store, layout.county_predictions(vintage))
+        if (now.model_id, now.run_id) != (model_id, run_id):
+            return (f"county_predictions[{vintage}] was re-scored (now {now.model_id}, run {now.run_id[:8] or '?'}; "
+                    f"the change used {model_id or '?'}, run {run_id[:8] or '?'}): re-materialize "
+                    f"county_land_use_change[{key}]")
+    return ""

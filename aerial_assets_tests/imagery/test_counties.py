@@ -18,8 +18,11 @@ from aerial_assets.errors import CountyError
 from aerial_assets.imagery import demo_data
 from aerial_assets.imagery.counties import earlier_vintages, parse_registry, resolve_county
 from aerial_assets.imagery.tile_summaries import parse_tile_summary
+from aerial_assets.maps.change import stale_change_inputs
 from aerial_assets.maps.geoparquet import rectangles_wkb
 from aerial_assets.maps.spatial import plurality_smooth, transition_matrix
+from aerial_assets.storage.core import LocalStorage
+from aerial_assets.storage.layout import Layout
 
 COUNTY_ASSETS = ["county_tiles", "county_predictions", "county_land_use_map"]
 
@@ -297,3 +300,29 @@ def test_corrupt_window_is_quarantined_with_its_reason(tmp_path):
     assert out.loc["damaged/0/1_1", "status"] == "quarantined"
     assert out.loc["damaged/0/1_1", "reason"].startswith("unreadable window")
     assert (out.drop("damaged/0/1_1")["status"] == "ok").all()
+
+
+def _change_inputs_check(graph_run, key: str) -> bool:
+    """Whether the latest evaluation of the change's ``county_land_use_change_inputs_current`` check passed."""
+    from dagster import AssetCheckKey
+
+    check = AssetCheckKey(AssetKey("county_land_use_change"), "county_land_use_change_inputs_current")
+    record = graph_run["instance"].event_log_storage.get_latest_asset_check_execution_by_key([check])[check]
+    return record.event.dagster_event.event_specific_data.passed
+
+
+def test_a_rescored_baseline_vintage_marks_the_change_stale(graph_run, vintages):
+    """The baseline is another partition of county_predictions, which Dagster's staleness cannot see: the
+    change records the scoring runs it used, and its check compares them with the predictions stored now."""
+    assert vintages["change_ok"]
+    root = graph_run["root"]
+    summary = json.loads((root / "county_land_use_change" / "town@2022" / "summary.json").read_text())
+    before = json.loads((root / "county_predictions" / "town@2018" / "summary.json").read_text())
+    assert summary["baseline_run_id"] == before["run_id"] and summary["baseline_model_id"] == before["model_id"]
+    store, layout = LocalStorage(), Layout(str(root))
+    assert _change_inputs_check(graph_run, "town@2022") and stale_change_inputs(store, layout, "town@2022") == ""
+    assert _runner(graph_run).run(["county_predictions"], "town@2018")  # the baseline is re-scored
+    problem = stale_change_inputs(store, layout, "town@2022")
+    assert "county_predictions[town@2018] was re-scored" in problem and "county_land_use_change[town@2022]" in problem
+    assert _runner(graph_run).run(["county_land_use_change"], "town@2022")  # recomputed: current again
+    assert _change_inputs_check(graph_run, "town@2022") and stale_change_inputs(store, layout, "town@2022") == ""

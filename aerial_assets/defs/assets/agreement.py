@@ -7,7 +7,7 @@ from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
 from aerial_assets.defs.assets._io import metadata_table, run_per_county
 from aerial_assets.defs.assets.maps import NODATA, _scored
-from aerial_assets.defs.partitions import county_partitions
+from aerial_assets.defs.partitions import county_partitions, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import CountyError
 from aerial_assets.maps.agreement import UNLABELLED, map_agreement, read_legend, reference_on_grid
@@ -24,7 +24,8 @@ NO_REFERENCE = ("no reference raster registered: add 'reference: {raster: <land-
 @asset(
     group_name="maps",
     partitions_def=county_partitions,
-    deps=[AssetDep("county_land_use_map"), AssetDep("county_predictions")],
+    deps=[AssetDep("county_land_use_map", partition_mapping=same_partition),
+          AssetDep("county_predictions", partition_mapping=same_partition)],
     kinds={"json", "png"},
 )
 def county_map_agreement(

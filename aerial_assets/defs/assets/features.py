@@ -11,7 +11,7 @@ from pydantic import Field
 
 from aerial_assets.backbones.zoo import COMBINATION, ZooEntry, zoo_entry
 from aerial_assets.defs.assets._io import metadata_table, spark_table_schema
-from aerial_assets.defs.partitions import backbone_partitions
+from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.imagery.catalog import SPLITS
 from aerial_assets.records import BackboneRecord, FeaturesSummary, TileStatus, ViewCount
@@ -54,7 +54,7 @@ class FeaturizeConfig(Config):
 @asset(
     group_name="features",
     partitions_def=backbone_partitions,
-    deps=["labeled_tiles", AssetDep("backbone_models")],
+    deps=["labeled_tiles", AssetDep("backbone_models", partition_mapping=same_partition)],
     kinds={"spark", "onnx", "parquet"},
 )
 def tile_features(

@@ -9,6 +9,7 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetDep,
     AssetExecutionContext,
     BackfillPolicy,
     Config,
@@ -19,11 +20,11 @@ from dagster import (
 from pydantic import Field
 
 from aerial_assets.defs.assets._io import metadata_table, run_per_county
-from aerial_assets.defs.partitions import county_partitions
+from aerial_assets.defs.partitions import county_partitions, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import CountyError
 from aerial_assets.imagery.rasters import MapGrid, write_class_geotiff
-from aerial_assets.maps.change import UNCHANGED, choose_baseline, transitions
+from aerial_assets.maps.change import UNCHANGED, choose_baseline, stale_change_inputs, transitions
 from aerial_assets.maps.map_cells import frames_of, grid_of, paint, with_cells
 from aerial_assets.maps.rendering import (
     change_png,
@@ -86,7 +87,7 @@ def _write_geotiff(store: Storage, uri: str, grid: np.ndarray, grid_def: MapGrid
 @asset(
     group_name="maps",
     partitions_def=county_partitions,
-    deps=["county_predictions"],
+    deps=[AssetDep("county_predictions", partition_mapping=same_partition)],
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"geotiff", "png"},
 )
@@ -167,7 +168,8 @@ class LandUseChangeConfig(Config):
 @asset(
     group_name="maps",
     partitions_def=county_partitions,
-    deps=["county_predictions"],
+    # The baseline vintage is read too; see county_land_use_change_inputs_current for why it is not declared.
+    deps=[AssetDep("county_predictions", partition_mapping=same_partition)],
     kinds={"parquet", "geotiff", "png"},
 )
 def county_land_use_change(
@@ -248,20 +250,8 @@ def county_land_use_change_inputs_current(context, storage: StorageResource) -> 
     partitions, and the baseline is chosen by config), so Dagster's staleness cannot see it. The change records
     which scoring runs it was computed from (``summary.json``); this check compares them with the predictions
     stored now, so a re-scored baseline shows up in the UI."""
-    layout, store = storage.layout, storage.storage
-    stale: dict[str, str] = {}
-    for key in context.partition_keys:
-        change = ChangeSummary.read(store, layout.county_change(key))
-        for vintage, model_id, run_id in ((change.baseline, change.baseline_model_id, change.baseline_run_id),
-                                          (key, change.model_id, change.run_id)):
-            if not PredictionsSummary.exists(store, layout.county_predictions(vintage)):
-                stale[key] = f"county_predictions[{vintage}] is no longer stored"
-                continue
-            now = PredictionsSummary.read(store, layout.county_predictions(vintage))
-            if (now.model_id, now.run_id) != (model_id, run_id):
-                stale[key] = (f"county_predictions[{vintage}] was re-scored (now {now.model_id}, run "
-                              f"{now.run_id[:8] or '?'}; the change used {model_id or '?'}, run {run_id[:8] or '?'}): "
-                              f"re-materialize county_land_use_change[{key}]")
+    stale = {key: problem for key in context.partition_keys
+             if (problem := stale_change_inputs(storage.storage, storage.layout, key))}
     return AssetCheckResult(
         passed=not stale, severity=AssetCheckSeverity.WARN,
         description="; ".join(stale.values()) or "computed from the predictions stored now",

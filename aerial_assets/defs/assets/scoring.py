@@ -9,6 +9,7 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetDep,
     AssetExecutionContext,
     BackfillPolicy,
     Config,
@@ -20,7 +21,7 @@ from pydantic import Field
 
 from aerial_assets.defs.assets._io import run_per_county, spark_table_schema
 from aerial_assets.defs.assets.features import FeaturizeConfig
-from aerial_assets.defs.partitions import county_partitions
+from aerial_assets.defs.partitions import county_partitions, every_partition, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery.counties import County
@@ -221,7 +222,10 @@ def executor_folder(store: Storage, uri: str) -> str:
 @asset(
     group_name="scoring",
     partitions_def=county_partitions,
-    deps=["county_tiles", "champion_model", "model_leaderboard"],
+    # the champion's bundle by default; with config model_id, a leaderboard row's classifier and backbone graph
+    deps=[AssetDep("county_tiles", partition_mapping=same_partition), "champion_model", "model_leaderboard",
+          AssetDep("land_use_classifiers", partition_mapping=every_partition),
+          AssetDep("backbone_models", partition_mapping=every_partition)],
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"spark", "onnx", "geoparquet"},
 )

@@ -25,7 +25,7 @@ from dagster import (
 from pydantic import Field
 
 from aerial_assets.defs.assets._io import metadata_table, table_schema
-from aerial_assets.defs.partitions import by_backbone, classifier_partitions
+from aerial_assets.defs.partitions import by_backbone, classifier_partitions, every_partition, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
@@ -109,7 +109,7 @@ def _rows(spark: SparkResource, storage: StorageResource, backbone: str, views: 
 @asset(
     group_name="training",
     partitions_def=classifier_partitions,
-    deps=[AssetDep("tile_features", partition_mapping=by_backbone)],
+    deps=["labeled_tiles", AssetDep("tile_features", partition_mapping=by_backbone)],
     kinds={"spark", "pyspark_ml"},
 )
 def land_use_classifiers(
@@ -179,7 +179,8 @@ def _report_metadata(prefix: str, rep: ClassificationReport) -> dict[str, object
 @asset(
     group_name="training",
     partitions_def=classifier_partitions,
-    deps=["land_use_classifiers", AssetDep("tile_features", partition_mapping=by_backbone)],
+    deps=["labeled_tiles", AssetDep("land_use_classifiers", partition_mapping=same_partition),
+          AssetDep("tile_features", partition_mapping=by_backbone)],
     kinds={"spark"},
 )
 def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource) -> MaterializeResult:
@@ -251,7 +252,11 @@ def _left_out_table(left_out: dict[str, str]):
                                        columns=["partition", "reason"]))
 
 
-@asset(group_name="training", deps=["classifier_metrics"], kinds={"csv"})
+@asset(group_name="training", kinds={"csv"},
+       # provenance: each row's classifier, and the features and catalog it must have been trained on
+       deps=["labeled_tiles", AssetDep("classifier_metrics", partition_mapping=every_partition),
+             AssetDep("land_use_classifiers", partition_mapping=every_partition),
+             AssetDep("tile_features", partition_mapping=every_partition)])
 def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     """Every backbone x algorithm side by side: test accuracy and macro-F1, train/test sizes, fit time
     (plus the validation scores the champion is chosen on). Written as CSV and shown as a table.
@@ -288,7 +293,11 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
     )
 
 
-@asset(group_name="training", deps=["model_leaderboard", "land_use_classifiers", "backbone_models"], kinds={"onnx"})
+@asset(group_name="training", kinds={"onnx"},
+       deps=["labeled_tiles", "model_leaderboard", AssetDep("classifier_metrics", partition_mapping=every_partition),
+             AssetDep("land_use_classifiers", partition_mapping=every_partition),
+             AssetDep("tile_features", partition_mapping=every_partition),
+             AssetDep("backbone_models", partition_mapping=every_partition)])
 def champion_model(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     """The model that scores counties: best validation macro-F1 on the leaderboard (the test split stays a
     final report only). A self-contained bundle: the backbone's ONNX graph plus the fitted classifier.
