@@ -43,6 +43,7 @@ from aerial_assets.backbones.reference_nets import reference_features
 from aerial_assets.backbones.torch_weights import load_state_dict
 from aerial_assets.errors import BackboneError, ConfigurationError
 from aerial_assets.imagery.decode import resize_square
+from aerial_assets.storage.core import LOCAL_SCHEMES, local_path, scheme_of
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -62,15 +63,24 @@ WEIGHTS_REINSTALL = "pip install --force-reinstall --no-deps --require-hashes -r
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut")
 
 
-def default_weights_dir(env: Mapping[str, str] | None = None) -> str:
-    """``$AERIAL_WEIGHTS_DIR``, else ``<AERIAL_DATA_ROOT>/weights``: where user-supplied weights live."""
-    env = os.environ if env is None else env
-    folder = env.get(WEIGHTS_DIR_SETTING) or os.path.join(env.get("AERIAL_DATA_ROOT", ".aerial_data"), "weights")
-    return os.path.abspath(folder)
+def weights_dir_for(data_root: str, weights_dir: str = "") -> str:
+    """Where user-supplied weights live: ``weights_dir`` (``AERIAL_WEIGHTS_DIR``) when set, else
+    ``<data root>/weights`` for a local data root, else ``./.aerial_weights`` (weights are read on this machine,
+    so a cloud data root cannot hold them). The one rule, used by the Dagster resource and by callers outside."""
+    if weights_dir:
+        return os.path.abspath(local_path(weights_dir))
+    if scheme_of(data_root) in LOCAL_SCHEMES:
+        return os.path.join(os.path.abspath(local_path(data_root)), "weights")
+    return os.path.abspath(".aerial_weights")
 
 
-def _weights_folder(weights_dir: str | None) -> str:
-    return os.path.abspath(weights_dir) if weights_dir else default_weights_dir()
+def default_weights_dir(env: Mapping[str, str]) -> str:
+    """:func:`weights_dir_for` with the settings of ``env`` (``AERIAL_WEIGHTS_DIR``, ``AERIAL_DATA_ROOT``)."""
+    return weights_dir_for(env.get("AERIAL_DATA_ROOT") or ".aerial_data", env.get(WEIGHTS_DIR_SETTING, ""))
+
+
+def _weights_folder(weights_dir: str | None) -> str | None:
+    return os.path.abspath(weights_dir) if weights_dir else None
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class BackboneSpec:
     def weights_path(self, weights_dir: str | None = None) -> str:
         """The weights file on this machine; a clear :class:`BackboneError` says how to get it when missing.
 
-        ``weights_dir`` (default: :func:`default_weights_dir`) holds user-supplied weights; for packaged weights
+        ``weights_dir`` (:func:`weights_dir_for`; None: none) holds user-supplied weights; for packaged weights
         a copy of the package's file saved there under its own name (e.g. ``mobilenet_v2-b0353104.pth``) is used
         instead of the package's, for machines where the package cannot be installed. Either way the bytes must
         match :attr:`weights_sha256` (see :func:`read_verified_weights`), so the copy cannot change the weights.
@@ -117,8 +127,9 @@ class BackboneSpec:
         if self.user_supplied:
             return self._user_weights_path(weights_dir)
         assert self.weights_module is not None
-        copy = os.path.join(_weights_folder(weights_dir), os.path.basename(self.weights_file))
-        if os.path.isfile(copy):
+        folder = _weights_folder(weights_dir)
+        copy = os.path.join(folder or f"${WEIGHTS_DIR_SETTING}", os.path.basename(self.weights_file))
+        if folder and os.path.isfile(copy):
             return copy
         spec = importlib.util.find_spec(self.weights_module)
         if spec is None or not spec.submodule_search_locations:
@@ -136,8 +147,8 @@ class BackboneSpec:
 
     def _user_weights_path(self, weights_dir: str | None) -> str:
         folder = _weights_folder(weights_dir)
-        path = os.path.join(folder, self.weights_file)
-        if not os.path.isfile(path):
+        path = os.path.join(folder or f"${WEIGHTS_DIR_SETTING}", self.weights_file)
+        if folder is None or not os.path.isfile(path):
             raise BackboneError(
                 f"backbone {self.name!r} needs the weights file {self.weights_file}, which no PyPI package ships: "
                 f"download it from {self.weights_url} and save it as {path} "

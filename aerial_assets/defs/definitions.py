@@ -27,6 +27,7 @@ from aerial_assets.defs.resources import (
     TrainingRastersResource,
     TrainingTilesResource,
 )
+from aerial_assets.defs.settings import data_root, weights_setting
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.spark.session import SparkSettings
 from aerial_assets.storage.azure import (
@@ -68,7 +69,7 @@ def _local_storage(env: Mapping[str, str]) -> StorageResource:
             raise ConfigurationError(f"{name}={env[name]} is an Azure URI but no Azure credentials are set: set "
                                      f"{ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} (with a key, a SAS token or a "
                                      "managed identity), see README")
-    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"))
+    return StorageResource(data_root=data_root(env))
 
 
 def _azure_storage(env: Mapping[str, str]) -> StorageResource:
@@ -96,7 +97,7 @@ def _azure_storage(env: Mapping[str, str]) -> StorageResource:
         raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
                                  f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts; wasbs: Blob Storage "
                                  "accounts, HDInsight's default file system)")
-    return StorageResource(data_root=env.get("AERIAL_DATA_ROOT", ".aerial_data"), spark_storage=spark_storage,
+    return StorageResource(data_root=data_root(env), spark_storage=spark_storage,
                            spark_azure_scheme=scheme, **settings)
 
 
@@ -136,7 +137,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
                                                 label_map=env.get("AERIAL_LABEL_MAP", "")),
         "training_rasters": TrainingRastersResource(uri=env.get("AERIAL_TRAINING_RASTERS", "")),
         "counties": CountyRegistryResource(uri=env.get("AERIAL_COUNTIES", "")),
-        "backbone_weights": BackboneWeightsResource(weights_dir=env.get("AERIAL_WEIGHTS_DIR", "")),
+        "backbone_weights": BackboneWeightsResource(weights_dir=weights_setting(env)),
     }
 
 

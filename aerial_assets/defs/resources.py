@@ -26,7 +26,7 @@ from aerial_assets.spark.session import (
     session_conf,
     wait_for_early_start,
 )
-from aerial_assets.storage.core import Storage, is_local, join, local_path, scheme_of, storage_for
+from aerial_assets.storage.core import Storage, is_local, join, local_path, storage_for
 from aerial_assets.storage.layout import Layout
 
 DEMO_COUNTY_KEY = "demo_middlesex"
@@ -384,11 +384,9 @@ class BackboneWeightsResource(ConfigurableResource):
     weights_dir: str = ""
 
     def resolve(self, layout: Layout) -> str:
-        if self.weights_dir:
-            return local_path(self.weights_dir)
-        if scheme_of(layout.root) in ("", "file"):
-            return join(local_path(layout.root), "weights")
-        return os.path.abspath(".aerial_weights")
+        from aerial_assets.backbones.networks import weights_dir_for
+
+        return weights_dir_for(layout.root, self.weights_dir)
 
 
 class TrainingRastersResource(ConfigurableResource):

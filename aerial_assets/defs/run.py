@@ -25,6 +25,7 @@ from aerial_assets.backbones.zoo import zoo_entry  # noqa: E402
 from aerial_assets.defs.definitions import build_defs  # noqa: E402
 from aerial_assets.defs.partitions import county_partitions  # noqa: E402
 from aerial_assets.defs.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags  # noqa: E402
+from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
@@ -46,7 +47,7 @@ def prepare_home(env: dict[str, str]) -> None:
     if env.get("DAGSTER_HOME"):
         os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
         return
-    root = env.get("AERIAL_DATA_ROOT", ".aerial_data")
+    root = data_root(env)
     # The run history is local; with a cloud data root (az://...) it stays under ./.aerial_data.
     home = join(local_path(root if is_local(root) else ".aerial_data"), "dagster_home")
     install_instance_yaml(home)  # atomically: make ui may be reading it at this moment
@@ -137,20 +138,21 @@ stderr naming the setting), 3 another run holds this data root.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    defaults = RunDefaults.from_env(os.environ if env is None else env)
     parser = argparse.ArgumentParser(
         prog="python -m aerial_assets.defs.run", description=__doc__,
         epilog=EPILOG.replace("{presets}", f"{' or '.join(PRESETS)} (default {DEFAULT_PRESET})"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=os.environ.get("AERIAL_PRESET", DEFAULT_PRESET),
+    parser.add_argument("--preset", default=defaults.preset or DEFAULT_PRESET,
                         help="what to train and compare (default: $AERIAL_PRESET or "
                              f"{DEFAULT_PRESET}): " + "; ".join(f"{p.name}: {p.cost}" for p in PRESETS.values()))
-    parser.add_argument("--backbones", default=os.environ.get("AERIAL_BACKBONES"),
+    parser.add_argument("--backbones", default=defaults.backbones,
                         help="comma list of backbones to featurize with, instead of the preset's (default: "
                              "$AERIAL_BACKBONES or the preset's: " + "; ".join(
                                  f"{p.name}: {','.join(p.backbones)}" for p in PRESETS.values())
                              + "; README, Backbones, lists them)")
-    parser.add_argument("--algorithms", default=os.environ.get("AERIAL_ALGORITHMS"),
+    parser.add_argument("--algorithms", default=defaults.algorithms,
                         help="comma list of classifiers to train on each backbone, instead of the preset's (default: "
                              "$AERIAL_ALGORITHMS or the preset's: " + "; ".join(
                                  f"{p.name}: {','.join(p.algorithms)}" for p in PRESETS.values()) + ")")
@@ -202,15 +204,15 @@ def check_run_config(defs: Definitions, run_config: Mapping[str, object]) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster flags beta APIs on every import; they are pinned here, so keep the terminal for progress.
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
-    args = build_parser().parse_args(argv)
+    env = dict(os.environ)  # the one read of this process's environment; everything below takes ``env``
+    args = build_parser(env).parse_args(argv)
 
-    env = dict(os.environ)
     preset = get_preset(args.preset)
     backbones = parse_list(args.backbones or ",".join(preset.backbones), zoo_entry)
     algorithms = parse_list(args.algorithms or ",".join(preset.algorithms), check_algorithm)
     prepare_home(env)
     try:  # one run per data root, held until this process ends; dead runs failed, their temporaries swept
-        guard = RunGuard(env["DAGSTER_HOME"], env.get("AERIAL_DATA_ROOT", ".aerial_data"))
+        guard = RunGuard(env["DAGSTER_HOME"], data_root(env))
     except RunRefused as exc:
         print(f"make run: refused: {exc}", file=sys.stderr, flush=True)
         return 3
@@ -239,9 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if env.get("AERIAL_TRAINING_RASTERS") and not env.get("AERIAL_TRAINING_TILES"):  # tiles from a land-cover raster
         if not runner.run(["raster_labeled_tiles"]):
-            return report(runner, resources, [])
+            return report(runner, resources, [], env.get("DAGSTER_HOME", ""))
     if not runner.run(["labeled_tiles"]):
-        return report(runner, resources, [])
+        return report(runner, resources, [], env.get("DAGSTER_HOME", ""))
     for backbone in backbones:
         runner.run(["backbone_models", "tile_features"], backbone)
     for backbone in backbones:
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(["land_use_classifiers", "classifier_metrics"], key, f"{backbone}|{algorithm}")
     runner.run_config = run_config
     if not runner.run(["model_leaderboard", "champion_model"]) or args.skip_counties:
-        return report(runner, resources, [])
+        return report(runner, resources, [], env.get("DAGSTER_HOME", ""))
     instance.add_dynamic_partitions(county_partitions.name, [k for k in keys if not instance.has_dynamic_partition(
         county_partitions.name, k)])
     for key in keys:
@@ -262,10 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in keys:
         if earlier_vintages(registry, registry[key]):
             runner.run(["county_land_use_change"], key)
-    return report(runner, resources, keys)
+    return report(runner, resources, keys, env.get("DAGSTER_HOME", ""))
 
 
-def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[str]) -> int:
+def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[str], home: str) -> int:
     layout = resources["storage"].layout
     store = resources["storage"].storage
     board = join(layout.leaderboard(), "leaderboard.csv")
@@ -287,7 +289,7 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         change = join(layout.county_change(key), "change.png")
         if store.exists(change):
             print(f"Change map of {key}: {change}")
-    print(f"Outputs under {layout.root}; run history in {os.environ.get('DAGSTER_HOME')} (make ui)")
+    print(f"Outputs under {layout.root}; run history in {home} (make ui)")
     if runner.failures:
         print(f"{len(runner.failures)} step(s) failed:", file=sys.stderr)
         for failure in runner.failures:

@@ -44,6 +44,7 @@ from dagster._core.remote_origin import (
     ManagedGrpcPythonEnvCodeLocationOrigin,
 )
 
+from aerial_assets.defs import settings
 from aerial_assets.errors import AerialError
 from aerial_assets.storage.core import (
     is_local,
@@ -367,7 +368,7 @@ class AerialRunLauncher(DefaultRunLauncher):
         return CheckRunHealthResult(WorkerStatus.RUNNING, what)
 
     def launch_run(self, context: LaunchRunContext) -> None:
-        data_root = os.environ.get("AERIAL_DATA_ROOT", ".aerial_data")
+        data_root = settings.data_root(os.environ)
         holder = lock_is_held(run_lock_path(data_root, self._instance.root_directory))
         if holder:
             self._instance.report_run_failed(
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     """``make ui``'s first step: create the instance, fail dead runs, sweep dead temporaries, then say so."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", default=os.environ.get("DAGSTER_HOME", ""))
-    parser.add_argument("--data-root", default=os.environ.get("AERIAL_DATA_ROOT", ".aerial_data"))
+    parser.add_argument("--data-root", default=settings.data_root(os.environ))
     args = parser.parse_args(argv)
     if not args.home:
         print("run_guard: set DAGSTER_HOME or --home", file=sys.stderr)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.imagery.decode import IMAGE_EXTENSIONS
@@ -31,22 +32,16 @@ CATALOG_COLUMNS = [
 EXCLUDED = "excluded"  # a training tile left out by sample_frac: kept in the catalog, not featurized
 
 
-@dataclass(frozen=True)
-class SplitSettings:
-    """How tiles are split. Fractions are of each class, so every class is in every split."""
+class SplitSettings(BaseModel):
+    """How tiles are split. Fractions are of each class, so every class is in every split. The Dagster config of
+    ``labeled_tiles`` extends this model, so an out-of-range fraction fails when the step starts."""
 
-    test_fraction: float = 0.2
-    validation_fraction: float = 0.1
-    sample_frac: float = 1.0
+    model_config = ConfigDict(frozen=True)
+
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = 0
-
-    def check(self) -> None:
-        if not 0.0 < self.test_fraction < 1.0:
-            raise TrainingDataError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise TrainingDataError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if not 0.0 < self.sample_frac <= 1.0:
-            raise TrainingDataError(f"sample_frac must be in (0, 1], got {self.sample_frac}")
 
 
 def has_split_folders(top_dirs: Iterable[str]) -> bool:
@@ -214,7 +209,6 @@ def assign_splits(catalog: pd.DataFrame, settings: SplitSettings, carve_validati
     ``carve_validation`` is off (a spatial split has chosen whole blocks for it already); with
     ``sample_frac`` < 1 the training tiles left out are marked ``excluded`` (kept and counted).
     """
-    settings.check()
     out = catalog.copy()
     ok = out["status"] == TileStatus.OK
     out["_rank"] = _copy_ranks(out, ok, settings.seed)

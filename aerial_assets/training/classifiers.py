@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.records import TRAINING
+from aerial_assets.records import TRAINING, Augmentation, ViewChoice
 from aerial_assets.training.metrics import ClassificationReport, confusion_matrix, report
 
 ALGORITHMS = ("logistic_regression", "random_forest", "mlp")
-SEARCHES = ("none", "train_validation_split", "cross_validation")
-AUGMENTATIONS = ("average", "augment")
+Search = Literal["none", "train_validation_split", "cross_validation"]
+SEARCHES: tuple[str, ...] = get_args(Search)
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 FEATURES_COL, LABEL_COL = "features_vec", "label_idx"
 TRAINING_SCHEMA = TRAINING.ddl
 
@@ -32,9 +34,10 @@ def check_algorithm(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class ClassifierParams:
-    """Hyperparameters and search grids of every algorithm (the Dagster Config mirrors these fields).
+class ClassifierParams(BaseModel):
+    """Hyperparameters, search grids, views and augmentation of every algorithm: the one definition (the Dagster
+    config of ``land_use_classifiers`` is this model, so a bad value is refused when a run is launched
+    (``search``, ``augmentation``) or when the step starts (the numeric bounds and ``views``)).
 
     The original sample used random forest numTrees=20, maxDepth=5 and logistic regression
     regParam=0.01, maxIter=10; these defaults train longer and deeper, which pays off on
@@ -43,33 +46,34 @@ class ClassifierParams:
     for the champion choice and the test split for the final report.
     """
 
-    lr_reg_param: float = 0.01
-    lr_elastic_net: float = 0.0
-    lr_max_iter: int = 100
-    rf_num_trees: int = 100
-    rf_max_depth: int = 10
-    mlp_hidden: int = 256
-    mlp_max_iter: int = 200
-    mlp_block_size: int = 128
-    seed: int = 0
-    search: str = "train_validation_split"
-    search_folds: int = 3
-    search_train_ratio: float = 0.8
-    lr_reg_param_grid: Sequence[float] = field(default_factory=lambda: (0.001, 0.01, 0.1))
-    rf_max_depth_grid: Sequence[int] = field(default_factory=tuple)
-    mlp_hidden_grid: Sequence[int] = field(default_factory=tuple)
-    views: int = 0
-    augmentation: str = "average"
+    model_config = ConfigDict(frozen=True)
 
-    def check(self) -> None:
-        if self.search not in SEARCHES:
-            raise ConfigurationError(f"unknown search {self.search!r}; valid: {', '.join(SEARCHES)}")
-        if self.augmentation not in AUGMENTATIONS:
-            raise ConfigurationError(f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
-        if self.views not in (0, 1, 4, 8):
-            raise ConfigurationError(f"views must be 0 (all computed), 1, 4 or 8; got {self.views}")
+    lr_reg_param: float = Field(default=0.01, ge=0.0)
+    lr_elastic_net: float = Field(default=0.0, ge=0.0, le=1.0)
+    lr_max_iter: int = Field(default=100, ge=1)
+    rf_num_trees: int = Field(default=100, ge=1)
+    rf_max_depth: int = Field(default=10, ge=1)
+    mlp_hidden: int = Field(default=256, ge=1)
+    mlp_max_iter: int = Field(default=200, ge=1)
+    mlp_block_size: int = Field(default=128, ge=1)
+    seed: int = 0
+    search: Search = "train_validation_split"
+    search_folds: int = 3
+    search_train_ratio: float = Field(default=0.8, gt=0.0, lt=1.0)
+    lr_reg_param_grid: list[float] = [0.001, 0.01, 0.1]
+    rf_max_depth_grid: list[int] = []
+    mlp_hidden_grid: list[int] = []
+    views: ViewChoice = Field(default=0, description="rotated/flipped views averaged per tile: 1, 4, 8, or 0 for "
+                              "every view tile_features computed")
+    augmentation: Augmentation = Field(default="average", description="'average': one row per tile, features "
+                                       "averaged over the views; 'augment': every view of a training tile is a "
+                                       "training row")
+
+    @model_validator(mode="after")
+    def _folds(self) -> ClassifierParams:
         if self.search == "cross_validation" and self.search_folds < 2:
-            raise ConfigurationError("cross_validation needs search_folds >= 2")
+            raise ValueError("cross_validation needs search_folds >= 2")
+        return self
 
     def for_algorithm(self, algorithm: str) -> dict[str, Any]:
         """The fixed settings of the algorithm's estimator (searched ones start from these values)."""
@@ -180,7 +184,6 @@ def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_clas
     """
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 
-    params.check()
     grid = params.grid_for(algorithm)
     base = params.for_algorithm(algorithm)
     if params.search == "none" or not grid:

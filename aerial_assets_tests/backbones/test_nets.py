@@ -5,6 +5,7 @@ loading of the numpy-pickle weights, INT8 quantization and combined graphs."""
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 
 import numpy as np
@@ -156,7 +157,7 @@ def test_missing_user_weights_say_what_to_download_and_where(name, tmp_path, mon
     assert str(tmp_path / spec.weights_file) in message and WEIGHTS_DIR_SETTING in message
     monkeypatch.setenv(WEIGHTS_DIR_SETTING, str(tmp_path / "elsewhere"))
     with pytest.raises(BackboneError, match="elsewhere"):
-        spec.weights_path()
+        spec.weights_path(default_weights_dir(os.environ))
 
 
 def test_offline_backbones_are_the_packaged_ones():
@@ -244,3 +245,15 @@ def test_combined_part_of_another_size_is_resized_in_the_graph(exported):
     part = features[:, 1280:]
     cosine = (part * alone).sum(1) / np.linalg.norm(part, axis=1) / np.linalg.norm(alone, axis=1)
     assert cosine.min() > 0.97  # in-graph bilinear resize vs Pillow's: close, not identical
+
+
+def test_one_rule_for_the_weights_folder_in_the_resource_and_outside():
+    from aerial_assets.backbones.networks import weights_dir_for
+    from aerial_assets.defs.resources import BackboneWeightsResource
+    from aerial_assets.storage.layout import Layout
+
+    for root, setting in (("/data", ""), ("/data", "/w"), ("az://c/p", ""), ("az://c/p", "/w")):
+        env = {"AERIAL_DATA_ROOT": root, **({WEIGHTS_DIR_SETTING: setting} if setting else {})}
+        assert BackboneWeightsResource(weights_dir=setting).resolve(Layout(root)) == default_weights_dir(env) \
+            == weights_dir_for(root, setting)
+    assert weights_dir_for("az://c/p") == os.path.abspath(".aerial_weights")

@@ -23,12 +23,12 @@ def _entries(counts: dict[str, int], prefix: str = "") -> list[FileEntry]:
 def test_split_is_stratified_deterministic_and_order_free():
     listed = list_tiles(_entries({"Forest": 50, "Developed": 20}), split_layout=False)
     first = assign_splits(listed, SplitSettings(test_fraction=0.2, validation_fraction=0.1, seed=0))
-    shuffled = assign_splits(listed.sample(frac=1, random_state=3), SplitSettings(0.2, 0.1, seed=0))
+    shuffled = assign_splits(listed.sample(frac=1, random_state=3), SplitSettings(test_fraction=0.2, validation_fraction=0.1, seed=0))
     assert first.set_index("tile_id")["split"].equals(shuffled.set_index("tile_id")["split"].loc[first["tile_id"]])
     counts = first.groupby(["label", "split"]).size()
     assert counts["Forest", "test"] == 10 and counts["Developed", "test"] == 4
     assert counts["Forest", "validation"] == 4 and counts["Developed", "validation"] == 2
-    other_seed = assign_splits(listed, SplitSettings(0.2, 0.1, seed=1))
+    other_seed = assign_splits(listed, SplitSettings(test_fraction=0.2, validation_fraction=0.1, seed=1))
     assert not other_seed["split"].equals(first["split"])
 
 
@@ -53,7 +53,7 @@ def test_byte_identical_copies_land_in_one_split_and_other_tiles_do_not_move():
     # tiles without copies keep the split they had (same seed): only the copies' ranks changed
     copied_ids = set(copied.loc[forest[:23], "tile_id"])
     developed = before["label"] == "Developed"
-    assert before[developed]["split"].tolist() == assign_splits(copied, SplitSettings(0.5, 0.1, seed=0))[
+    assert before[developed]["split"].tolist() == assign_splits(copied, SplitSettings(test_fraction=0.5, validation_fraction=0.1, seed=0))[
         developed]["split"].tolist()
     assert len(copied_ids) == 23
 

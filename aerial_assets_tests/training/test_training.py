@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from aerial_assets.backbones.inference import dihedral_views
 from aerial_assets.errors import ConfigurationError
@@ -97,10 +98,10 @@ def test_classifier_params_validate_and_expose_grids():
     assert ClassifierParams().grid_for("logistic_regression") == {"regParam": [0.001, 0.01, 0.1]}
     assert ClassifierParams().grid_for("random_forest") == {}
     assert ClassifierParams(mlp_hidden_grid=(128, 256)).grid_for("mlp") == {"hidden": [128, 256]}
-    with pytest.raises(ConfigurationError, match="unknown search"):
-        ClassifierParams(search="grid").check()
-    with pytest.raises(ConfigurationError, match="views"):
-        ClassifierParams(views=3).check()
+    with pytest.raises(ValidationError, match="search"):
+        ClassifierParams(search="grid")
+    with pytest.raises(ValidationError, match="views"):
+        ClassifierParams(views=3)
 
 
 def test_champion_is_picked_on_validation_never_on_test():

@@ -33,15 +33,12 @@ from aerial_assets.training.spatial_splits import (
 )
 
 
-class LabeledTilesConfig(Config):
-    """How the labelled tiles are split (fractions apply per class: stratified), and whether symlinks that lead
-    out of the training folder are used (``follow_external_links``; by default such files are quarantined with
-    a reason naming this setting, so that a catalog never silently depends on files outside its folder)."""
+class LabeledTilesConfig(Config, catalog.SplitSettings):
+    """How the labelled tiles are split (``SplitSettings``: fractions apply per class, stratified), and whether
+    symlinks that lead out of the training folder are used (``follow_external_links``; by default such files are
+    quarantined with a reason naming this setting, so that a catalog never silently depends on files outside its
+    folder)."""
 
-    test_fraction: float = 0.2
-    validation_fraction: float = 0.1
-    sample_frac: float = 1.0
-    seed: int = 0
     expected_size: int = 224
     follow_external_links: bool = False
     split_strategy: Strategy = Field(
@@ -79,8 +76,7 @@ def labeled_tiles(
     stratified and deterministic; validation is carved from train for model selection. Class names that differ
     only by case are refused here, not at county scoring.
     """
-    settings = catalog.SplitSettings(config.test_fraction, config.validation_fraction, config.sample_frac, config.seed)
-    settings.check()
+    settings: catalog.SplitSettings = config
     if training_rasters.uri and not training_tiles.uri:  # AERIAL_TRAINING_RASTERS: raster_labeled_tiles' folder
         root, is_demo, lineage = _raster_labeled_source(storage)
     else:

@@ -22,7 +22,6 @@ from dagster import (
     asset,
     asset_check,
 )
-from pydantic import Field
 
 from aerial_assets.defs.assets._io import metadata_table, table_schema
 from aerial_assets.defs.partitions import by_backbone, classifier_partitions, every_partition, same_partition
@@ -59,30 +58,11 @@ from aerial_assets.training.provenance import (
 )
 
 
-class ClassifierConfig(Config):
-    """Hyperparameters, search grids and augmentation. Defaults suit CNN features; the original sample used
-    rf_num_trees=20, rf_max_depth=5, lr_reg_param=0.01, lr_max_iter=10. A grid with two or more values is
-    searched on the training split (`search`: train_validation_split, cross_validation or none)."""
-
-    lr_reg_param: float = 0.01
-    lr_elastic_net: float = 0.0
-    lr_max_iter: int = 100
-    rf_num_trees: int = 100
-    rf_max_depth: int = 10
-    mlp_hidden: int = 256
-    mlp_max_iter: int = 200
-    mlp_block_size: int = 128
-    seed: int = 0
-    search: str = "train_validation_split"
-    search_folds: int = 3
-    search_train_ratio: float = 0.8
-    lr_reg_param_grid: list[float] = [0.001, 0.01, 0.1]
-    rf_max_depth_grid: list[int] = []
-    mlp_hidden_grid: list[int] = []
-    views: int = Field(default=0, description="rotated/flipped views averaged per tile: 1, 4, 8, or 0 for every "
-                       "view tile_features computed")
-    augmentation: str = Field(default="average", description="'average': one row per tile, features averaged over "
-                              "the views; 'augment': every view of a training tile is a training row")
+class ClassifierConfig(Config, ClassifierParams):
+    """Hyperparameters, search grids and augmentation (``ClassifierParams``, whose fields and limits this is).
+    Defaults suit CNN features; the original sample used rf_num_trees=20, rf_max_depth=5, lr_reg_param=0.01,
+    lr_max_iter=10. A grid with two or more values is searched on the training split (`search`:
+    train_validation_split, cross_validation or none)."""
 
 
 def _keys(context: AssetExecutionContext) -> tuple[str, str]:
@@ -122,8 +102,7 @@ def land_use_classifiers(
     trained on (``upstream``). Features computed from another catalog than the current one are refused.
     """
     backbone, algorithm = _keys(context)
-    params = ClassifierParams(**config.model_dump())
-    params.check()
+    params: ClassifierParams = config
     upstream = current_features(storage.storage, storage.layout, backbone)
     augment = params.augmentation == "augment"
     rows, views = _rows(spark, storage, backbone, params.views, augment)
