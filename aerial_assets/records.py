@@ -39,18 +39,25 @@ VIEW_COUNTS: tuple[int, ...] = (1, 4, 8)
 
 def _view_count(views: int) -> int:
     if views not in VIEW_COUNTS:
-        raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}; got {views}")
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {views}")
     return views
 
 
-def _view_choice(views: int) -> int:
-    return views if views == 0 else _view_count(views)
+def view_choice(zero_means: str):
+    """A view count, or 0 meaning ``zero_means`` (for example "the model's")."""
+
+    def check(views: int) -> int:
+        if views != 0 and views not in VIEW_COUNTS:
+            raise ValueError(f"views must be 0 ({zero_means}) or one of {VIEW_COUNTS}, got {views}")
+        return views
+
+    return Annotated[int, AfterValidator(check)]
 
 
 # Dagster's config schema takes only string literals, so the allowed counts are a pydantic validator: a bad
 # value fails when the step's config is built, before any work, in every asset that takes views.
 ViewCount = Annotated[int, AfterValidator(_view_count)]
-ViewChoice = Annotated[int, AfterValidator(_view_choice)]
+ViewChoice = view_choice("every view tile_features computed")
 """A view count, or 0: "the views the upstream output was computed with"."""
 Augmentation = Literal["average", "augment"]
 

@@ -39,7 +39,7 @@ from aerial_assets.records import (
     CountyTilesSummary,
     PredictionsSummary,
     TileStatus,
-    ViewChoice,
+    view_choice,
 )
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
@@ -169,7 +169,7 @@ class ScoringConfig(FeaturizeConfig):
 
     model_id: str = ""
     sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
-    views: ViewChoice = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
+    views: view_choice("the model's") = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
                        "model was trained on; 1, 4 or 8 to trade accuracy for speed (each view is one inference; a "
                        "model trained with augmentation has seen single views, so 1 view is a valid, faster choice)")
 
