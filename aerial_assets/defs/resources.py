@@ -11,6 +11,7 @@ from typing import Any
 
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_pyspark import LazyPySparkResource
+from pydantic import PrivateAttr
 
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery import demo_data
@@ -26,7 +27,7 @@ from aerial_assets.spark.session import (
     session_conf,
     wait_for_early_start,
 )
-from aerial_assets.storage.core import Storage, is_local, join, local_path, storage_for
+from aerial_assets.storage.core import LocalStorage, Storage, is_local, join, local_path, storage_for
 from aerial_assets.storage.layout import Layout
 
 DEMO_COUNTY_KEY = "demo_middlesex"
@@ -233,8 +234,7 @@ class StorageResource(ConfigurableResource):
     spark_storage: str = "staged"
     spark_azure_scheme: str = "abfss"
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._configure()
+    _store: Storage | None = PrivateAttr(default=None)
 
     def azure_credentials(self):
         from aerial_assets.storage.azure import AzureCredentials
@@ -245,17 +245,15 @@ class StorageResource(ConfigurableResource):
             sas_token=_value(self.azure_sas_token),
         )
 
-    def _configure(self):
-        """Make ``storage_for`` in this process (the driver) use these settings; returns the Azure backend."""
-        from aerial_assets.storage import azure as azure_storage
-
+    def _azure(self):
+        """The Azure backend of these settings, or None when the data root is local and no credential is set."""
         uses_azure = not is_local(self.data_root) or any(
             _value(v) for v in (self.azure_connection_string, self.azure_account_name))
         if not uses_azure:
             return None
-        credentials, mode = self.azure_credentials(), _value(self.spark_storage) or "staged"
-        azure_storage.configure(credentials, mode, self.spark_azure_scheme)
-        return azure_storage.AzureStorage(credentials, mode, self.spark_azure_scheme)
+        from aerial_assets.storage.azure import AzureStorage
+
+        return AzureStorage(self.azure_credentials(), _value(self.spark_storage) or "staged", self.spark_azure_scheme)
 
     def configure_spark(self, session) -> bool:
         """Give a classic Spark session the Hadoop settings of ``direct`` mode for these credentials (at run
@@ -265,7 +263,7 @@ class StorageResource(ConfigurableResource):
         :class:`SparkResource` calls it when it opens its session: only this resource knows the credentials,
         and only the Spark resource knows when a session starts, so that every asset stays unchanged.
         """
-        if (_value(self.spark_storage) or "staged") != "direct" or self._configure() is None:
+        if (_value(self.spark_storage) or "staged") != "direct" or self._azure() is None:
             return False
         from aerial_assets.storage.azure import configure_spark_session
 
@@ -276,13 +274,15 @@ class StorageResource(ConfigurableResource):
 
     @property
     def layout(self) -> Layout:
-        self._configure()  # ``storage_for`` on layout URIs must use these credentials, even outside a run
         return Layout(self.root())
 
     @property
     def storage(self) -> Storage:
-        azure = self._configure()
-        return storage_for(self.root()) if is_local(self.data_root) else azure
+        """This resource's one storage object (built on first use): every asset writes its outputs, and asks
+        for Spark paths of the folders it is writing, through it."""
+        if self._store is None:
+            self._store = LocalStorage() if is_local(self.data_root) else self._azure()
+        return self._store
 
 
 SparkResource.model_rebuild()  # its ``storage`` field names StorageResource, defined after it

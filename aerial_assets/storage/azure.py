@@ -7,10 +7,12 @@ talks to the account's Blob endpoint (an ADLS Gen2 account serves it too), so no
 No Dagster import: this module also runs inside Spark executors, which read tile bytes, rasters and ONNX
 models from Azure through it (no hadoop-azure connector needed for that).
 
-Credentials
-    On the driver, :class:`aerial_assets.defs.resources.StorageResource` passes the credentials it got from
-    Dagster ``EnvVar`` s to :func:`configure`. Executors (and code outside a Dagster run) build them from their
-    own environment, with the same variable names (:meth:`AzureCredentials.from_env`): a connection string,
+Credentials and settings
+    Every setting travels on the :class:`AzureStorage` instance (credentials, Spark path mode, direct-mode URL
+    scheme); there is no process-wide setting. On the driver, :class:`aerial_assets.defs.resources.StorageResource`
+    builds one instance from the credentials it got from Dagster ``EnvVar`` s, and every asset writes and hands
+    Spark paths through it. Executors, and code that reads an input by URI (``storage_for``), build the
+    credentials from their own environment, with the same variable names (:meth:`AzureCredentials.from_env`): a connection string,
     an account key, a SAS token, or ``DefaultAzureCredential`` (managed identity, workload identity, az login)
     when only the account name is set. Credentials never travel in a Spark plan: pickling an
     :class:`AzureStorage` or :class:`AzureCredentials` keeps no secret (the other side reads its environment).
@@ -23,6 +25,10 @@ Atomic folders (``atomic_dir``)
     there, (4) the journal entry is deleted, (5) the temporary prefix is deleted. Readers refuse any path under
     an output that has a journal entry (a clear error: re-materialize it), so a run that dies in (2)-(3) never
     lets a later run read a half-written output; a failure before (1) leaves the previous output untouched.
+    The journal is listed afresh for every check (no cache), so another process's commit in progress is
+    always seen. A reader that races a live commit (listed before (1), reading during (2)-(3)) can still find a
+    file gone mid-read; the run lock (one run per data root) keeps two runs from committing and reading one
+    output at once.
     Every single blob write is atomic (a blob is committed whole).
 
 Spark and Azure paths (``spark_path``)
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -67,7 +74,6 @@ SPARK_AZURE_SCHEMES = ("abfss", "wasbs")  # AERIAL_SPARK_AZURE_SCHEME, for direc
 ABFS = "org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem"
 HADOOP_AZURE_PACKAGES = ("org.apache.hadoop:hadoop-azure:{hadoop}", "org.hdrhistogram:HdrHistogram:2.1.12")
 JOURNAL = ".aerial-commits"
-JOURNAL_TTL_S = 2.0
 STREAM_COPY_BYTES = 64 * 1024 * 1024
 # Bounded waits on the Blob service. The SDK's defaults (per request up to 3 retries 15 s and more apart, a
 # 20 s connect timeout), repeated by every call of a run, made an endpoint that refuses connections take about
@@ -205,46 +211,21 @@ def redact(text: str, credentials: AzureCredentials | None) -> str:
     return re.sub(r"(?i)(AccountKey=)[^;\s'\"]+", r"\1***", text)
 
 
-# --- process-wide settings -------------------------------------------------------------------------------
+# --- clients ------------------------------------------------------------------------------------------------
 
-_SETTINGS: dict[str, object] = {"credentials": None, "spark_mode": "staged", "spark_scheme": "abfss"}
-_FILESYSTEMS: dict[AzureCredentials, object] = {}
-_CONTAINERS_SEEN: set[tuple[str, str]] = set()
-_JOURNALS: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
-_ACTIVE_TMP: dict[str, str] = {}  # temporary prefix URI -> its local staging folder
-_LOCK = threading.Lock()
-_SCRATCH: list[str] = []
+@functools.lru_cache(maxsize=16)
+def _filesystem(credentials: AzureCredentials):
+    """One adlfs client per set of credentials in a process, created on first use.
 
-
-def configure(credentials: AzureCredentials | None = None, spark_mode: str | None = None,
-              spark_scheme: str | None = None) -> None:
-    """Set the credentials, Spark path mode and direct-mode URL scheme that
-    :func:`aerial_assets.storage.core.storage_for` uses in this process (the driver); without it, credentials come
-    from the environment."""
-    if spark_mode is not None:
-        if spark_mode not in SPARK_MODES:
-            raise StorageError(f"unknown Spark storage mode {spark_mode!r}: valid modes: {', '.join(SPARK_MODES)}")
-        _SETTINGS["spark_mode"] = spark_mode
-    if spark_scheme is not None:
-        _SETTINGS["spark_scheme"] = _checked_scheme(spark_scheme)
-    if credentials is not None:
-        _SETTINGS["credentials"] = credentials
-
-
-def reset() -> None:
-    """Forget :func:`configure` (tests)."""
-    _SETTINGS.update(credentials=None, spark_mode="staged", spark_scheme="abfss")
-    _JOURNALS.clear()
-
-
-def _scratch() -> str:
-    """This process's local folder for staged Spark outputs and downloaded Spark inputs (removed at exit)."""
-    with _LOCK:
-        if not _SCRATCH:
-            path = tempfile.mkdtemp(prefix="aerial-spark-io-")
-            _SCRATCH.append(path)
-            atexit.register(shutil.rmtree, path, True)
-        return _SCRATCH[0]
+    A cache of immutable clients, not a setting: executors build a storage object per call
+    (``storage_for``), and a client per call would redo the credential handshake for every tile."""
+    try:
+        return _bounded_filesystem_class()(skip_instance_cache=True, **credentials.adlfs_kwargs())
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - adlfs raises ValueError with the cause's text
+        raise StorageError(f"cannot set up Azure storage access with the {credentials.kind} "
+                           f"({credentials.source}): {redact(str(exc), credentials).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -275,47 +256,46 @@ def parse(uri: str) -> BlobPath:
 
 
 class AzureStorage(Storage):
-    """Blob Storage / ADLS Gen2 through adlfs. Without explicit settings it uses :func:`configure`'s, else the
-    environment's (as Spark executors do)."""
+    """Blob Storage / ADLS Gen2 through adlfs, with its settings on the instance: ``credentials`` (None: this
+    process's environment, as Spark executors do), ``spark_mode`` (``staged`` or ``direct``) and
+    ``spark_scheme`` (``abfss`` or ``wasbs``). The folders being written (``atomic_dir``) and the local scratch
+    folder are this instance's own, so ``spark_path`` of a folder being written must be asked of the instance
+    that writes it."""
 
-    def __init__(self, credentials: AzureCredentials | None = None, spark_mode: str | None = None,
-                 spark_scheme: str | None = None):
+    def __init__(self, credentials: AzureCredentials | None = None, spark_mode: str = "staged",
+                 spark_scheme: str = "abfss"):
+        if spark_mode not in SPARK_MODES:
+            raise StorageError(f"unknown Spark storage mode {spark_mode!r}: valid modes: {', '.join(SPARK_MODES)}")
         self._credentials = credentials
-        self._spark_mode = spark_mode
-        self._spark_scheme = _checked_scheme(spark_scheme) if spark_scheme else None
+        self.spark_mode = spark_mode
+        self.spark_scheme = _checked_scheme(spark_scheme)
+        self._writing: dict[str, str] = {}  # temporary prefix URI of an atomic_dir -> its local staging folder
+        self._containers_seen: set[tuple[str, str]] = set()
+        self._scratch_dir = ""
+        self._lock = threading.Lock()
 
     def __reduce__(self):
+        # Never pickle a secret (for example into a Spark closure): the other side uses its own environment.
         return (AzureStorage, ())
 
     @property
     def credentials(self) -> AzureCredentials:
-        return self._credentials or _SETTINGS["credentials"] or AzureCredentials.from_env()
+        if self._credentials is None:
+            self._credentials = AzureCredentials.from_env()
+        return self._credentials
 
-    @property
-    def spark_mode(self) -> str:
-        return self._spark_mode or str(_SETTINGS["spark_mode"])
-
-    @property
-    def spark_scheme(self) -> str:
-        """``abfss`` or ``wasbs``: the Hadoop scheme of direct-mode Spark paths (:func:`spark_url`)."""
-        return self._spark_scheme or str(_SETTINGS["spark_scheme"])
+    def _scratch(self) -> str:
+        """This instance's local folder for staged Spark outputs and downloaded Spark inputs (removed at exit)."""
+        with self._lock:
+            if not self._scratch_dir:
+                self._scratch_dir = tempfile.mkdtemp(prefix="aerial-spark-io-")
+                atexit.register(shutil.rmtree, self._scratch_dir, True)
+            return self._scratch_dir
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
     def _fs(self):
-        creds = self.credentials
-        with _LOCK:
-            fs = _FILESYSTEMS.get(creds)
-        if fs is None:
-            kwargs = creds.adlfs_kwargs()
-            try:
-                fs = _bounded_filesystem_class()(skip_instance_cache=True, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - adlfs raises ValueError with the cause's text
-                raise StorageError(f"cannot set up Azure storage access with the {creds.kind} "
-                                   f"({creds.source}): {redact(str(exc), creds).splitlines()[0]}") from None
-            with _LOCK:
-                fs = _FILESYSTEMS.setdefault(creds, fs)
-        return fs
+        return _filesystem(self.credentials)
 
     def _parse(self, uri: str) -> BlobPath:
         path = parse(uri)
@@ -368,7 +348,7 @@ class AzureStorage(Storage):
     def _check_container(self, uri: str) -> None:
         path = parse(uri)
         seen = (self.credentials.account, path.container)
-        if seen in _CONTAINERS_SEEN:
+        if seen in self._containers_seen:
             return
         try:
             exists = self._fs().exists(path.container)
@@ -376,7 +356,7 @@ class AzureStorage(Storage):
             raise StorageError(self._describe(exc, uri, "reach")) from None
         if not exists:
             raise StorageError(self._no_container(uri))
-        _CONTAINERS_SEEN.add(seen)
+        self._containers_seen.add(seen)
 
     # --- commit journal ------------------------------------------------------------------------------------
 
@@ -384,15 +364,10 @@ class AzureStorage(Storage):
         return f"{path.container}/{JOURNAL}/{quote(path.key, safe='')}"
 
     def _journal(self, path: BlobPath) -> frozenset[str]:
-        cache_key = (self.credentials.account, path.container)
-        cached = _JOURNALS.get(cache_key)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        """The output keys of ``path``'s container being replaced now, listed afresh (never cached)."""
         with self._errors(path.uri, "read"):
             entries = self._fs().find(f"{path.container}/{JOURNAL}")
-        keys = frozenset(unquote(e.rsplit("/", 1)[-1]) for e in entries)
-        _JOURNALS[cache_key] = (time.monotonic() + JOURNAL_TTL_S, keys)
-        return keys
+        return frozenset(unquote(e.rsplit("/", 1)[-1]) for e in entries)
 
     def _journal_set(self, path: BlobPath, present: bool) -> None:
         fs = self._fs()
@@ -403,10 +378,6 @@ class AzureStorage(Storage):
             else:
                 with contextlib.suppress(FileNotFoundError):
                     fs.rm_file(self._journal_path(path))
-        cache_key = (self.credentials.account, path.container)
-        cached = _JOURNALS.get(cache_key, (0.0, frozenset()))
-        keys = set(cached[1]) | {path.key} if present else set(cached[1]) - {path.key}
-        _JOURNALS[cache_key] = (cached[0], frozenset(keys))
 
     def _check_readable(self, path: BlobPath) -> None:
         for key in self._journal(path):
@@ -536,13 +507,13 @@ class AzureStorage(Storage):
             raise StorageError(f"{uri}: an output folder cannot be a whole container")
         self._check_container(uri)
         tmp = f"{uri.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-        staging = os.path.join(_scratch(), "staging", uuid.uuid4().hex)
-        _ACTIVE_TMP[tmp] = staging
+        staging = os.path.join(self._scratch(), "staging", uuid.uuid4().hex)
+        self._writing[tmp] = staging
         try:
             yield tmp
             self._commit(final, self._parse(tmp), staging)
         finally:
-            _ACTIVE_TMP.pop(tmp, None)
+            self._writing.pop(tmp, None)
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self.remove(tmp)
@@ -565,7 +536,7 @@ class AzureStorage(Storage):
         output). ``direct``: the Hadoop URL of the blob (:func:`spark_url`), which Spark reads and writes itself;
         a committed output is checked against the commit journal first, as any reader's."""
         path = self._parse(uri)
-        writing = any(uri == tmp or uri.startswith(f"{tmp}/") for tmp in list(_ACTIVE_TMP))
+        writing = any(uri == tmp or uri.startswith(f"{tmp}/") for tmp in list(self._writing))
         if self.spark_mode == "direct":
             if not writing:
                 self._check_readable(path)
@@ -573,7 +544,7 @@ class AzureStorage(Storage):
                 return spark_url(self.credentials, self.spark_scheme, path.container, path.key)
             except StorageError as exc:
                 raise StorageError(f"{uri}: {exc}") from None
-        for tmp, staging in list(_ACTIVE_TMP.items()):
+        for tmp, staging in list(self._writing.items()):
             if uri == tmp or uri.startswith(f"{tmp}/"):
                 local = os.path.join(staging, uri[len(tmp):].lstrip("/"))
                 os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -590,7 +561,7 @@ class AzureStorage(Storage):
         signature = hashlib.sha256(json.dumps(
             [path.uri, sorted((rel, int(i.get("size") or 0), str(i.get("etag"))) for rel, i in files.items())]
         ).encode()).hexdigest()[:24]
-        local = os.path.join(_scratch(), "inputs", signature, os.path.basename(path.key) or "root")
+        local = os.path.join(self._scratch(), "inputs", signature, os.path.basename(path.key) or "root")
         if os.path.exists(local):
             return local
         part = f"{local}.part-{uuid.uuid4().hex[:8]}"

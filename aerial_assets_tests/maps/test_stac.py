@@ -33,7 +33,6 @@ from aerial_assets.maps.stac import (
     resolve_href,
     write_item,
 )
-from aerial_assets.storage import azure as azure_storage
 from aerial_assets_tests.storage.test_azure import azurite  # noqa: F401 - the Azurite fixture (starts only where used)
 
 CRS = "EPSG:32615"  # UTM 15N: Iowa
@@ -326,30 +325,27 @@ def test_hrefs_resolve_against_their_json(href, base, expected):
     assert resolve_href(href, base) == expected
 
 
-def test_stac_on_azure(azurite, tmp_path):  # noqa: F811 - the fixture imported above
+def test_stac_on_azure(azurite, tmp_path, monkeypatch):  # noqa: F811 - the fixture imported above
     azurite.create_container("stac")
     store = azurite.store()
-    azure_storage.configure(azurite.credentials())
-    try:
-        a = _image_tif(str(tmp_path / "a.tif"), seed=10)
-        with open(a, "rb") as handle:
-            store.write_bytes("az://stac/imagery/a.tif", handle.read())
-        item = _stac_item("a", a, "2022-09-01T00:00:00Z")
-        item.assets["image"].href = "../imagery/a.tif"
-        del item.assets["thumbnail"]
-        store.write_text("az://stac/items/a.json", json.dumps(item.to_dict(include_self_link=False)))
-        store.write_text("az://stac/catalog.json", json.dumps({
-            "type": "Catalog", "id": "az", "description": "on Azure", "stac_version": "1.1.0",
-            "links": [{"rel": "item", "href": "./items/a.json", "type": "application/json"}]}))
-        county = resolve_county(parse_registry("counties: {blob: {stac: 'az://stac/catalog.json'}}", "r")["blob"])
-        assert county.rasters == ["az://stac/imagery/a.tif"] and county.year == 2022
-        assert open_info(county.rasters[0]).width == 64  # GDAL reads it through the storage layer
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)  # as a deployment sets it
+    a = _image_tif(str(tmp_path / "a.tif"), seed=10)
+    with open(a, "rb") as handle:
+        store.write_bytes("az://stac/imagery/a.tif", handle.read())
+    item = _stac_item("a", a, "2022-09-01T00:00:00Z")
+    item.assets["image"].href = "../imagery/a.tif"
+    del item.assets["thumbnail"]
+    store.write_text("az://stac/items/a.json", json.dumps(item.to_dict(include_self_link=False)))
+    store.write_text("az://stac/catalog.json", json.dumps({
+        "type": "Catalog", "id": "az", "description": "on Azure", "stac_version": "1.1.0",
+        "links": [{"rel": "item", "href": "./items/a.json", "type": "application/json"}]}))
+    county = resolve_county(parse_registry("counties: {blob: {stac: 'az://stac/catalog.json'}}", "r")["blob"])
+    assert county.rasters == ["az://stac/imagery/a.tif"] and county.year == 2022
+    assert open_info(county.rasters[0]).width == 64  # GDAL reads it through the storage layer
 
-        with store.atomic_dir("az://stac/out") as tmp:  # as an asset writes a map and its item
-            store.write_bytes(f"{tmp}/land_use.tif", open(_land_use_tif(tmp_path / "m.tif"), "rb").read())
-            write_item(raster_item(f"{tmp}/land_use.tif", "m", 2022, {}, CLASSES), f"{tmp}/land_use.stac.json")
-        written = json.loads(store.read_text("az://stac/out/land_use.stac.json"))
-        assert written["assets"]["land_use"]["href"] == "./land_use.tif" and written["properties"]["proj:code"] == CRS
-        assert rasters_from_stac("az://stac/out/land_use.stac.json")[0].href == "az://stac/out/land_use.tif"
-    finally:
-        azure_storage.reset()
+    with store.atomic_dir("az://stac/out") as tmp:  # as an asset writes a map and its item
+        store.write_bytes(f"{tmp}/land_use.tif", open(_land_use_tif(tmp_path / "m.tif"), "rb").read())
+        write_item(raster_item(f"{tmp}/land_use.tif", "m", 2022, {}, CLASSES), f"{tmp}/land_use.stac.json")
+    written = json.loads(store.read_text("az://stac/out/land_use.stac.json"))
+    assert written["assets"]["land_use"]["href"] == "./land_use.tif" and written["properties"]["proj:code"] == CRS
+    assert rasters_from_stac("az://stac/out/land_use.stac.json")[0].href == "az://stac/out/land_use.tif"

@@ -118,13 +118,6 @@ def azurite(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_settings():
-    azure_storage.reset()
-    yield
-    azure_storage.reset()
-
-
 def _container(azurite: Azurite, name: str) -> str:
     azurite.create_container(name)
     return f"az://{name}"
@@ -165,8 +158,11 @@ def test_spark_paths_are_staged_locally_and_committed(azurite):
     root = _container(azurite, "spark")
     out = join(root, "features")
     with store.atomic_dir(out) as tmp:
-        local = storage_for(tmp).spark_path(join(tmp, "features.parquet"))  # a new instance, as assets do
+        local = store.spark_path(join(tmp, "features.parquet"))  # the writing instance, as assets do
         assert os.path.isabs(local) and not local.startswith("az:")
+        # no process-wide registration: another instance knows nothing of this instance's folder being written
+        with pytest.raises(StorageError, match="no file or folder"):
+            AzureStorage(azurite.credentials()).spark_path(join(tmp, "features.parquet"))
         os.makedirs(local)
         Path(local, "part-0.parquet").write_bytes(b"PAR1")
         Path(local, ".part-0.parquet.crc").write_bytes(b"crc")  # Hadoop's checksum: not uploaded
@@ -210,13 +206,11 @@ def test_a_commit_that_dies_midway_is_refused_to_readers(azurite, monkeypatch):
         store.write_text(join(tmp, "b.json"), '{"v": 2}')
     monkeypatch.undo()
     other = AzureStorage(azurite.credentials())  # another process would see the same journal
-    azure_storage._JOURNALS.clear()
     with pytest.raises(StorageError, match=r"incomplete: a run started replacing az://journal/model .*re-materialize"):
         other.read_text(join(out, "a.json"))
     assert not other.exists(join(out, "a.json"))
     with store.atomic_dir(out) as tmp:  # re-materializing clears it
         store.write_text(join(tmp, "a.json"), '{"v": 3}')
-    azure_storage._JOURNALS.clear()
     assert other.read_text(join(out, "a.json")) == '{"v": 3}'
 
 
@@ -271,13 +265,13 @@ def test_wrong_key_and_missing_container_fail_clearly_without_the_secret(azurite
         store.read_text("az://secure/missing.txt")
 
 
-def test_demo_data_is_generated_into_an_azure_data_root(azurite):
+def test_demo_data_is_generated_into_an_azure_data_root(azurite, monkeypatch):
     from aerial_assets.defs.resources import CountyRegistryResource, TrainingTilesResource
     from aerial_assets.imagery.rasters import open_info
     from aerial_assets.storage.layout import Layout
 
     _container(azurite, "demo")
-    azure_storage.configure(azurite.credentials())
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)  # as a deployment sets it
     layout = Layout("az://demo/run")
     folder, is_demo = TrainingTilesResource(demo_per_class=2, demo_size=32).resolve(layout)
     assert is_demo and folder == "az://demo/run/demo/training_tiles"

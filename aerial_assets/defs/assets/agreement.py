@@ -15,7 +15,7 @@ from aerial_assets.maps.map_cells import grid_of, paint, with_cells
 from aerial_assets.maps.rendering import confusion_png, markdown_image
 from aerial_assets.maps.spatial import plurality_smooth
 from aerial_assets.records import AgreementRecord, PredictionsSummary
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join
 
 NO_REFERENCE = ("no reference raster registered: add 'reference: {raster: <land-cover GeoTIFF>, legend: "
                 "<legend YAML>}' to the county's registry entry (see README, 'Map agreement')")
@@ -49,7 +49,7 @@ def county_map_agreement(
         out = layout.county_agreement(key)
         if county.reference is None:
             with store.atomic_dir(out) as tmp:
-                AgreementRecord(county=key, reference=None, note=NO_REFERENCE).write(storage_for(tmp), tmp)
+                AgreementRecord(county=key, reference=None, note=NO_REFERENCE).write(storage.storage, tmp)
             return {"reference": NO_REFERENCE}
         summary = PredictionsSummary.read(store, layout.county_predictions(key))
         classes, crs = summary.classes, summary.crs
@@ -79,7 +79,7 @@ def county_map_agreement(
         })
         labelled = int((reference != UNLABELLED).sum())
         with store.atomic_dir(out) as tmp:
-            tmp_store = storage_for(tmp)
+            tmp_store = storage.storage
             for variant, png in pngs.items():
                 tmp_store.write_bytes(join(tmp, f"confusion_{variant}.png"), png)
             AgreementRecord(

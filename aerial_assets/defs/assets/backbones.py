@@ -74,7 +74,7 @@ def backbone_models(
     out = storage.layout.backbone_model(entry.name)
     model_bytes = exported.model.SerializeToString()
     with storage.storage.atomic_dir(out) as tmp:
-        store = storage_for(tmp)
+        store = storage.storage
         store.write_bytes(join(tmp, "model.onnx"), model_bytes)
         BackboneRecord(**{**exported.record, "kind": entry.kind}).write(store, tmp)
     return MaterializeResult(

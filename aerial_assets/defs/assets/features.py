@@ -23,7 +23,7 @@ from aerial_assets.spark.jobs import (
     observation_for,
     task_count,
 )
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join
 
 # What the UI's column view says of features.parquet (dagster/column_schema).
 FEATURE_COLUMNS = {
@@ -81,7 +81,7 @@ def tile_features(
     out = layout.tile_features(backbone)
     started = time.monotonic()
     with store.atomic_dir(out) as tmp:
-        features_path = storage_for(tmp).spark_path(join(tmp, "features.parquet"))
+        features_path = storage.storage.spark_path(join(tmp, "features.parquet"))
         n_tasks = task_count(len(usable), spark.task_parallelism(), config.tiles_per_task)
         observation = observation_for(session, f"tile_features_{backbone}")
         if reusable:
@@ -102,13 +102,13 @@ def tile_features(
         n_bad = int(observed["not_ok"])
         bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()
                if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
-        storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
+        storage.storage.write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
         FeaturesSummary(
             backbone=backbone, views=config.views, feature_dim=record.feature_dim, n_tiles=len(usable),
             seconds=round(elapsed, 2), catalog_sha256=catalog_sha, model_sha256=model_sha, run_id=context.run_id,
             reused_parts=list(entry.parts) if reusable else [],
-        ).write(storage_for(tmp), tmp)
+        ).write(storage.storage, tmp)
     return MaterializeResult(
         metadata={
             "features": MetadataValue.path(join(out, "features.parquet")),

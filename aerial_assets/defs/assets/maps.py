@@ -38,7 +38,7 @@ from aerial_assets.maps.spatial import plurality_smooth
 from aerial_assets.maps.stac import raster_item, write_item
 from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
 from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary, TileStatus
-from aerial_assets.storage.core import Storage, join, storage_for
+from aerial_assets.storage.core import Storage, join
 
 NODATA = 255
 
@@ -117,7 +117,7 @@ def county_land_use_map(
                                "share_%": np.round(100 * counts / max(counts.sum(), 1), 1)})
         out = layout.county_map(key)
         with store.atomic_dir(out) as tmp:
-            tmp_store = storage_for(tmp)
+            tmp_store = storage.storage
             _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
@@ -209,7 +209,7 @@ def county_land_use_change(
         became = change.became(classes)
         out = layout.county_change(key)
         with store.atomic_dir(out) as tmp:
-            tmp_store = storage_for(tmp)
+            tmp_store = storage.storage
             # Written by the executors (a Parquet dataset folder): no per-tile row passes through the driver.
             pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed").write.parquet(
                 tmp_store.spark_path(join(tmp, "transitions.parquet")))

@@ -84,7 +84,7 @@ def raster_labeled_tiles(
     out = storage.layout.raster_labeled_tiles()
     records = []
     with storage.storage.atomic_dir(out) as tmp:
-        store = storage_for(tmp)
+        store = storage.storage
         for info in infos:
             for tile in label_tiles(info.uri, spec.landcover, legend, config.tile_size_m, rule, info=info):
                 if tile.label is not None:

@@ -125,12 +125,12 @@ def county_tiles(
         tiles, crs, sources = _folder_tiles(spark, county) if county.tiles else _raster_tiles(spark, county, config)
         out = storage.layout.county_tiles(key)
         with storage.storage.atomic_dir(out) as tmp:
-            path = storage_for(tmp).spark_path(join(tmp, "tiles.parquet"))
+            path = storage.storage.spark_path(join(tmp, "tiles.parquet"))
             tiles.write.parquet(path)
             stats = {r["status"]: int(r["count"])
                      for r in spark.session.read.parquet(path).groupBy("status").count().collect()}
             CountyTilesSummary(county=key, name=county.name, area=county.area_key, year=county.year, crs=crs,
-                               tile_size_m=config.tile_size_m, sources=sources, counts=stats).write(storage_for(tmp), tmp)
+                               tile_size_m=config.tile_size_m, sources=sources, counts=stats).write(storage.storage, tmp)
         context.log.info(f"county {key}: {stats}")
         return {
             "tiles": MetadataValue.path(join(out, "tiles.parquet")),
@@ -274,7 +274,7 @@ def county_predictions(
         out = layout.county_predictions(key)
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
-            folder = executor_folder(storage_for(tmp), join(tmp, "predictions.parquet"))
+            folder = executor_folder(storage.storage, join(tmp, "predictions.parquet"))
             scored = score(tiles.repartition(n_tasks), tile_summary.year)
             arrow_schema = to_arrow_schema(scored.schema)
             # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
@@ -295,14 +295,14 @@ def county_predictions(
             bad = (session.read.parquet(store.spark_path(join(tmp, "predictions.parquet")))
                    .filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
                    if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
-            storage_for(tmp).write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
+            storage.storage.write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
             seconds = time.monotonic() - started
             summary = PredictionsSummary(
                 county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,
                 year=tile_summary.year, area=tile_summary.area, n_tiles=int(sum(counts.values())),
                 n_quarantined=len(bad), seconds=seconds, spark_tasks=n_tasks, sample_frac=config.sample_frac,
                 champion=not config.model_id.strip(), run_id=context.run_id)
-            summary.write(storage_for(tmp), tmp)
+            summary.write(storage.storage, tmp)
             boxes = [p for p in parts if p["file"]]
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
                        max(p["max_x"] for p in boxes), max(p["max_y"] for p in boxes)] if boxes else None)

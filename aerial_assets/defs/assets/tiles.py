@@ -139,10 +139,10 @@ def labeled_tiles(
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
-        storage_for(tmp).write_bytes(join(tmp, "catalog.parquet"), buf.getvalue())
-        storage_for(tmp).write_text(join(tmp, "quarantine.csv"), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
-        summary.write(storage_for(tmp), tmp)
-        mapping_report.write(storage_for(tmp), tmp)
+        storage.storage.write_bytes(join(tmp, "catalog.parquet"), buf.getvalue())
+        storage.storage.write_text(join(tmp, "quarantine.csv"), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
+        summary.write(storage.storage, tmp)
+        mapping_report.write(storage.storage, tmp)
 
     return MaterializeResult(
         metadata={

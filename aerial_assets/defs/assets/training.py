@@ -36,7 +36,7 @@ from aerial_assets.records import (
     ReportRecord,
     TileStatus,
 )
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join
 from aerial_assets.training.classifiers import (
     ClassifierParams,
     class_list,
@@ -125,13 +125,13 @@ def land_use_classifiers(
     model_id = f"{backbone}.{algorithm}.{context.run_id[:8]}"
     out = storage.layout.classifier(backbone, algorithm)
     with storage.storage.atomic_dir(out) as tmp:
-        model.write().overwrite().save(storage_for(tmp).spark_path(join(tmp, "pipeline_model")))
+        model.write().overwrite().save(storage.storage.spark_path(join(tmp, "pipeline_model")))
         ClassifierRecord(
             model_id=model_id, backbone=backbone, algorithm=algorithm, classes=classes, params=search.chosen,
             search=search.to_dict(), n_train=n_train_tiles, n_train_rows=sum(counts.values()), views=views,
             augmentation=params.augmentation, fit_seconds=round(fit_seconds, 3), train_counts=counts,
             upstream=upstream,
-        ).write(storage_for(tmp), tmp)
+        ).write(storage.storage, tmp)
     context.log.info(f"trained {model_id} on {n_train_tiles} tiles ({views} view(s), {params.augmentation}) "
                      f"in {fit_seconds:.1f} s; chosen {search.chosen}")
     return MaterializeResult(
@@ -206,9 +206,9 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
         params=info.params, upstream=upstream, calibration=calib.to_dict(),
     )
     with store.atomic_dir(out) as tmp:
-        record.write(storage_for(tmp), tmp)
-        storage_for(tmp).write_bytes(join(tmp, "confusion.png"), png)
-        storage_for(tmp).write_text(join(tmp, csv_name), predictions.to_csv(index=False))
+        record.write(storage.storage, tmp)
+        storage.storage.write_bytes(join(tmp, "confusion.png"), png)
+        storage.storage.write_text(join(tmp, csv_name), predictions.to_csv(index=False))
     return MaterializeResult(
         metadata={
             "model_id": info.model_id,
@@ -255,7 +255,7 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
                              "partition"))
     out = storage.layout.leaderboard()
     with storage.storage.atomic_dir(out) as tmp:
-        storage_for(tmp).write_text(join(tmp, "leaderboard.csv"), frame.to_csv(index=False))
+        storage.storage.write_text(join(tmp, "leaderboard.csv"), frame.to_csv(index=False))
     context.log.info("leaderboard:\n" + frame[LEADERBOARD_COLUMNS].to_string(index=False))
     return MaterializeResult(
         metadata={
@@ -321,7 +321,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     )
     out = layout.champion()
     with store.atomic_dir(out) as tmp:
-        store_tmp = storage_for(tmp)
+        store_tmp = storage.storage
         store_tmp.copy_tree(join(layout.backbone_model(backbone), "model.onnx"), join(tmp, "model.onnx"))
         store_tmp.copy_tree(join(clf_dir, "pipeline_model"), join(tmp, "pipeline_model"))
         record.write(store_tmp, tmp)
