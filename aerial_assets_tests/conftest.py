@@ -124,7 +124,7 @@ def latest_metadata(instance, asset: str, partition: str | None = None) -> dict:
 
 def assert_plain_float_columns(dataset: Path) -> None:
     """The float (feature) columns of every part file of a Spark-written ``dataset`` are plain-encoded, never
-    dictionary-encoded (``spark_jobs.FEATURE_WRITE_OPTIONS``)."""
+    dictionary-encoded (``spark/jobs.py: FEATURE_WRITE_OPTIONS``)."""
     import pyarrow.parquet as pq
 
     found: set[str] = set()

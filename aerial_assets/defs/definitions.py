@@ -125,7 +125,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
                                  f"{', '.join(sorted(DEPLOYMENTS))}")
     storage = _azure_storage(env) if deployment == "azure" else _local_storage(env)
-    spark = SparkSettings.from_env(env)  # the same reading as make run's early start (spark_session.py)
+    spark = SparkSettings.from_env(env)  # the same reading as make run's early start (spark/session.py)
     return {
         "spark": SparkResource(master=spark.master, remote=spark.remote,
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",

@@ -102,7 +102,7 @@ class SparkResource(LazyPySparkResource):
         if self.remote:
             check_reachable(self.remote)
         else:
-            wait_for_early_start()  # make run may have started this very session already (spark_session.py)
+            wait_for_early_start()  # make run may have started this very session already (spark/session.py)
         session = spark_session_from_config(self.session_config())
         if self.ship_code and not self.is_local:
             # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this

@@ -40,7 +40,7 @@ class FeaturizeConfig(Config):
 
     Batches of 8 were measured faster than 32 here (229 vs 191 images/s for MobileNetV2 on one thread) and
     keep onnxruntime's memory arena at ~200 MiB per worker instead of ~500 MiB. ``tiles_per_task``: the job
-    gets about this many tiles per task, and never fewer tasks than the cluster's slots (spark_jobs.task_count).
+    gets about this many tiles per task, and never fewer tasks than the cluster's slots (spark/jobs.py task_count).
     """
 
     batch_size: int = 8
