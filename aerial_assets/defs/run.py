@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[str], home: str) -> int:
     layout = resources["storage"].layout
     store = resources["storage"].storage
-    board = join(layout.leaderboard(), "leaderboard.csv")
+    board = layout.leaderboard_csv()
     print()
     if store.exists(board):
         frame = pd.read_csv(io.StringIO(store.read_text(board)))

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from aerial_assets.records import TileStatus
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import storage_for
 
 PROBABILITY_TOLERANCE = 1e-4
 
@@ -99,7 +99,3 @@ def inspect_predictions(folder: str, expected_crs: str) -> PredictionsReport:
     if report.parts == 0:
         report.geo_problems.append(f"no Parquet part under {folder}")
     return report
-
-
-def predictions_folder(county_predictions_folder: str) -> str:
-    return join(county_predictions_folder, "predictions.parquet")

@@ -27,6 +27,16 @@ from dataclasses import dataclass
 
 from aerial_assets.storage.core import join
 
+# The files one asset hands to another; the writer names them with these, the readers through Layout's methods.
+CATALOG = "catalog.parquet"
+FEATURES = "features.parquet"
+MODEL = "model.onnx"
+PIPELINE = "pipeline_model"
+LEADERBOARD = "leaderboard.csv"
+TILES = "tiles.parquet"
+PREDICTIONS = "predictions.parquet"
+QUARANTINE = "quarantine.csv"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -81,3 +91,32 @@ class Layout:
 
     def demo_counties(self) -> str:
         return join(self.root, "demo", "counties")
+
+    # --- the files read by other assets ------------------------------------------------------------------
+
+    def catalog(self) -> str:
+        return join(self.labeled_tiles(), CATALOG)
+
+    def features(self, backbone: str) -> str:
+        return join(self.tile_features(backbone), FEATURES)
+
+    def backbone_onnx(self, backbone: str) -> str:
+        return join(self.backbone_model(backbone), MODEL)
+
+    def classifier_pipeline(self, backbone: str, algorithm: str) -> str:
+        return join(self.classifier(backbone, algorithm), PIPELINE)
+
+    def leaderboard_csv(self) -> str:
+        return join(self.leaderboard(), LEADERBOARD)
+
+    def champion_onnx(self) -> str:
+        return join(self.champion(), MODEL)
+
+    def champion_pipeline(self) -> str:
+        return join(self.champion(), PIPELINE)
+
+    def tiles_parquet(self, county: str) -> str:
+        return join(self.county_tiles(county), TILES)
+
+    def predictions(self, county: str) -> str:
+        return join(self.county_predictions(county), PREDICTIONS)

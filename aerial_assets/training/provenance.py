@@ -11,14 +11,12 @@ import hashlib
 from aerial_assets.errors import AerialError
 from aerial_assets.records import ClassifierRecord, FeaturesIdentity, FeaturesSummary, MetricsRecord
 from aerial_assets.storage.core import Storage, join
-from aerial_assets.storage.layout import Layout
-
-CATALOG_FILE = "catalog.parquet"
+from aerial_assets.storage.layout import FEATURES, PIPELINE, Layout
 
 
 def catalog_sha(store: Storage, layout: Layout) -> str:
     """sha256 of the stored ``labeled_tiles/catalog.parquet`` (the same digest tile_features records)."""
-    uri = join(layout.labeled_tiles(), CATALOG_FILE)
+    uri = layout.catalog()
     if not store.exists(uri):
         raise AerialError("labeled_tiles has no catalog: materialize labeled_tiles first")
     return hashlib.sha256(store.read_bytes(uri)).hexdigest()
@@ -38,7 +36,7 @@ def features_identity(store: Storage, layout: Layout, backbone: str) -> Features
                           f"older version): materialize tile_features for partition {backbone}")
     raw = store.read_bytes(FeaturesSummary.uri(folder))
     digest = hashlib.sha256(raw)
-    parquet = join(folder, "features.parquet")
+    parquet = join(folder, FEATURES)
     if store.exists(parquet):
         for entry in store.list_files(parquet):
             digest.update(f"\n{entry.relative_path}\t{entry.size}".encode())
@@ -88,7 +86,7 @@ def provenance_problem(store: Storage, layout: Layout, backbone: str, algorithm:
     key = f"{backbone}|{algorithm}"
     metrics = MetricsRecord.read(store, layout.classifier_metrics(backbone, algorithm))
     clf_dir = layout.classifier(backbone, algorithm)
-    if not (ClassifierRecord.exists(store, clf_dir) and store.exists(join(clf_dir, "pipeline_model"))):
+    if not (ClassifierRecord.exists(store, clf_dir) and store.exists(join(clf_dir, PIPELINE))):
         return (f"its classifier ({metrics.model_id}) is no longer stored: re-materialize "
                 f"land_use_classifiers and classifier_metrics for {key}")
     info = ClassifierRecord.read(store, clf_dir)

@@ -55,7 +55,7 @@ def county_map_agreement(
         classes, crs = summary.classes, summary.crs
         legend = read_legend(county.reference.legend)
         legend.lookup(classes)  # a legend class the model lacks fails before any Spark work
-        scored = _scored(spark, store, layout.county_predictions(key))
+        scored = _scored(spark, store, layout.predictions(key))
         grid_def = grid_of(scored)
         if grid_def is None:
             raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")

@@ -31,6 +31,7 @@ from aerial_assets.defs.resources import BackboneWeightsResource, StorageResourc
 from aerial_assets.imagery.decode import load_tile
 from aerial_assets.records import BackboneRecord, TileStatus
 from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.layout import MODEL
 
 REFERENCE_TOLERANCE = 1e-4  # max absolute feature difference, ONNX vs the numpy reference
 INT8_MIN_COSINE = 0.95  # INT8 features vs FP32 on the sample photos
@@ -45,7 +46,7 @@ class BackboneConfig(Config):
 def _calibration_images(storage: StorageResource, n: int, size: int) -> np.ndarray:
     """``n`` training tiles spread over the classes (sorted by a hash of their id: deterministic)."""
     layout, store = storage.layout, storage.storage
-    catalog = pd.read_parquet(io.BytesIO(store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))))
+    catalog = pd.read_parquet(io.BytesIO(store.read_bytes(layout.catalog())))
     train = catalog[(catalog["status"] == TileStatus.OK) & (catalog["split"] == "train")].copy()
     train["_order"] = pd.util.hash_pandas_object(train["tile_id"], index=False).to_numpy()
     chosen = train.sort_values("_order").head(n)
@@ -75,11 +76,11 @@ def backbone_models(
     model_bytes = exported.model.SerializeToString()
     with storage.storage.atomic_dir(out) as tmp:
         store = storage.storage
-        store.write_bytes(join(tmp, "model.onnx"), model_bytes)
+        store.write_bytes(join(tmp, MODEL), model_bytes)
         BackboneRecord(**{**exported.record, "kind": entry.kind}).write(store, tmp)
     return MaterializeResult(
         metadata={
-            "model": MetadataValue.path(join(out, "model.onnx")),
+            "model": MetadataValue.path(join(out, MODEL)),
             "model_bytes": len(model_bytes),
             "kind": entry.kind,
             **{k: v for k, v in exported.record.items() if isinstance(v, int | str | float) and not isinstance(v, bool)},
@@ -110,7 +111,7 @@ def backbone_imagenet_sanity(context, storage: StorageResource, backbone_weights
         models = {p: export_backbone(get_backbone(p), backbone_weights.resolve(storage.layout)).model
                   .SerializeToString() for p in entry.parts}
     else:
-        models = {entry.name: store.read_bytes(join(folder, "model.onnx"))}
+        models = {entry.name: store.read_bytes(join(folder, MODEL))}
     k = 5 if entry.kind == INT8 else 1
     results = {}
     for name, model_bytes in models.items():
@@ -138,7 +139,7 @@ def backbone_reference_agreement(context, storage: StorageResource, backbone_wei
     entry = zoo_entry(context.partition_key)
     store = storage.storage
     weights_dir = backbone_weights.resolve(storage.layout)
-    model_bytes = store.read_bytes(join(storage.layout.backbone_model(entry.name), "model.onnx"))
+    model_bytes = store.read_bytes(storage.layout.backbone_onnx(entry.name))
     photos = sample_photos(entry.input_size)
     if entry.kind == BASE:
         spec = get_backbone(entry.name)

@@ -24,6 +24,7 @@ from aerial_assets.spark.jobs import (
     task_count,
 )
 from aerial_assets.storage.core import join
+from aerial_assets.storage.layout import FEATURES, QUARANTINE
 
 # What the UI's column view says of features.parquet (dagster/column_schema).
 FEATURE_COLUMNS = {
@@ -68,11 +69,11 @@ def tile_features(
     backbone = context.partition_key
     entry = zoo_entry(backbone)
     layout, store = storage.layout, storage.storage
-    catalog_bytes = store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))
+    catalog_bytes = store.read_bytes(layout.catalog())
     catalog_sha = hashlib.sha256(catalog_bytes).hexdigest()
     catalog = pd.read_parquet(io.BytesIO(catalog_bytes))
     usable = catalog[(catalog["status"] == TileStatus.OK) & catalog["split"].isin(SPLITS)][["tile_id", "uri", "label", "split"]]
-    model_uri = join(layout.backbone_model(backbone), "model.onnx")
+    model_uri = layout.backbone_onnx(backbone)
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
     # which graph computed these features: a backbone rebuilt later must not pass for the one used here
     model_sha = hashlib.sha256(store.read_bytes(model_uri)).hexdigest()
@@ -81,7 +82,7 @@ def tile_features(
     out = layout.tile_features(backbone)
     started = time.monotonic()
     with store.atomic_dir(out) as tmp:
-        features_path = storage.storage.spark_path(join(tmp, "features.parquet"))
+        features_path = storage.storage.spark_path(join(tmp, FEATURES))
         n_tasks = task_count(len(usable), spark.task_parallelism(), config.tiles_per_task)
         observation = observation_for(session, f"tile_features_{backbone}")
         if reusable:
@@ -102,7 +103,7 @@ def tile_features(
         n_bad = int(observed["not_ok"])
         bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()
                if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
-        storage.storage.write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
+        storage.storage.write_text(join(tmp, QUARANTINE), bad.to_csv(index=False))
         elapsed = time.monotonic() - started
         FeaturesSummary(
             backbone=backbone, views=config.views, feature_dim=record.feature_dim, n_tiles=len(usable),
@@ -111,7 +112,7 @@ def tile_features(
         ).write(storage.storage, tmp)
     return MaterializeResult(
         metadata={
-            "features": MetadataValue.path(join(out, "features.parquet")),
+            "features": MetadataValue.path(join(out, FEATURES)),
             "dagster/row_count": sum(per_split.values()),
             "feature_dim": record.feature_dim,
             "views": config.views,
@@ -155,7 +156,7 @@ def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str,
     combined = BackboneRecord.read(store, layout.backbone_model(entry.name)).weights_sha256.split(",")
     for part, weights_sha in zip(entry.parts, combined, strict=False):
         folder = layout.tile_features(part)
-        model_uri = join(layout.backbone_model(part), "model.onnx")
+        model_uri = layout.backbone_onnx(part)
         if not (FeaturesSummary.exists(store, folder) and BackboneRecord.exists(store, layout.backbone_model(part))
                 and store.exists(model_uri)):
             return False
@@ -175,7 +176,7 @@ def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: Zo
 
     joined = None
     for i, part in enumerate(entry.parts):
-        path = storage.storage.spark_path(join(storage.layout.tile_features(part), "features.parquet"))
+        path = storage.storage.spark_path(storage.layout.features(part))
         frame = spark.session.read.parquet(path).select(
             "tile_id", "label", "split", F.col("features").alias(f"f{i}"), F.col("view_features").alias(f"v{i}"),
             F.col("status").alias(f"s{i}"), F.col("reason").alias(f"r{i}"))

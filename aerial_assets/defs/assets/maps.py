@@ -56,9 +56,9 @@ class LandUseMapConfig(Config):
 LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
 
 
-def _scored(spark: SparkResource, store: Storage, folder: str, extra: tuple[str, ...] = ()):
+def _scored(spark: SparkResource, store: Storage, predictions: str, extra: tuple[str, ...] = ()):
     """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
-    path = store.spark_path(join(folder, "predictions.parquet"))
+    path = store.spark_path(predictions)
     return (spark.session.read.parquet(path).filter(f"status = '{TileStatus.OK}'")
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
 
@@ -102,7 +102,7 @@ def county_land_use_map(
     def work(key: str) -> dict:
         summary = PredictionsSummary.read(store, layout.county_predictions(key))
         classes, model_id, crs = summary.classes, summary.model_id, summary.crs
-        scored = _scored(spark, store, layout.county_predictions(key))
+        scored = _scored(spark, store, layout.predictions(key))
         grid_def = grid_of(scored)
         if grid_def is None:
             raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
@@ -122,7 +122,7 @@ def county_land_use_map(
                            [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
             probs = tuple(f"prob_{c}" for c in classes)
-            tiles = _scored(spark, store, layout.county_predictions(key), probs).withColumnRenamed(
+            tiles = _scored(spark, store, layout.predictions(key), probs).withColumnRenamed(
                 "predicted_index", "value")
             layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
             html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
@@ -195,8 +195,8 @@ def county_land_use_change(
         classes = after_summary.classes
         if before_summary.classes != classes:
             raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
-        before = _scored(spark, store, layout.county_predictions(base))
-        after = _scored(spark, store, layout.county_predictions(key))
+        before = _scored(spark, store, layout.predictions(base))
+        after = _scored(spark, store, layout.predictions(key))
         change = transitions(before, after, classes, base, key)
         pairs, grid_def, matrix = change.pairs, change.grid, change.matrix
         n_pairs, n_changed = change.n_pairs, change.n_changed

@@ -44,6 +44,7 @@ from aerial_assets.records import (
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.storage.core import Storage, is_local, join, storage_for
+from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.training.classifiers import with_vectors
 
 
@@ -125,7 +126,7 @@ def county_tiles(
         tiles, crs, sources = _folder_tiles(spark, county) if county.tiles else _raster_tiles(spark, county, config)
         out = storage.layout.county_tiles(key)
         with storage.storage.atomic_dir(out) as tmp:
-            path = storage.storage.spark_path(join(tmp, "tiles.parquet"))
+            path = storage.storage.spark_path(join(tmp, TILES))
             tiles.write.parquet(path)
             stats = {r["status"]: int(r["count"])
                      for r in spark.session.read.parquet(path).groupBy("status").count().collect()}
@@ -133,7 +134,7 @@ def county_tiles(
                                tile_size_m=config.tile_size_m, sources=sources, counts=stats).write(storage.storage, tmp)
         context.log.info(f"county {key}: {stats}")
         return {
-            "tiles": MetadataValue.path(join(out, "tiles.parquet")),
+            "tiles": MetadataValue.path(join(out, TILES)),
             "dagster/row_count": int(sum(stats.values())),
             "n_ok": stats.get(TileStatus.OK, 0),
             "n_nodata_skipped": stats.get(TileStatus.NODATA, 0),
@@ -192,10 +193,10 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     layout, store = storage.layout, storage.storage
     if not wanted:
         champion = ChampionRecord.read(store, layout.champion())
-        return ScoringModel(champion.model_id, join(layout.champion(), "model.onnx"),
-                            join(layout.champion(), "pipeline_model"), champion.classes,
+        return ScoringModel(champion.model_id, layout.champion_onnx(),
+                            layout.champion_pipeline(), champion.classes,
                             champion.backbone_record.feature_dim, champion.views)
-    board = pd.read_csv(io.StringIO(store.read_text(join(layout.leaderboard(), "leaderboard.csv"))))
+    board = pd.read_csv(io.StringIO(store.read_text(layout.leaderboard_csv())))
     hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
     if hit.empty:
         known = ", ".join(f"{r.model_id} ({r.backbone}|{r.algorithm})" for r in board.itertuples())
@@ -207,8 +208,8 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
         raise ConfigurationError(f"model {hit['model_id'].iloc[0]} ({backbone}|{algorithm}) is no longer stored: "
                                  f"that partition now holds {info.model_id}; re-materialize the leaderboard")
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
-    return ScoringModel(info.model_id, join(layout.backbone_model(backbone), "model.onnx"),
-                        join(folder, "pipeline_model"), info.classes, record.feature_dim, info.views)
+    return ScoringModel(info.model_id, layout.backbone_onnx(backbone),
+                        layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views)
 
 
 def executor_folder(store: Storage, uri: str) -> str:
@@ -264,7 +265,7 @@ def county_predictions(
 
     def work(key: str) -> dict:
         tile_summary = CountyTilesSummary.read(store, layout.county_tiles(key))
-        tiles = session.read.parquet(store.spark_path(join(layout.county_tiles(key), "tiles.parquet")))
+        tiles = session.read.parquet(store.spark_path(layout.tiles_parquet(key)))
         tiles = tiles.filter(F.col("status") == TileStatus.OK.value)
         n_tiles = tile_summary.count(TileStatus.OK)  # counted by county_tiles: no job here
         if config.sample_frac < 1.0:  # by a hash of the tile id: the same sample on any cluster, any run
@@ -274,7 +275,7 @@ def county_predictions(
         out = layout.county_predictions(key)
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
-            folder = executor_folder(storage.storage, join(tmp, "predictions.parquet"))
+            folder = executor_folder(storage.storage, join(tmp, PREDICTIONS))
             scored = score(tiles.repartition(n_tasks), tile_summary.year)
             arrow_schema = to_arrow_schema(scored.schema)
             # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
@@ -292,10 +293,10 @@ def county_predictions(
                 for label, count in json.loads(part["counts"]).items():
                     counts[label] = counts.get(label, 0) + int(count)
             n_rows, n_ok = sum(int(p["rows"]) for p in parts), sum(int(p["n_ok"]) for p in parts)
-            bad = (session.read.parquet(store.spark_path(join(tmp, "predictions.parquet")))
+            bad = (session.read.parquet(store.spark_path(join(tmp, PREDICTIONS)))
                    .filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
                    if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
-            storage.storage.write_text(join(tmp, "quarantine.csv"), bad.to_csv(index=False))
+            storage.storage.write_text(join(tmp, QUARANTINE), bad.to_csv(index=False))
             seconds = time.monotonic() - started
             summary = PredictionsSummary(
                 county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,
@@ -307,7 +308,7 @@ def county_predictions(
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
                        max(p["max_x"] for p in boxes), max(p["max_y"] for p in boxes)] if boxes else None)
             crs = tile_summary.crs
-            write_item(geoparquet_item(join(tmp, "predictions.parquet"), f"{key}-predictions",
+            write_item(geoparquet_item(join(tmp, PREDICTIONS), f"{key}-predictions",
                                        lonlat_bbox(native, crs) if native else None, crs, tile_summary.year,
                                        {"aerial:county": key, "aerial:model_id": model_id},
                                        schema=arrow_schema, row_count=n_rows, native_bbox=native),
@@ -322,7 +323,7 @@ def county_predictions(
             "dagster/column_schema": spark_table_schema(written, {**PREDICTION_COLUMNS, **{
                 f"prob_{c}": f"probability of {c}" for c in classes}}),
             "model_id": model_id,
-            "predictions": MetadataValue.path(join(out, "predictions.parquet")),
+            "predictions": MetadataValue.path(join(out, PREDICTIONS)),
             "stac_item": MetadataValue.path(join(out, "predictions.stac.json")),
             "dagster/row_count": summary.n_tiles,
             "n_quarantined": len(bad),
@@ -346,7 +347,7 @@ def _reports(context, storage: StorageResource) -> dict[str, tuple[PredictionsSu
     for key in context.partition_keys:
         folder = storage.layout.county_predictions(key)
         summary = PredictionsSummary.read(storage.storage, folder)
-        out[key] = summary, inspect_predictions(join(folder, "predictions.parquet"), summary.crs)
+        out[key] = summary, inspect_predictions(storage.layout.predictions(key), summary.crs)
     return out
 
 

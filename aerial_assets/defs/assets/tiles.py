@@ -24,6 +24,7 @@ from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
 from aerial_assets.records import LabeledTilesSummary, LabelMapReport, TileStatus
 from aerial_assets.spark.jobs import task_count
 from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.layout import CATALOG, QUARANTINE
 from aerial_assets.training.spatial_splits import (
     POSITIONS_FILE,
     Strategy,
@@ -139,8 +140,8 @@ def labeled_tiles(
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
-        storage.storage.write_bytes(join(tmp, "catalog.parquet"), buf.getvalue())
-        storage.storage.write_text(join(tmp, "quarantine.csv"), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
+        storage.storage.write_bytes(join(tmp, CATALOG), buf.getvalue())
+        storage.storage.write_text(join(tmp, QUARANTINE), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
         summary.write(storage.storage, tmp)
         mapping_report.write(storage.storage, tmp)
 
@@ -148,7 +149,7 @@ def labeled_tiles(
         metadata={
             "source": MetadataValue.path(root),
             "demo_data": is_demo,
-            "catalog": MetadataValue.path(join(out, "catalog.parquet")),
+            "catalog": MetadataValue.path(join(out, CATALOG)),
             "dagster/row_count": len(table),
             "n_classes": len(summary.classes),
             "n_train": int(counts.get("train", 0)),
@@ -230,7 +231,7 @@ def labeled_tiles_label_map(storage: StorageResource) -> AssetCheckResult:
 @asset_check(asset=labeled_tiles, description="Warns when files were quarantined (listed with their reason).")
 def labeled_tiles_quarantine(storage: StorageResource) -> AssetCheckResult:
     """Warn, with the list, when any training file could not be used."""
-    path = join(storage.layout.labeled_tiles(), "quarantine.csv")
+    path = join(storage.layout.labeled_tiles(), QUARANTINE)
     frame = pd.read_csv(io.StringIO(storage.storage.read_text(path))).fillna("")
     return AssetCheckResult(
         passed=len(frame) == 0,
@@ -243,8 +244,7 @@ def labeled_tiles_quarantine(storage: StorageResource) -> AssetCheckResult:
 
 
 def _catalog(storage: StorageResource) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(storage.storage.read_bytes(join(storage.layout.labeled_tiles(),
-                                                                      "catalog.parquet"))))
+    return pd.read_parquet(io.BytesIO(storage.storage.read_bytes(storage.layout.catalog())))
 
 
 NO_HASHES = "the catalog has no content hashes (written before they existed): re-materialize labeled_tiles"

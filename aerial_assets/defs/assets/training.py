@@ -37,6 +37,7 @@ from aerial_assets.records import (
     TileStatus,
 )
 from aerial_assets.storage.core import join
+from aerial_assets.storage.layout import LEADERBOARD, MODEL, PIPELINE
 from aerial_assets.training.classifiers import (
     ClassifierParams,
     class_list,
@@ -75,7 +76,7 @@ def _keys(context: AssetExecutionContext) -> tuple[str, str]:
 
 
 def _features(spark: SparkResource, storage: StorageResource, backbone: str):
-    path = join(storage.layout.tile_features(backbone), "features.parquet")
+    path = storage.layout.features(backbone)
     return spark.session.read.parquet(storage.storage.spark_path(path)).filter(f"status = '{TileStatus.OK}'")
 
 
@@ -125,7 +126,7 @@ def land_use_classifiers(
     model_id = f"{backbone}.{algorithm}.{context.run_id[:8]}"
     out = storage.layout.classifier(backbone, algorithm)
     with storage.storage.atomic_dir(out) as tmp:
-        model.write().overwrite().save(storage.storage.spark_path(join(tmp, "pipeline_model")))
+        model.write().overwrite().save(storage.storage.spark_path(join(tmp, PIPELINE)))
         ClassifierRecord(
             model_id=model_id, backbone=backbone, algorithm=algorithm, classes=classes, params=search.chosen,
             search=search.to_dict(), n_train=n_train_tiles, n_train_rows=sum(counts.values()), views=views,
@@ -137,7 +138,7 @@ def land_use_classifiers(
     return MaterializeResult(
         metadata={
             "model_id": model_id,
-            "model": MetadataValue.path(join(out, "pipeline_model")),
+            "model": MetadataValue.path(join(out, PIPELINE)),
             "n_train": n_train_tiles,
             "n_classes": len(classes),
             "views": views,
@@ -182,7 +183,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             f"tile_features[{backbone}] ({upstream_text(info.upstream)}, current {upstream_text(upstream)}): "
             f"re-materialize land_use_classifiers for partition {backbone}|{algorithm}")
     classes = info.classes
-    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(clf_dir, "pipeline_model")))
+    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(clf_dir, PIPELINE)))
     views = info.views
     rows, _ = _rows(spark, storage, backbone, views, augment=False)
     reports = evaluate_splits(model, rows, classes, ["test", "validation"])  # one job for both splits
@@ -190,7 +191,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     png = confusion_png(test.matrix, classes, f"{backbone} + {algorithm}: test accuracy {test.accuracy:.3f}")
     out = layout.classifier_metrics(backbone, algorithm)
     predictions = split_predictions(model, rows, classes, "test")
-    catalog_rows = pd.read_parquet(io.BytesIO(store.read_bytes(join(layout.labeled_tiles(), "catalog.parquet"))),
+    catalog_rows = pd.read_parquet(io.BytesIO(store.read_bytes(layout.catalog())),
                                    columns=["tile_id", "uri"])
     predictions = predictions.merge(catalog_rows, on="tile_id", how="left").rename(columns={"uri": "filepath"})
     predictions = predictions[["tile_id", "filepath", "label", "pred_label",
@@ -255,13 +256,13 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
                              "partition"))
     out = storage.layout.leaderboard()
     with storage.storage.atomic_dir(out) as tmp:
-        storage.storage.write_text(join(tmp, "leaderboard.csv"), frame.to_csv(index=False))
+        storage.storage.write_text(join(tmp, LEADERBOARD), frame.to_csv(index=False))
     context.log.info("leaderboard:\n" + frame[LEADERBOARD_COLUMNS].to_string(index=False))
     return MaterializeResult(
         metadata={
             "leaderboard": metadata_table(frame[LEADERBOARD_COLUMNS + ["val_macro_f1", "ece"]]),
             "dagster/column_schema": table_schema(frame),
-            "csv": MetadataValue.path(join(out, "leaderboard.csv")),
+            "csv": MetadataValue.path(join(out, LEADERBOARD)),
             "dagster/row_count": len(frame),
             "best_test_accuracy": float(frame["accuracy"].max()),
             "not_yet_trained": ", ".join(missing) or "none",
@@ -285,7 +286,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     retraining or a new catalog): only rows whose model is still stored and belongs to the current upstream
     can win, so ``champion.json`` always names the model it bundles; rows left out are in the metadata."""
     layout, store = storage.layout, storage.storage
-    frame = pd.read_csv(io.StringIO(store.read_text(join(layout.leaderboard(), "leaderboard.csv"))),
+    frame = pd.read_csv(io.StringIO(store.read_text(layout.leaderboard_csv())),
                         dtype={"model_id": str})
     catalog = catalog_sha(store, layout)
     features: dict = {}
@@ -322,8 +323,8 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     out = layout.champion()
     with store.atomic_dir(out) as tmp:
         store_tmp = storage.storage
-        store_tmp.copy_tree(join(layout.backbone_model(backbone), "model.onnx"), join(tmp, "model.onnx"))
-        store_tmp.copy_tree(join(clf_dir, "pipeline_model"), join(tmp, "pipeline_model"))
+        store_tmp.copy_tree(layout.backbone_onnx(backbone), join(tmp, MODEL))
+        store_tmp.copy_tree(join(clf_dir, PIPELINE), join(tmp, PIPELINE))
         record.write(store_tmp, tmp)
     metrics_png = store.read_bytes(join(layout.classifier_metrics(backbone, algorithm), "confusion.png"))
     context.log.info(f"champion: {info.model_id} ({why})")
