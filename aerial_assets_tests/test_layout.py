@@ -54,4 +54,11 @@ def test_a_dagster_home_from_before_the_move_is_pointed_at_the_new_modules(tmp_p
     assert "module: aerial_assets.defs.compute_logs\n" in text
     run_guard.install_instance_yaml(str(home))  # idempotent
     assert (home / "dagster.yaml").read_text() == text
+    own = tmp_path / "own_home"  # a DAGSTER_HOME the user made (make run with DAGSTER_HOME set)
+    own.mkdir()
+    (own / "dagster.yaml").write_text("compute_logs:\n  module: aerial_assets.compute_logs\n")
+    from aerial_assets.defs.run import prepare_home
+
+    prepare_home({"DAGSTER_HOME": str(own)})
+    assert (own / "dagster.yaml").read_text() == "compute_logs:\n  module: aerial_assets.defs.compute_logs\n"
     assert hasattr(run_guard, "AerialRunLauncher")  # the class the yaml names, at its new module

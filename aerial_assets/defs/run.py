@@ -24,7 +24,13 @@ from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey  #
 from aerial_assets.backbones.zoo import zoo_entry  # noqa: E402
 from aerial_assets.defs.definitions import build_defs  # noqa: E402
 from aerial_assets.defs.partitions import county_partitions  # noqa: E402
-from aerial_assets.defs.run_guard import RunGuard, RunRefused, install_instance_yaml, run_tags  # noqa: E402
+from aerial_assets.defs.run_guard import (  # noqa: E402
+    RunGuard,
+    RunRefused,
+    install_instance_yaml,
+    run_tags,
+    upgrade_instance_yaml,
+)
 from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
@@ -46,6 +52,8 @@ def prepare_home(env: dict[str, str]) -> None:
     """Use ``$AERIAL_DATA_ROOT/dagster_home`` (with the project's dagster.yaml) unless DAGSTER_HOME is set."""
     if env.get("DAGSTER_HOME"):
         os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
+        if os.path.exists(os.path.join(env["DAGSTER_HOME"], "dagster.yaml")):
+            upgrade_instance_yaml(os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))  # module paths of before
         return
     root = data_root(env)
     # The run history is local; with a cloud data root (az://...) it stays under ./.aerial_data.

@@ -145,7 +145,7 @@ MOVED_MODULES = {"aerial_assets.run_guard": "aerial_assets.defs.run_guard",
                  "aerial_assets.compute_logs": "aerial_assets.defs.compute_logs"}
 
 
-def _upgrade_instance_yaml(target: str) -> None:
+def upgrade_instance_yaml(target: str) -> None:
     """A home made by an earlier version names the run launcher by its old module path, which no longer
     imports; point it at the module's new place (same temporary-name-and-rename as a fresh copy)."""
     with open(target) as handle:
@@ -167,7 +167,7 @@ def install_instance_yaml(home: str) -> None:
     os.makedirs(home, exist_ok=True)
     target = os.path.join(home, "dagster.yaml")
     if os.path.exists(target):
-        _upgrade_instance_yaml(target)
+        upgrade_instance_yaml(target)
         return
     if not os.path.exists(PROJECT_YAML):
         return
