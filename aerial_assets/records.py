@@ -112,9 +112,16 @@ class Record(BaseModel):
     """A typed JSON document (frozen; unknown keys ignored)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+    #: Keys left out of the file when None (files written before the records omitted them, and readers test for
+    #: their presence); every other None is written as null, as before.
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+        data = self.model_dump(mode="json")
+        for key in self.OMIT_IF_NONE:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return json.dumps(data, indent=2, sort_keys=True)
 
 
 class SideFile(Record):
@@ -206,13 +213,14 @@ class BackboneRecord(SideFile):
 
     FILE: ClassVar[str] = "backbone.json"
     model_config = ConfigDict(extra="allow", frozen=True)  # weights provenance differs by kind (base, INT8, combined)
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"parts"})
     backbone: str
     input_size: int
     feature_dim: int
     preprocessing: str
     kind: str = "base"
     weights_sha256: str = ""
-    parts: list[str] = Field(default_factory=list)
+    parts: list[str] | None = None  # a combination's networks
 
 
 class FeaturesSummary(SideFile):
@@ -357,6 +365,7 @@ class LandUseMapSummary(SideFile):
     """``county_land_use_map/<county>/summary.json``: the map's grid and the tiles per class."""
 
     FILE: ClassVar[str] = "summary.json"
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"cell_m"})  # only square cells in metres have a size in m
     county: str
     model_id: str
     crs: str
@@ -387,17 +396,20 @@ class ChangeSummary(SideFile):
 
 
 class AgreementRecord(SideFile):
-    """``county_agreement/<county>/agreement.json``: the map against a reference land-cover raster (or why not)."""
+    """``county_agreement/<county>/agreement.json``: the map against a reference land-cover raster, or why there
+    is none (``reference`` None and a ``note``; the other keys are then absent, as they always were)."""
 
     FILE: ClassVar[str] = "agreement.json"
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({
+        "note", "classes", "crs", "grid", "map_cells", "reference_labelled_cells", "raw", "smoothed", "smoothing_gain"})
     county: str
     reference: dict[str, str] | None
-    note: str = ""
-    classes: list[str] = Field(default_factory=list)
-    crs: str = ""
-    grid: list[int] = Field(default_factory=list)
-    map_cells: int = 0
-    reference_labelled_cells: int = 0
-    raw: dict[str, Any] = Field(default_factory=dict)
-    smoothed: dict[str, Any] = Field(default_factory=dict)
-    smoothing_gain: float = 0.0
+    note: str | None = None
+    classes: list[str] | None = None
+    crs: str | None = None
+    grid: list[int] | None = None
+    map_cells: int | None = None
+    reference_labelled_cells: int | None = None
+    raw: dict[str, Any] | None = None
+    smoothed: dict[str, Any] | None = None
+    smoothing_gain: float | None = None
