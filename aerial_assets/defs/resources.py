@@ -245,11 +245,13 @@ class StorageResource(ConfigurableResource):
             sas_token=_value(self.azure_sas_token),
         )
 
+    def _uses_azure(self) -> bool:
+        return not is_local(self.data_root) or any(
+            _value(v) for v in (self.azure_connection_string, self.azure_account_name))
+
     def _azure(self):
         """The Azure backend of these settings, or None when the data root is local and no credential is set."""
-        uses_azure = not is_local(self.data_root) or any(
-            _value(v) for v in (self.azure_connection_string, self.azure_account_name))
-        if not uses_azure:
+        if not self._uses_azure():
             return None
         from aerial_assets.storage.azure import AzureStorage
 
@@ -263,7 +265,7 @@ class StorageResource(ConfigurableResource):
         :class:`SparkResource` calls it when it opens its session: only this resource knows the credentials,
         and only the Spark resource knows when a session starts, so that every asset stays unchanged.
         """
-        if (_value(self.spark_storage) or "staged") != "direct" or self._azure() is None:
+        if (_value(self.spark_storage) or "staged") != "direct" or not self._uses_azure():
             return False
         from aerial_assets.storage.azure import configure_spark_session
 

@@ -10,8 +10,8 @@ import hashlib
 
 from aerial_assets.errors import AerialError
 from aerial_assets.records import ClassifierRecord, FeaturesIdentity, FeaturesSummary, MetricsRecord
-from aerial_assets.storage.core import Storage, join
-from aerial_assets.storage.layout import FEATURES, PIPELINE, Layout
+from aerial_assets.storage.core import Storage
+from aerial_assets.storage.layout import Layout
 
 
 def catalog_sha(store: Storage, layout: Layout) -> str:
@@ -36,7 +36,7 @@ def features_identity(store: Storage, layout: Layout, backbone: str) -> Features
                           f"older version): materialize tile_features for partition {backbone}")
     raw = store.read_bytes(FeaturesSummary.uri(folder))
     digest = hashlib.sha256(raw)
-    parquet = join(folder, FEATURES)
+    parquet = layout.features(backbone)
     if store.exists(parquet):
         for entry in store.list_files(parquet):
             digest.update(f"\n{entry.relative_path}\t{entry.size}".encode())
@@ -86,7 +86,7 @@ def provenance_problem(store: Storage, layout: Layout, backbone: str, algorithm:
     key = f"{backbone}|{algorithm}"
     metrics = MetricsRecord.read(store, layout.classifier_metrics(backbone, algorithm))
     clf_dir = layout.classifier(backbone, algorithm)
-    if not (ClassifierRecord.exists(store, clf_dir) and store.exists(join(clf_dir, PIPELINE))):
+    if not (ClassifierRecord.exists(store, clf_dir) and store.exists(layout.classifier_pipeline(backbone, algorithm))):
         return (f"its classifier ({metrics.model_id}) is no longer stored: re-materialize "
                 f"land_use_classifiers and classifier_metrics for {key}")
     info = ClassifierRecord.read(store, clf_dir)

@@ -201,7 +201,7 @@ def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, Label
         raise ConfigurationError(
             f"the label map {uri} maps none of the classes found: {', '.join(sorted(report.classes))}")
     catalog.check_splits(mapped)
-    return mapped, report.model_copy(update={"label_map": uri})
+    return mapped, report  # report.label_map is the map's URI (its source)
 
 
 def _mapping_markdown(report: LabelMapReport) -> str:

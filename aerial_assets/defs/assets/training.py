@@ -183,7 +183,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             f"tile_features[{backbone}] ({upstream_text(info.upstream)}, current {upstream_text(upstream)}): "
             f"re-materialize land_use_classifiers for partition {backbone}|{algorithm}")
     classes = info.classes
-    model = PipelineModel.read().session(spark.session).load(store.spark_path(join(clf_dir, PIPELINE)))
+    model = PipelineModel.read().session(spark.session).load(store.spark_path(layout.classifier_pipeline(backbone, algorithm)))
     views = info.views
     rows, _ = _rows(spark, storage, backbone, views, augment=False)
     reports = evaluate_splits(model, rows, classes, ["test", "validation"])  # one job for both splits
@@ -324,7 +324,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     with store.atomic_dir(out) as tmp:
         store_tmp = storage.storage
         store_tmp.copy_tree(layout.backbone_onnx(backbone), join(tmp, MODEL))
-        store_tmp.copy_tree(join(clf_dir, PIPELINE), join(tmp, PIPELINE))
+        store_tmp.copy_tree(layout.classifier_pipeline(backbone, algorithm), join(tmp, PIPELINE))
         record.write(store_tmp, tmp)
     metrics_png = store.read_bytes(join(layout.classifier_metrics(backbone, algorithm), "confusion.png"))
     context.log.info(f"champion: {info.model_id} ({why})")
