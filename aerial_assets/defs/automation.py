@@ -44,7 +44,7 @@ def county_registry_sensor(context: SensorEvaluationContext, storage: StorageRes
                            counties: CountyRegistryResource) -> SensorResult:
     """Adds a partition for every county newly declared in the registry and launches its first run."""
     registered = set(context.instance.get_dynamic_partitions(county_partitions.name))
-    new = sorted(set(counties.load(storage.layout)) - registered)
+    new = sorted(set(counties.load(storage)) - registered)
     return SensorResult(
         run_requests=[RunRequest(run_key=f"register-{key}", partition_key=key) for key in new],
         dynamic_partitions_requests=[county_partitions.build_add_request(new)] if new else [],

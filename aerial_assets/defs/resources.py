@@ -27,7 +27,16 @@ from aerial_assets.spark.session import (
     session_conf,
     wait_for_early_start,
 )
-from aerial_assets.storage.core import LocalStorage, Storage, is_local, join, local_path, storage_for
+from aerial_assets.storage.core import (
+    AZURE_SCHEMES,
+    LocalStorage,
+    Storage,
+    is_local,
+    join,
+    local_path,
+    scheme_of,
+    storage_for,
+)
 from aerial_assets.storage.layout import Layout
 
 DEMO_COUNTY_KEY = "demo_middlesex"
@@ -235,6 +244,7 @@ class StorageResource(ConfigurableResource):
     spark_azure_scheme: str = "abfss"
 
     _store: Storage | None = PrivateAttr(default=None)
+    _inputs: Storage | None = PrivateAttr(default=None)
 
     def azure_credentials(self):
         from aerial_assets.storage.azure import AzureCredentials
@@ -286,6 +296,24 @@ class StorageResource(ConfigurableResource):
             self._store = LocalStorage() if is_local(self.data_root) else self._azure()
         return self._store
 
+    def for_uri(self, uri: str) -> Storage:
+        """The store that reads (or writes) ``uri`` on the driver with this resource's settings: local paths
+        locally, Azure URIs with this resource's credentials (the data root's own store when it is in Azure).
+        Inputs named by URI (training tiles, registries, legends, rasters' side files) are read through it, so
+        the driver never builds credentials from its environment; Spark executors do (``storage_for``)."""
+        if is_local(uri):
+            return LocalStorage()
+        if scheme_of(uri) not in AZURE_SCHEMES:
+            return storage_for(uri)  # the clear error for an unsupported scheme
+        if not is_local(self.data_root):
+            return self.storage
+        if self._inputs is None:
+            from aerial_assets.storage.azure import AzureStorage
+
+            self._inputs = AzureStorage(self.azure_credentials(), _value(self.spark_storage) or "staged",
+                                        self.spark_azure_scheme)
+        return self._inputs
+
 
 SparkResource.model_rebuild()  # its ``storage`` field names StorageResource, defined after it
 
@@ -301,13 +329,13 @@ class TrainingTilesResource(ConfigurableResource):
     demo_per_class: int = 50
     demo_size: int = 224
 
-    def resolve(self, layout: Layout) -> tuple[str, bool]:
+    def resolve(self, storage: StorageResource) -> tuple[str, bool]:
         """(folder URI, is_demo). The demo set is generated on first use, seeded, then reused."""
         if self.uri:
             return self.uri, False
-        folder = layout.demo_training_tiles()
+        folder = storage.layout.demo_training_tiles()
         if not is_local(folder):
-            store = storage_for(folder)
+            store = storage.for_uri(folder)
             if not store.exists(join(folder, ".complete")):
                 with tempfile.TemporaryDirectory() as scratch, store.atomic_dir(folder) as tmp:
                     demo_data.write_training_tiles(scratch, per_class=self.demo_per_class, size=self.demo_size,
@@ -319,11 +347,11 @@ class TrainingTilesResource(ConfigurableResource):
         marker = os.path.join(path, ".complete")
         if not os.path.exists(marker):
             tmp = f"{path}.tmp-{os.getpid()}"
-            storage_for(tmp).remove(tmp)
+            LocalStorage().remove(tmp)
             demo_data.write_training_tiles(tmp, per_class=self.demo_per_class, size=self.demo_size, fmt="jpg")
             with open(os.path.join(tmp, ".complete"), "w") as handle:
                 handle.write("seeded demo tiles\n")
-            storage_for(path).remove(path)
+            LocalStorage().remove(path)
             os.replace(tmp, path)
         return folder, True
 
@@ -338,20 +366,20 @@ class CountyRegistryResource(ConfigurableResource):
     demo_tile_px: int = 224
     demo_resolution: float = 1.0
 
-    def load(self, layout: Layout) -> dict[str, County]:
-        uri = self.uri or join(layout.root, "counties.yaml")
-        store = storage_for(uri)
+    def load(self, storage: StorageResource) -> dict[str, County]:
+        uri = self.uri or join(storage.layout.root, "counties.yaml")
+        store = storage.for_uri(uri)
         if store.exists(uri):
             return parse_registry(store.read_text(uri), uri)
         if self.uri:
             raise CountyError(f"county registry {uri} not found: create it (see README, 'Adding a county')")
         return {DEMO_COUNTY_KEY: County(key=DEMO_COUNTY_KEY, name="Demo county (synthetic imagery)",
-                                        rasters=[self.demo_raster(layout)])}
+                                        rasters=[self.demo_raster(storage)])}
 
-    def demo_raster(self, layout: Layout) -> str:
-        uri = join(layout.demo_counties(), f"{DEMO_COUNTY_KEY}.tif")
+    def demo_raster(self, storage: StorageResource) -> str:
+        uri = join(storage.layout.demo_counties(), f"{DEMO_COUNTY_KEY}.tif")
         if not is_local(uri):
-            store = storage_for(uri)
+            store = storage.for_uri(uri)
             if not store.exists(uri):
                 with tempfile.TemporaryDirectory() as scratch:
                     local = os.path.join(scratch, "county.tif")
@@ -366,8 +394,8 @@ class CountyRegistryResource(ConfigurableResource):
                                           resolution=self.demo_resolution)
         return path
 
-    def get(self, layout: Layout, key: str) -> County:
-        counties = self.load(layout)
+    def get(self, storage: StorageResource, key: str) -> County:
+        counties = self.load(storage)
         if key not in counties:
             raise CountyError(
                 f"county {key!r} is a partition but not in the registry ({self.uri or 'default registry'}); "
@@ -398,14 +426,14 @@ class TrainingRastersResource(ConfigurableResource):
 
     uri: str = ""
 
-    def load(self):
+    def load(self, storage: StorageResource):
         """The parsed spec (:class:`aerial_assets.imagery.raster_labels.TrainingRasters`); a clear error when unset."""
         from aerial_assets.imagery.raster_labels import parse_spec
 
         if not self.uri:
             raise ConfigurationError("no training rasters configured: set AERIAL_TRAINING_RASTERS to a YAML file "
                                      "'{imagery: [a.tif], landcover: nlcd.tif, legend: legend.yaml}'")
-        store = storage_for(self.uri)
+        store = storage.for_uri(self.uri)
         if not store.exists(self.uri):
             raise ConfigurationError(f"training rasters spec {self.uri} not found (AERIAL_TRAINING_RASTERS)")
         return parse_spec(store.read_text(self.uri), self.uri)

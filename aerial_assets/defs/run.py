@@ -36,7 +36,7 @@ from aerial_assets.errors import AerialError, ConfigurationError, CountyError, S
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
 from aerial_assets.spark.session import start_early  # noqa: E402
-from aerial_assets.storage.core import is_local, join, local_path, storage_for  # noqa: E402
+from aerial_assets.storage.core import is_local, join, local_path  # noqa: E402
 from aerial_assets.training.classifiers import check_algorithm  # noqa: E402
 from aerial_assets.training.presets import DEFAULT_PRESET, PRESETS, get_preset, merged_run_config  # noqa: E402
 
@@ -110,7 +110,8 @@ def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple
     ``make run`` scores counties after an hour of training; a typo in the registry or a bad summary CSV
     must stop it in seconds instead. Raises the registry's or the summary's error (a :class:`CountyError`).
     """
-    registry = resources["counties"].load(resources["storage"].layout)
+    storage = resources["storage"]
+    registry = resources["counties"].load(storage)
     keys = parse_list(wanted, lambda k: k) if wanted else sorted(registry)
     missing = [k for k in keys if k not in registry]
     if missing:
@@ -120,7 +121,7 @@ def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple
         registry[key] = resolve_county(registry[key])  # a STAC catalog that cannot be read fails here, in seconds
         tiles = registry[key].tiles
         if tiles is not None:
-            parse_tile_summary(storage_for(tiles.summary).read_text(tiles.summary), tiles.summary, crs=tiles.crs)
+            parse_tile_summary(storage.for_uri(tiles.summary).read_text(tiles.summary), tiles.summary, crs=tiles.crs)
     return registry, keys
 
 

@@ -31,6 +31,7 @@ import yaml
 
 from aerial_assets.errors import CountyError
 from aerial_assets.maps.spatial import plurality_smooth
+from aerial_assets.storage.core import Storage
 
 UNLABELLED = 255
 
@@ -87,12 +88,14 @@ def parse_legend(text: str, source: str) -> Legend:
     return Legend(codes, ignore)
 
 
-def read_legend(uri: str) -> Legend:
+def read_legend(uri: str, store: Storage | None = None) -> Legend:
+    """The reference legend at ``uri``, read through ``store`` (None: the URI's backend with this process's
+    environment, as on an executor)."""
     from aerial_assets.errors import StorageError
     from aerial_assets.storage.core import storage_for
 
     try:
-        text = storage_for(uri).read_text(uri)
+        text = (store or storage_for(uri)).read_text(uri)
     except (OSError, ValueError, StorageError) as exc:
         raise CountyError(f"cannot read the reference legend {uri}: {exc}") from None
     return parse_legend(text, uri)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from aerial_assets.records import TileStatus
-from aerial_assets.storage.core import storage_for
+from aerial_assets.storage.core import Storage, storage_for
 
 PROBABILITY_TOLERANCE = 1e-4
 
@@ -66,9 +66,10 @@ def _geo_problem(name: str, schema, expected_crs: str) -> str | None:
     return None
 
 
-def inspect_predictions(folder: str, expected_crs: str) -> PredictionsReport:
-    """Read every part of the ``predictions.parquet`` folder (local path or storage URI)."""
-    store = storage_for(folder)
+def inspect_predictions(folder: str, expected_crs: str, store: Storage | None = None) -> PredictionsReport:
+    """Read every part of the ``predictions.parquet`` folder (local path or storage URI) through ``store``
+    (None: the URI's backend with this process's environment)."""
+    store = store or storage_for(folder)
     report = PredictionsReport()
     for entry in store.list_files(folder):
         if not entry.relative_path.endswith(".parquet") or "/" in entry.relative_path:

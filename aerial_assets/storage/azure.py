@@ -20,16 +20,26 @@ Credentials and settings
 
 Atomic folders (``atomic_dir``)
     Blob storage has no rename, so a folder is written under a temporary prefix ``<uri>.tmp-<token>/`` and
-    committed by copy-then-delete: (1) a journal entry ``<container>/.aerial-commits/<escaped prefix>`` marks the
-    output as being replaced, (2) the old blobs under ``<uri>/`` are deleted, (3) every new file is copied
-    there, (4) the journal entry is deleted, (5) the temporary prefix is deleted. Readers refuse any path under
-    an output that has a journal entry (a clear error: re-materialize it), so a run that dies in (2)-(3) never
-    lets a later run read a half-written output; a failure before (1) leaves the previous output untouched.
-    The journal is listed afresh for every check (no cache), so another process's commit in progress is
-    always seen. A reader that races a live commit (listed before (1), reading during (2)-(3)) can still find a
-    file gone mid-read; the run lock (one run per data root) keeps two runs from committing and reading one
-    output at once.
-    Every single blob write is atomic (a blob is committed whole).
+    committed by copy-then-delete, holding the output's journal entry
+    ``<container>/.aerial-commits/<escaped prefix>``: (1) the committer creates the entry if absent and takes an
+    exclusive blob lease on it (waiting while another process holds it; :mod:`aerial_assets.storage.blob_lease`),
+    renewed every few seconds while it works, (2) the old blobs under ``<uri>/`` are deleted, (3) every new file
+    is copied there, (4) the entry is deleted (which ends the lease), (5) the temporary prefix is deleted.
+    Guarantees, for any number of processes and hosts on one storage account:
+    - Two commits of one output never overlap: the second waits for the first's lease, then replaces the
+      output whole. Afterwards the output holds exactly the files of one commit (the last), never a mix.
+    - While an entry exists every read under that output fails (``exists`` answers False, the rest raise
+      "incomplete: ... re-materialize"), so a commit in progress, or one that died in (2)-(3), is never read as
+      complete. The journal is listed afresh for every check (no cache).
+    - A commit that fails keeps its entry (readers keep refusing) and lets its lease go; one whose process died
+      leaves a lease that lapses within ``LEASE_S`` (30 s). The next commit of that output takes the entry
+      over and clears it; a failure before (1) leaves the previous output untouched.
+    - A committer that cannot renew its lease for a whole lease period stops before its next write.
+    Not guaranteed: a reader that passed its journal check just before a commit began and goes on reading
+    file after file can find a file gone (an error) or, reading several files one by one, an old one and a new
+    one. Within a run Dagster orders readers after writers, and the run lock (one run per data root on one
+    Dagster home) keeps two runs from doing that; two hosts running against one data root are not protected
+    from it. Every single blob write is atomic (a blob is committed whole).
 
 Spark and Azure paths (``spark_path``)
     ``staged`` (default): Spark reads and writes local folders, so it needs no hadoop-azure connector. Inside
@@ -55,7 +65,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -360,24 +369,16 @@ class AzureStorage(Storage):
 
     # --- commit journal ------------------------------------------------------------------------------------
 
-    def _journal_path(self, path: BlobPath) -> str:
-        return f"{path.container}/{JOURNAL}/{quote(path.key, safe='')}"
+    @staticmethod
+    def _journal_key(path: BlobPath) -> str:
+        """The journal entry of the output ``path`` (a blob name inside its container)."""
+        return f"{JOURNAL}/{quote(path.key, safe='')}"
 
     def _journal(self, path: BlobPath) -> frozenset[str]:
         """The output keys of ``path``'s container being replaced now, listed afresh (never cached)."""
         with self._errors(path.uri, "read"):
             entries = self._fs().find(f"{path.container}/{JOURNAL}")
         return frozenset(unquote(e.rsplit("/", 1)[-1]) for e in entries)
-
-    def _journal_set(self, path: BlobPath, present: bool) -> None:
-        fs = self._fs()
-        record = json.dumps({"uri": path.uri, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        with self._errors(path.uri, "commit"):
-            if present:
-                fs.pipe_file(self._journal_path(path), record.encode())
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    fs.rm_file(self._journal_path(path))
 
     def _check_readable(self, path: BlobPath) -> None:
         for key in self._journal(path):
@@ -519,17 +520,30 @@ class AzureStorage(Storage):
                 self.remove(tmp)
 
     def _commit(self, final: BlobPath, tmp: BlobPath, staging: str) -> None:
+        """Replace ``final`` by what was written under ``tmp`` (and staged locally), holding the output's journal
+        entry under an exclusive blob lease (:class:`~aerial_assets.storage.blob_lease.BlobLease`): see the
+        module's docstring for the protocol and its guarantee."""
+        from aerial_assets.storage.blob_lease import BlobLease
+
         written = self._files(tmp)
         staged = dict(_local_files(staging, skip_hidden=True)) if os.path.isdir(staging) else {}
         fs = self._fs()
-        self._journal_set(final, True)
-        self.remove(final.uri)
+        lease = BlobLease(fs, final.container, self._journal_key(final), final.uri)
         with self._errors(final.uri, "commit"):
-            for rel, info in written.items():
-                self._copy_blob(f"{tmp.fs_path}/{rel}", f"{final.fs_path}/{rel}", int(info.get("size") or 0))
-            for rel, full in staged.items():
-                fs.put_file(full, f"{final.fs_path}/{rel}")
-        self._journal_set(final, False)
+            lease.acquire()
+        try:
+            self.remove(final.uri)
+            with self._errors(final.uri, "commit"):
+                for rel, info in written.items():
+                    lease.check()
+                    self._copy_blob(f"{tmp.fs_path}/{rel}", f"{final.fs_path}/{rel}", int(info.get("size") or 0))
+                for rel, full in staged.items():
+                    lease.check()
+                    fs.put_file(full, f"{final.fs_path}/{rel}")
+                lease.delete()
+        except BaseException:
+            lease.release()
+            raise
 
     def spark_path(self, uri: str) -> str:
         """``staged``: a local path (a staging folder inside ``atomic_dir``, else a local copy of the committed

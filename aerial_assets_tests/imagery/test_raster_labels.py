@@ -143,12 +143,13 @@ def test_legend_and_spec_errors_are_clear(tmp_path):
         parse_spec("imagery: [a.tif]", "spec.yaml")
     with pytest.raises(ValueError):
         LabelRule(mode="majority")
-    from aerial_assets.defs.resources import TrainingRastersResource
+    from aerial_assets.defs.resources import StorageResource, TrainingRastersResource
 
+    storage = StorageResource(data_root=str(tmp_path))
     with pytest.raises(ConfigurationError, match="set AERIAL_TRAINING_RASTERS"):
-        TrainingRastersResource().load()
+        TrainingRastersResource().load(storage)
     with pytest.raises(ConfigurationError, match="not found"):
-        TrainingRastersResource(uri=str(tmp_path / "none.yaml")).load()
+        TrainingRastersResource(uri=str(tmp_path / "none.yaml")).load(storage)
 
 
 def test_raster_labeled_tiles_feed_labeled_tiles(spark, rasters, tmp_path):

@@ -214,6 +214,88 @@ def test_a_commit_that_dies_midway_is_refused_to_readers(azurite, monkeypatch):
     assert other.read_text(join(out, "a.json")) == '{"v": 3}'
 
 
+def _commit_rounds(connection_string: str, uri: str, writer: int, files: int, rounds: int, barrier,
+                   results) -> None:
+    """One of two processes replacing the same output at the same moment, ``rounds`` times (spawned)."""
+    store = AzureStorage(AzureCredentials(connection_string=connection_string))
+    for round_ in range(rounds):
+        with store.atomic_dir(uri) as tmp:
+            for i in range(files):
+                store.write_text(join(tmp, f"part-{i:03d}.txt"), f"writer {writer} round {round_}")
+            barrier.wait(timeout=120)  # both commits start together
+        barrier.wait(timeout=300)  # both commits are done
+        if writer == 0:
+            contents = [store.read_text(e.uri) for e in store.list_files(uri)]
+            results.put((round_, len(contents), sorted(set(contents))))
+        barrier.wait(timeout=120)
+
+
+def test_two_processes_committing_one_output_at_once_leave_one_whole_commit(azurite):
+    import multiprocessing
+
+    root = _container(azurite, "race")
+    out, files, rounds = join(root, "model"), 24, 3
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    writers = [context.Process(target=_commit_rounds, args=(azurite.connection_string, out, w, files, rounds, barrier,
+                                                            results)) for w in (0, 1)]
+    for proc in writers:
+        proc.start()
+    for proc in writers:
+        proc.join(timeout=600)
+    assert [proc.exitcode for proc in writers] == [0, 0]
+    seen = sorted(results.get(timeout=10) for _ in range(rounds))
+    for round_, count, contents in seen:
+        # every file of one commit, and only one commit's: the two never interleaved
+        assert count == files and len(contents) == 1, (round_, count, contents)
+        assert contents[0].endswith(f"round {round_}")
+    store = azurite.store()
+    assert not any(store._fs().find(f"race/{azure_storage.JOURNAL}"))  # both commits finished
+    assert store.list_dirs(root) == ["model"]  # no temporary prefix left
+
+
+def _commit_slowly(connection_string: str, uri: str, files: int) -> None:
+    store = AzureStorage(AzureCredentials(connection_string=connection_string))
+    with store.atomic_dir(uri) as tmp:
+        for i in range(files):
+            store.write_bytes(join(tmp, f"part-{i:03d}.bin"), os.urandom(64 * 1024))
+
+
+def test_a_killed_commit_is_refused_to_readers_and_taken_over_when_its_lease_lapses(azurite):
+    import multiprocessing
+
+    from aerial_assets.storage.blob_lease import LEASE_S, BlobLease
+
+    store = azurite.store()
+    root = _container(azurite, "killed")
+    out = join(root, "features")
+    with store.atomic_dir(out) as tmp:
+        store.write_text(join(tmp, "old.txt"), "old")
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_commit_slowly, args=(azurite.connection_string, out, 300))
+    proc.start()
+    journal = f"killed/{azure_storage.JOURNAL}"
+    deadline = time.monotonic() + 300
+    while not any(store._fs().find(journal)):  # the commit has started: kill it mid-copy
+        assert proc.is_alive() and time.monotonic() < deadline, "the commit finished before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with pytest.raises(StorageError, match=r"incomplete: a run started replacing az://killed/features"):
+        store.read_text(join(out, "old.txt"))
+    assert not store.exists(join(out, "old.txt"))
+    entry = next(iter(store._fs().find(journal))).split("/", 1)[1]
+    # while the dead process's lease has not lapsed, a committer waits for it and names it
+    with pytest.raises(StorageError, match=rf"another process has been committing it .*pid {proc.pid} on "):
+        BlobLease(store._fs(), "killed", entry, out, wait_s=1).acquire()
+    started = time.monotonic()
+    with store.atomic_dir(out) as tmp:  # re-materializing takes the entry over once the lease lapses
+        store.write_text(join(tmp, "new.txt"), "new")
+    assert time.monotonic() - started < LEASE_S + 15
+    assert [e.relative_path for e in store.list_files(out)] == ["new.txt"]
+    assert not any(store._fs().find(journal))
+
+
 def test_every_credential_kind_and_abfs_uris(azurite):
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
@@ -266,19 +348,20 @@ def test_wrong_key_and_missing_container_fail_clearly_without_the_secret(azurite
 
 
 def test_demo_data_is_generated_into_an_azure_data_root(azurite, monkeypatch):
-    from aerial_assets.defs.resources import CountyRegistryResource, TrainingTilesResource
+    from aerial_assets.defs.resources import CountyRegistryResource, StorageResource, TrainingTilesResource
     from aerial_assets.imagery.rasters import open_info
-    from aerial_assets.storage.layout import Layout
 
     _container(azurite, "demo")
+    # the driver writes with the resource's credentials; rasterio's reads go through the storage layer with this
+    # process's environment, as on an executor
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)  # as a deployment sets it
-    layout = Layout("az://demo/run")
-    folder, is_demo = TrainingTilesResource(demo_per_class=2, demo_size=32).resolve(layout)
+    storage = StorageResource(data_root="az://demo/run", azure_connection_string=azurite.connection_string)
+    folder, is_demo = TrainingTilesResource(demo_per_class=2, demo_size=32).resolve(storage)
     assert is_demo and folder == "az://demo/run/demo/training_tiles"
     files = [e.relative_path for e in storage_for(folder).list_files(folder)]
     assert len(files) == 12 and all(f.endswith(".jpg") for f in files)  # the .complete marker is hidden
-    assert TrainingTilesResource(demo_per_class=2, demo_size=32).resolve(layout) == (folder, True)  # reused
-    county = CountyRegistryResource(demo_rows=2, demo_cols=2, demo_tile_px=32).load(layout)["demo_middlesex"]
+    assert TrainingTilesResource(demo_per_class=2, demo_size=32).resolve(storage) == (folder, True)  # reused
+    county = CountyRegistryResource(demo_rows=2, demo_cols=2, demo_tile_px=32).load(storage)["demo_middlesex"]
     assert county.rasters == ["az://demo/run/demo/counties/demo_middlesex.tif"]
     assert open_info(county.rasters[0]).width == 64  # rasterio reads it through the storage layer
 

@@ -45,7 +45,7 @@ def county_map_agreement(
     layout, store = storage.layout, storage.storage
 
     def work(key: str) -> dict:
-        county = counties.get(layout, key)
+        county = counties.get(storage, key)
         out = layout.county_agreement(key)
         if county.reference is None:
             with store.atomic_dir(out) as tmp:
@@ -53,7 +53,7 @@ def county_map_agreement(
             return {"reference": NO_REFERENCE}
         summary = PredictionsSummary.read(store, layout.county_predictions(key))
         classes, crs = summary.classes, summary.crs
-        legend = read_legend(county.reference.legend)
+        legend = read_legend(county.reference.legend, storage.for_uri(county.reference.legend))
         legend.lookup(classes)  # a legend class the model lacks fails before any Spark work
         scored = _scored(spark, store, layout.predictions(key))
         grid_def = grid_of(scored)

@@ -30,7 +30,7 @@ from aerial_assets.defs.partitions import backbone_partitions
 from aerial_assets.defs.resources import BackboneWeightsResource, StorageResource
 from aerial_assets.imagery.decode import load_tile
 from aerial_assets.records import BackboneRecord, TileStatus
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import MODEL
 
 REFERENCE_TOLERANCE = 1e-4  # max absolute feature difference, ONNX vs the numpy reference
@@ -50,7 +50,7 @@ def _calibration_images(storage: StorageResource, n: int, size: int) -> np.ndarr
     train = catalog[(catalog["status"] == TileStatus.OK) & (catalog["split"] == "train")].copy()
     train["_order"] = pd.util.hash_pandas_object(train["tile_id"], index=False).to_numpy()
     chosen = train.sort_values("_order").head(n)
-    return np.stack([load_tile(storage_for(uri).read_bytes(uri), size) for uri in chosen["uri"]])
+    return np.stack([load_tile(storage.for_uri(uri).read_bytes(uri), size) for uri in chosen["uri"]])
 
 
 @asset(group_name="backbones", partitions_def=backbone_partitions, deps=["labeled_tiles"], kinds={"onnx"})

@@ -183,10 +183,10 @@ def county_land_use_change(
     per-tile transitions (for example tiles that became Developed), the transition matrix, and a change map
     (PNG and GeoTIFF: the new class where a tile changed, 254 where it did not)."""
     layout, store = storage.layout, storage.storage
-    registry = counties.load(layout)
+    registry = counties.load(storage)
 
     def work(key: str) -> dict:
-        county = counties.get(layout, key)
+        county = counties.get(storage, key)
         base = choose_baseline(registry, county, config.baseline)
         if not PredictionsSummary.exists(store, layout.county_predictions(base)):
             raise CountyError(f"baseline {base} of {key} has no predictions yet: materialize county_predictions[{base}]")

@@ -14,7 +14,7 @@ from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.raster_labels import LabelRule, label_tiles, load_legend, raster_name
 from aerial_assets.imagery.rasters import grid_shape, open_info
 from aerial_assets.records import RasterLabelsSummary
-from aerial_assets.storage.core import is_local, join, local_path, storage_for
+from aerial_assets.storage.core import is_local, join, local_path
 from aerial_assets.training.spatial_splits import POSITIONS_FILE
 
 
@@ -27,7 +27,7 @@ class RasterLabeledTilesConfig(Config):
     purity: float = 0.9
 
 
-def _sha256(uri: str) -> dict[str, object]:
+def _sha256(uri: str, storage: StorageResource) -> dict[str, object]:
     """The source's content hash: streamed for a local file, from its bytes otherwise."""
     digest = hashlib.sha256()
     if is_local(uri):
@@ -35,7 +35,7 @@ def _sha256(uri: str) -> dict[str, object]:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     else:
-        digest.update(storage_for(uri).read_bytes(uri))
+        digest.update(storage.for_uri(uri).read_bytes(uri))
     return {"uri": uri, "sha256": digest.hexdigest()}
 
 
@@ -69,8 +69,8 @@ def raster_labeled_tiles(
     except ValueError as exc:
         raise ConfigurationError(f"raster_labeled_tiles: mode must be points9 or purity and purity in (0, 1]; got "
                                  f"mode={config.mode!r}, purity={config.purity}") from exc
-    spec = training_rasters.load()
-    legend_store = storage_for(spec.legend)
+    spec = training_rasters.load(storage)
+    legend_store = storage.for_uri(spec.legend)
     if not legend_store.exists(spec.legend):
         raise ConfigurationError(f"legend {spec.legend} not found (the legend: of {training_rasters.uri})")
     legend = load_legend(legend_store.read_text(spec.legend), spec.legend)
@@ -102,8 +102,9 @@ def raster_labeled_tiles(
             tiles=len(table), n_labelled=len(labelled), n_unlabelled=len(table) - len(labelled),
             per_class=per_class, unlabelled_by_reason=per_reason,
             rule={**rule.model_dump(), "description": rule.describe()}, tile_size_m=config.tile_size_m,
-            sources={"spec": training_rasters.uri, "imagery": [_sha256(uri) for uri in spec.imagery],
-                     "landcover": _sha256(spec.landcover), "legend": _sha256(spec.legend)},
+            sources={"spec": training_rasters.uri, "imagery": [_sha256(uri, storage) for uri in spec.imagery],
+                     "landcover": _sha256(spec.landcover, storage),
+                     "legend": _sha256(spec.legend, storage)},
         )
         store.write_text(join(tmp, "tiles.csv"), table.to_csv(index=False))
         # where each labelled tile lies: labeled_tiles then splits by whole map blocks (aerial_assets.training.spatial_splits).

@@ -43,7 +43,7 @@ from aerial_assets.records import (
 )
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
-from aerial_assets.storage.core import Storage, is_local, join, storage_for
+from aerial_assets.storage.core import Storage, is_local, join
 from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.training.classifiers import with_vectors
 
@@ -92,11 +92,11 @@ def _raster_tiles(spark: SparkResource, county: County, config: CountyTilesConfi
     return tiles, infos[0].crs, [i.to_dict() for i in infos]
 
 
-def _folder_tiles(spark: SparkResource, county: County):
+def _folder_tiles(spark: SparkResource, storage: StorageResource, county: County):
     from pyspark.sql import functions as F
 
     source = county.tiles
-    summary = parse_tile_summary(storage_for(source.summary).read_text(source.summary), source.summary, crs=source.crs)
+    summary = parse_tile_summary(storage.for_uri(source.summary).read_text(source.summary), source.summary, crs=source.crs)
     rows = file_tile_rows(summary, source.folder, county.key, source.crs)
     tiles = spark.session.createDataFrame(rows, TILE_SCHEMA)
     tiles = tiles.withColumn("scale_lo", F.lit(0.0)).withColumn("scale_hi", F.lit(255.0))
@@ -122,8 +122,8 @@ def county_tiles(
     run in one Spark session; one failing county does not stop the others."""
 
     def work(key: str) -> dict:
-        county = counties.get(storage.layout, key)
-        tiles, crs, sources = _folder_tiles(spark, county) if county.tiles else _raster_tiles(spark, county, config)
+        county = counties.get(storage, key)
+        tiles, crs, sources = _folder_tiles(spark, storage, county) if county.tiles else _raster_tiles(spark, county, config)
         out = storage.layout.county_tiles(key)
         with storage.storage.atomic_dir(out) as tmp:
             path = storage.storage.spark_path(join(tmp, TILES))
@@ -347,7 +347,7 @@ def _reports(context, storage: StorageResource) -> dict[str, tuple[PredictionsSu
     for key in context.partition_keys:
         folder = storage.layout.county_predictions(key)
         summary = PredictionsSummary.read(storage.storage, folder)
-        out[key] = summary, inspect_predictions(storage.layout.predictions(key), summary.crs)
+        out[key] = summary, inspect_predictions(storage.layout.predictions(key), summary.crs, storage.storage)
     return out
 
 

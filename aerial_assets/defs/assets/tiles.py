@@ -23,7 +23,7 @@ from aerial_assets.imagery import catalog
 from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
 from aerial_assets.records import LabeledTilesSummary, LabelMapReport, TileStatus
 from aerial_assets.spark.jobs import task_count
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import CATALOG, QUARANTINE
 from aerial_assets.training.spatial_splits import (
     POSITIONS_FILE,
@@ -81,8 +81,8 @@ def labeled_tiles(
     if training_rasters.uri and not training_tiles.uri:  # AERIAL_TRAINING_RASTERS: raster_labeled_tiles' folder
         root, is_demo, lineage = _raster_labeled_source(storage)
     else:
-        (root, is_demo), lineage = training_tiles.resolve(storage.layout), {}
-    store = storage_for(root)
+        (root, is_demo), lineage = training_tiles.resolve(storage), {}
+    store = storage.for_uri(root)
     if not store.exists(root):
         raise TrainingDataError(
             f"training folder {root} not found: set AERIAL_TRAINING_TILES to a folder laid out <class>/<image> "
@@ -122,7 +122,7 @@ def labeled_tiles(
         n_groups = int(usable["tile_id"].map(groups).nunique())
         context.log.info(f"spatial split ({strategy}): {n_groups} groups of whole tiles")
     catalog.check_splits(table)
-    table, mapping_report = _apply_label_map(table, training_tiles.label_map)
+    table, mapping_report = _apply_label_map(table, training_tiles.label_map, storage)
     catalog.check_class_names(table)
     duplicates = catalog.find_duplicates(table).counts()
 
@@ -187,13 +187,14 @@ def _split_strategy(config: LabeledTilesConfig, split_layout: bool, has_position
     return strategy
 
 
-def _apply_label_map(table: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, LabelMapReport]:
+def _apply_label_map(table: pd.DataFrame, uri: str,
+                     storage: StorageResource) -> tuple[pd.DataFrame, LabelMapReport]:
     """Relabel with the map at ``uri`` (AERIAL_LABEL_MAP); without one, classes are the folder names."""
     if not uri:
         out = table.copy()
         out["source_label"] = out["label"]
         return out, LabelMapReport()
-    store = storage_for(uri)
+    store = storage.for_uri(uri)
     if not store.exists(uri):
         raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
     mapped, report = apply_label_map(table, parse_label_map(store.read_text(uri), uri))
