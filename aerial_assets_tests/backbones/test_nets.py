@@ -29,7 +29,9 @@ from aerial_assets.backbones.networks import (
     verify_against_reference,
 )
 from aerial_assets.backbones.numpy_weights import load_numpy_pickle
+from aerial_assets.backbones.onnx_graph import level_blocks
 from aerial_assets.backbones.torch_weights import save_state_dict_zip
+from aerial_assets.backbones.zoo import LEVELS, MULTILEVEL_VARIANTS, export_entry, zoo_entry
 from aerial_assets.errors import BackboneError
 
 PACKAGED = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1"]
@@ -59,6 +61,40 @@ def test_packaged_backbone_matches_reference_and_knows_imagenet(name, exported):
     assert result["max_abs_diff"] < TOLERANCE, result
     chelsea, coffee, _ = result["onnx_top1"]
     assert chelsea in IMAGENET_CATS and coffee in IMAGENET_ESPRESSO, result
+
+
+# the head's width plus the pooled outputs of the four blocks before the last one
+MULTILEVEL_DIMS = {"mobilenet_v2_multilevel": 1280 + 96 + 160 + 160 + 160,
+                   "efficientnet_lite0_multilevel": 1280 + 4 * 192,
+                   "squeezenet1_1_multilevel": 512 + 256 + 384 + 384 + 512}
+
+
+@pytest.mark.parametrize("name", MULTILEVEL_VARIANTS)
+def test_multilevel_features_match_reference_and_extend_the_base_network(name, exported):
+    entry = zoo_entry(name)
+    spec = get_backbone(entry.parts[0])
+    variant = export_entry(entry)
+    photos = sample_photos(spec.input_size)
+    result = verify_against_reference(spec, variant.model.SerializeToString(), load_weights(spec), photos,
+                                      entry.levels)
+    assert result["feature_dim"] == entry.feature_dim == variant.record["feature_dim"] == MULTILEVEL_DIMS[name]
+    assert entry.levels == LEVELS == variant.record["levels"] and variant.record["base_backbone"] == spec.name
+    # mid-network activations reach a few hundred: float32 agrees with float64 to a relative 1e-5, not 1e-4 absolute
+    assert result["max_rel_diff"] < 1e-5, result
+    chelsea, coffee, _ = result["onnx_top1"]
+    assert chelsea in IMAGENET_CATS and coffee in IMAGENET_ESPRESSO, result
+    outputs = ["features", "logits"]
+    base = make_session(exported(spec.name).model.SerializeToString(), 2).run(outputs, {"image": photos})
+    multi = make_session(variant.model.SerializeToString(), 2).run(outputs, {"image": photos})
+    np.testing.assert_allclose(multi[0][:, :spec.feature_dim], base[0], rtol=0, atol=1e-5)  # the head comes first
+    np.testing.assert_allclose(multi[1], base[1], rtol=0, atol=1e-4)  # the same logits
+    assert np.abs(multi[0][:, spec.feature_dim:]).max() > 0  # the pooled blocks are real activations
+
+
+def test_level_blocks_are_the_blocks_before_the_last():
+    assert level_blocks([1, 2, 3, 4, 5], 2) == [3, 4] and level_blocks([1, 2, 3], 0) == []
+    with pytest.raises(ValueError, match="levels must be in"):
+        level_blocks([1, 2, 3], 3)
 
 
 @pytest.mark.parametrize("name", PACKAGED)

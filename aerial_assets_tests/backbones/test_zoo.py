@@ -42,7 +42,9 @@ def _check_passed(instance, name: str, partition: str) -> bool:
 
 
 @pytest.mark.parametrize("backbone", [*offline_backbones(), "mobilenet_v2_int8", "mobilenet_v2+efficientnet_lite0",
-                                      "mobilenet_v2+efficientnet_lite2"])  # parts of two input sizes: 224 and 260 px
+                                      "mobilenet_v2+efficientnet_lite2",  # parts of two input sizes: 224 and 260 px
+                                      "squeezenet1_1_multilevel",  # checked against its reference relatively
+                                      "mobilenet_v2_multilevel+efficientnet_lite0_multilevel+squeezenet1_1_multilevel"])
 def test_backbone_exports_passes_checks_and_featurizes_on_spark(zoo_run, backbone):
     runner, root = zoo_run["runner"], zoo_run["root"]
     assert runner.run(["backbone_models", "tile_features"], backbone)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from aerial_assets.backbones.onnx_graph import GraphBuilder
+from aerial_assets.backbones.onnx_graph import GraphBuilder, level_blocks
 from aerial_assets.errors import BackboneError
 
 EFFICIENTNET_BN_EPS = 1e-3
@@ -105,15 +105,23 @@ def _check_blocks(sd: dict[str, np.ndarray], blocks: list[tuple[int, int, int, i
                                 f"weights, but {(inp * e, 1, k, k)} / {(out, inp * e, 1, 1)} in the architecture")
 
 
+def efficientnet_lite_block_channels(variant: str) -> list[int]:
+    """Output channels of ``_blocks.0`` .. (the blocks multi-level features pool)."""
+    spec = LITE_VARIANTS[variant]
+    return [out for *_, out in efficientnet_lite_blocks(spec.width, spec.depth)]
+
+
 def build_efficientnet_lite(
     variant: str, sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float],
-    bgr: bool = False,
+    bgr: bool = False, levels: int = 0,
 ) -> onnx.ModelProto:
-    """An EfficientNet-Lite variant: 1280-d features (pooled head), 1000 ImageNet logits (``_fc``)."""
+    """An EfficientNet-Lite variant: 1280-d features (pooled head; plus ``levels`` pooled block outputs,
+    :meth:`GraphBuilder.features`), 1000 ImageNet logits (``_fc``)."""
     spec = LITE_VARIANTS[variant]
     blocks = efficientnet_lite_blocks(spec.width, spec.depth)
     _check_blocks(sd, blocks, variant)
     g = GraphBuilder()
+    outputs = []
     eps = EFFICIENTNET_BN_EPS
     x = g.preprocess("image", mean, std, bgr)
     pads, size = same_pads(input_size, 3, 2)
@@ -127,26 +135,32 @@ def build_efficientnet_lite(
         y = g.relu6(g.conv_bn(y, sd, f"{p}._depthwise_conv", f"{p}._bn1", stride=s, pad=pads, groups=inp * e, eps=eps))
         y = g.conv_bn(y, sd, f"{p}._project_conv", f"{p}._bn2", eps=eps)
         x = g.op("Add", [y, x]) if s == 1 and inp == out else y
+        outputs.append(x)
     x = g.relu6(g.conv_bn(x, sd, "_conv_head", "_bn1", eps=eps))
-    feats = g.output("Identity", [g.global_pool(x)], "features")
-    g.linear(feats, sd["_fc.weight"], sd["_fc.bias"], name="logits")
+    pooled = g.global_pool(x)
+    feats = g.features(pooled, outputs, levels)
+    g.linear(feats if not levels else pooled, sd["_fc.weight"], sd["_fc.bias"], name="logits")
     title = variant.replace("efficientnet_lite", "EfficientNet-Lite")
-    return g.model(input_size, [("features", HEAD_FILTERS), ("logits", 1000)], f"{title}, ImageNet weights")
+    width = HEAD_FILTERS + sum(level_blocks(efficientnet_lite_block_channels(variant), levels))
+    return g.model(input_size, [("features", width), ("logits", 1000)], f"{title}, ImageNet weights")
 
 
 def build_efficientnet_lite0(
-    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False
+    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False,
+    levels: int = 0,
 ) -> onnx.ModelProto:
-    return build_efficientnet_lite("efficientnet_lite0", sd, input_size, mean, std, bgr)
+    return build_efficientnet_lite("efficientnet_lite0", sd, input_size, mean, std, bgr, levels)
 
 
 def build_efficientnet_lite1(
-    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False
+    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False,
+    levels: int = 0,
 ) -> onnx.ModelProto:
-    return build_efficientnet_lite("efficientnet_lite1", sd, input_size, mean, std, bgr)
+    return build_efficientnet_lite("efficientnet_lite1", sd, input_size, mean, std, bgr, levels)
 
 
 def build_efficientnet_lite2(
-    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False
+    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False,
+    levels: int = 0,
 ) -> onnx.ModelProto:
-    return build_efficientnet_lite("efficientnet_lite2", sd, input_size, mean, std, bgr)
+    return build_efficientnet_lite("efficientnet_lite2", sd, input_size, mean, std, bgr, levels)

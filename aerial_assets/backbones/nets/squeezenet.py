@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from aerial_assets.backbones.onnx_graph import GraphBuilder
+from aerial_assets.backbones.onnx_graph import GraphBuilder, level_blocks
 
 # fire module -> (squeeze, expand 1x1, expand 3x3) filters; a max pool precedes fire2, fire4 and fire6
 SQUEEZENET_FIRES = {
@@ -31,11 +31,19 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
 
 
+def squeezenet_block_channels() -> list[int]:
+    """Output channels of fire2 .. fire9 (the blocks multi-level features pool)."""
+    return [e1 + e3 for _, e1, e3 in SQUEEZENET_FIRES.values()]
+
+
 def build_squeezenet1_1(
-    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = True
+    sd: dict[str, np.ndarray], input_size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = True,
+    levels: int = 0,
 ) -> onnx.ModelProto:
-    """SqueezeNet 1.1: 512-d features (pooled fire9), 1000 ImageNet logits (conv10, ReLU, pooled)."""
+    """SqueezeNet 1.1: 512-d features (pooled fire9; plus ``levels`` pooled fire outputs,
+    :meth:`GraphBuilder.features`), 1000 ImageNet logits (conv10, ReLU, pooled)."""
     g = GraphBuilder()
+    outputs = []
 
     def conv(x: str, layer: str, pad: int = 0, stride: int = 1) -> str:
         return g.relu(g.conv(x, hwio_to_oihw(sd[f"{layer}/kernel"]), sd[f"{layer}/bias"], stride=stride, pad=pad))
@@ -47,6 +55,8 @@ def build_squeezenet1_1(
             x = g.max_pool(x, 3, 2, ceil_mode=True)
         squeeze = conv(x, f"{fire}/squeeze1x1")
         x = g.concat([conv(squeeze, f"{fire}/expand1x1"), conv(squeeze, f"{fire}/expand3x3", pad=1)])
-    g.output("Identity", [g.global_pool(x)], "features")
+        outputs.append(x)
+    g.features(g.global_pool(x), outputs, levels)
     g.output("Identity", [g.global_pool(conv(x, "conv10"))], "logits")
-    return g.model(input_size, [("features", 512), ("logits", 1000)], "SqueezeNet 1.1 (Caffe), ImageNet weights")
+    width = 512 + sum(level_blocks(squeezenet_block_channels(), levels))
+    return g.model(input_size, [("features", width), ("logits", 1000)], "SqueezeNet 1.1 (Caffe), ImageNet weights")
