@@ -52,7 +52,9 @@ class ZooEntry:
     @property
     def input_size(self) -> int:
         """The graph's input: the largest part's (smaller parts resize inside the graph)."""
-        return max(base_spec(p).input_size for p in self.parts)
+        if self.kind == COMBINATION:
+            return max(zoo_entry(p).input_size for p in self.parts)
+        return get_backbone(self.parts[0]).input_size
 
     @property
     def feature_dim(self) -> int:
@@ -63,12 +65,7 @@ class ZooEntry:
     @property
     def same_input_size(self) -> bool:
         """True when every part takes the same input: their cached features then equal the combined graph's."""
-        return len({base_spec(p).input_size for p in self.parts}) == 1
-
-
-def base_spec(name: str):
-    """The network behind a backbone name (a multi-level variant's is its base network's)."""
-    return get_backbone(name[: -len(MULTILEVEL_SUFFIX)] if name in MULTILEVEL_VARIANTS else name)
+        return len({zoo_entry(p).input_size for p in self.parts}) == 1
 
 
 def zoo_names() -> list[str]:
@@ -98,8 +95,7 @@ def export_entry(entry: ZooEntry, weights_dir: str | None = None,
         exported = export_backbone(get_backbone(entry.parts[0]), weights_dir, entry.levels)
         record = {**exported.record, "backbone": entry.name, "base_backbone": entry.parts[0], "levels": entry.levels}
         return ExportedBackbone(model=exported.model, record=record)
-    parts = [export_entry(zoo_entry(p), weights_dir) if entry.kind == COMBINATION
-             else export_backbone(get_backbone(p), weights_dir) for p in entry.parts]
+    parts = [export_entry(zoo_entry(p), weights_dir) for p in entry.parts]
     if entry.kind == INT8:
         if calibration_images is None or not len(calibration_images):
             raise ConfigurationError(f"{entry.name} needs calibration tiles (the training split is empty)")

@@ -259,10 +259,8 @@ class StorageResource(ConfigurableResource):
         return not is_local(self.data_root) or any(
             _value(v) for v in (self.azure_connection_string, self.azure_account_name))
 
-    def _azure(self):
-        """The Azure backend of these settings, or None when the data root is local and no credential is set."""
-        if not self._uses_azure():
-            return None
+    def _azure(self) -> Storage:
+        """An Azure backend with these settings (credentials, Spark mode and scheme)."""
         from aerial_assets.storage.azure import AzureStorage
 
         return AzureStorage(self.azure_credentials(), _value(self.spark_storage) or "staged", self.spark_azure_scheme)
@@ -308,10 +306,7 @@ class StorageResource(ConfigurableResource):
         if not is_local(self.data_root):
             return self.storage
         if self._inputs is None:
-            from aerial_assets.storage.azure import AzureStorage
-
-            self._inputs = AzureStorage(self.azure_credentials(), _value(self.spark_storage) or "staged",
-                                        self.spark_azure_scheme)
+            self._inputs = self._azure()
         return self._inputs
 
 
