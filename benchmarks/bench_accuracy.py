@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     for backbone in backbones:
         for algorithm in algorithms:
             for views, augmentation in settings:
-                if augmentation == "augment" and algorithm != "logistic_regression":
-                    continue  # augmenting multiplies training rows: measured on the linear model only
+                if augmentation == "augment" and algorithm not in ("logistic_regression", "linear_discriminant"):
+                    continue  # augmenting multiplies training rows: measured on the linear models only
                 if (backbone, algorithm, views, augmentation) not in [p[:4] for p in plan]:
                     plan.append((backbone, algorithm, views, augmentation, False))
     with DagsterInstance.ephemeral() as instance:

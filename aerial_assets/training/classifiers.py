@@ -20,7 +20,7 @@ from aerial_assets.errors import ConfigurationError
 from aerial_assets.records import TRAINING, Augmentation, ViewChoice
 from aerial_assets.training.metrics import ClassificationReport, confusion_matrix, report
 
-ALGORITHMS = ("logistic_regression", "random_forest", "mlp")
+ALGORITHMS = ("logistic_regression", "random_forest", "mlp", "linear_discriminant")
 Search = Literal["none", "train_validation_split", "cross_validation"]
 SEARCHES: tuple[str, ...] = get_args(Search)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
@@ -56,6 +56,9 @@ class ClassifierParams(BaseModel):
     mlp_hidden: int = Field(default=256, ge=1)
     mlp_max_iter: int = Field(default=200, ge=1)
     mlp_block_size: int = Field(default=128, ge=1)
+    lda_shrinkage: float | None = Field(default=None, ge=0.0, le=1.0, description="linear_discriminant: how far "
+                                        "the covariance is shrunk towards a multiple of the identity; empty = "
+                                        "the Ledoit-Wolf estimate from the training rows")
     seed: int = 0
     search: Search = "train_validation_split"
     search_folds: int = 3
@@ -63,6 +66,7 @@ class ClassifierParams(BaseModel):
     lr_reg_param_grid: list[float] = [0.001, 0.01, 0.1]
     rf_max_depth_grid: list[int] = []
     mlp_hidden_grid: list[int] = []
+    lda_shrinkage_grid: list[float] = []
     views: ViewChoice = Field(default=0, description="rotated/flipped views averaged per tile: 1, 4, 8, or 0 for "
                               "every view tile_features computed")
     augmentation: Augmentation = Field(default="average", description="'average': one row per tile, features "
@@ -84,6 +88,8 @@ class ClassifierParams(BaseModel):
         if algorithm == "mlp":
             return {"hidden": self.mlp_hidden, "maxIter": self.mlp_max_iter, "blockSize": self.mlp_block_size,
                     "seed": self.seed}
+        if algorithm == "linear_discriminant":
+            return {"shrinkage": -1.0 if self.lda_shrinkage is None else self.lda_shrinkage}
         raise ConfigurationError(f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}")
 
     def grid_for(self, algorithm: str) -> dict[str, list]:
@@ -92,6 +98,7 @@ class ClassifierParams(BaseModel):
             "logistic_regression": {"regParam": list(self.lr_reg_param_grid)},
             "random_forest": {"maxDepth": list(self.rf_max_depth_grid)},
             "mlp": {"hidden": list(self.mlp_hidden_grid)},
+            "linear_discriminant": {"shrinkage": list(self.lda_shrinkage_grid)},
         }[check_algorithm(algorithm)]
         return {name: values for name, values in grid.items() if len(values) > 1}
 
@@ -103,6 +110,10 @@ def _estimator(algorithm: str, settings: Mapping[str, Any], n_features: int, n_c
         return LogisticRegression(featuresCol="scaled", labelCol=LABEL_COL, family="multinomial", **settings)
     if algorithm == "random_forest":
         return RandomForestClassifier(featuresCol=FEATURES_COL, labelCol=LABEL_COL, **settings)
+    if algorithm == "linear_discriminant":
+        from aerial_assets.training.discriminant import ShrinkageLDA
+
+        return ShrinkageLDA(featuresCol="scaled", labelCol=LABEL_COL, numClasses=n_classes, **settings)
     return MultilayerPerceptronClassifier(
         featuresCol="scaled", labelCol=LABEL_COL, layers=[n_features, int(settings["hidden"]), n_classes],
         maxIter=int(settings["maxIter"]), blockSize=int(settings["blockSize"]), seed=int(settings["seed"]),
@@ -111,8 +122,8 @@ def _estimator(algorithm: str, settings: Mapping[str, Any], n_features: int, n_c
 
 def build_pipeline(algorithm: str, params: ClassifierParams, n_features: int = 0, n_classes: int = 0,
                    overrides: Mapping[str, Any] | None = None):
-    """An unfitted Pipeline: standardisation where the algorithm needs it (linear models and the MLP are
-    scale-sensitive; trees are not), then the classifier."""
+    """An unfitted Pipeline: standardisation where the algorithm needs it (linear models, the MLP and the
+    discriminant's shrinkage towards the identity are scale-sensitive; trees are not), then the classifier."""
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import StandardScaler
 

@@ -18,7 +18,8 @@ def test_leaderboard_has_every_backbone_x_algorithm_row(graph_run):
     assert list(board.columns[:7]) == ["backbone", "algorithm", "accuracy", "macro_f1", "n_train", "n_test",
                                        "fit_seconds"]
     assert sorted(zip(board["backbone"], board["algorithm"], strict=True)) == [
-        ("mobilenet_v2", "logistic_regression"), ("mobilenet_v2", "mlp"), ("mobilenet_v2", "random_forest")]
+        ("mobilenet_v2", "linear_discriminant"), ("mobilenet_v2", "logistic_regression"), ("mobilenet_v2", "mlp"),
+        ("mobilenet_v2", "random_forest")]
     assert (board["n_test"] == 12).all()  # 6 classes x round(8 x 0.2) test tiles
     # The synthetic classes are visually distinct: the transfer-learned features separate them.
     assert board["accuracy"].max() >= 0.8

@@ -108,7 +108,8 @@ def test_assets_declare_their_column_schema_and_show_tables(graph_run):
         schema = _materialization(graph_run, name)["dagster/column_schema"].schema
         assert columns <= {c.name for c in schema.columns}, name
     board = _materialization(graph_run, "model_leaderboard")["leaderboard"]
-    assert {r.data["algorithm"] for r in board.records} == {"logistic_regression", "random_forest", "mlp"}
+    assert {r.data["algorithm"] for r in board.records} == {"logistic_regression", "random_forest", "mlp",
+                                                                  "linear_discriminant"}
     assert all(isinstance(r.data["accuracy"], float) for r in board.records)
     shares = _materialization(graph_run, "county_land_use_map")["class_shares"]
     assert sum(r.data["tiles"] for r in shares.records) == 30

@@ -190,7 +190,8 @@ def test_whole_graph_and_county_backfill_succeed_with_expected_materializations(
     assert operated["county_status"] in ("COMPLETED", "COMPLETED_SUCCESS"), operated
     assert _materialized_partitions(dagster_ui, "labeled_tiles") == {""}
     assert "mobilenet_v2" in _materialized_partitions(dagster_ui, "tile_features")
-    assert {"logistic_regression|mobilenet_v2", "random_forest|mobilenet_v2", "mlp|mobilenet_v2"} == \
+    assert {"logistic_regression|mobilenet_v2", "random_forest|mobilenet_v2", "mlp|mobilenet_v2",
+            "linear_discriminant|mobilenet_v2"} == \
         _materialized_partitions(dagster_ui, "classifier_metrics")
     for asset in COUNTY_ASSETS:
         assert _materialized_partitions(dagster_ui, asset) == {"tiny_ui"}, asset

@@ -209,7 +209,8 @@ def test_aid_subset_every_algorithm(spark, tmp_path):
 
 def test_make_run_without_settings_trains_and_compares_the_accurate_preset(tiny_tiles, tmp_path):
     """``make run`` with nothing set: the default preset's combined backbone with 8 rotated/flipped views, the
-    logistic regression trained on every view and the MLP on their mean; a champion among them."""
+    shrinkage discriminant trained on every view, logistic regression and the MLP on their mean; a champion
+    among them."""
     import os
     import subprocess
     import sys
@@ -230,13 +231,14 @@ def test_make_run_without_settings_trains_and_compares_the_accurate_preset(tiny_
     board = pd.read_csv(root / "model_leaderboard" / "leaderboard.csv").set_index("algorithm")
     assert sorted(board.index) == sorted(preset.algorithms) and set(board["backbone"]) == set(preset.backbones)
     assert (board["views"] == 8).all()
-    assert board.loc["logistic_regression", "augmentation"] == "augment"
+    assert board.loc["linear_discriminant", "augmentation"] == "augment"
+    assert board.loc["logistic_regression", "augmentation"] == "average"
     assert board.loc["mlp", "augmentation"] == "average"
     backbone = preset.backbones[0]
     assert json.loads((root / "tile_features" / backbone / "summary.json").read_text())["views"] == 8
     catalog = pd.read_parquet(root / "labeled_tiles" / "catalog.parquet")
     n_train = int((catalog["split"] == "train").sum())
-    info = json.loads((root / "land_use_classifiers" / backbone / "logistic_regression" / "classifier.json").read_text())
+    info = json.loads((root / "land_use_classifiers" / backbone / "linear_discriminant" / "classifier.json").read_text())
     assert info["n_train"] == n_train and info["n_train_rows"] == 8 * n_train  # every view of a training tile is a row
     champion = json.loads((root / "champion_model" / "champion.json").read_text())
     assert champion["backbone"] == backbone and champion["views"] == 8 and 0.0 <= champion["test_ece"] <= 1.0

@@ -31,9 +31,11 @@ def test_the_default_is_the_accurate_preset_combined_backbone_and_rotated_views(
     # multi-level features of every part: +1.1 to +1.4 points on AID for the linear model (README, Backbones)
     assert all(zoo_entry(p).kind == "multilevel" for b in accurate.backbones for p in zoo_entry(b).parts)
     assert accurate.feature_views == 8
-    config = merged_run_config(accurate, "logistic_regression", {})
+    config = merged_run_config(accurate, "linear_discriminant", {})
     assert config["ops"]["tile_features"]["config"] == {"views": 8}
     assert config["ops"]["land_use_classifiers"]["config"] == {"views": 0, "augmentation": "augment"}
+    # the shrinkage discriminant on every view: AID 95.2 % against 94.2 % for logistic regression (README)
+    assert accurate.algorithms[0] == "linear_discriminant"
     assert get_preset("fast").feature_views == 1 and get_preset("fast").backbones == ("mobilenet_v2",
                                                                                     "efficientnet_lite0")
 
@@ -43,7 +45,7 @@ def test_user_config_wins_key_by_key_and_keeps_other_assets():
                     "land_use_classifiers": {"config": {"lr_reg_param_grid": [0.1]}},
                     "county_predictions": {"config": {"sample_frac": 0.5}}},
             "execution": {"config": {}}}
-    merged = merged_run_config(get_preset("accurate"), "logistic_regression", user)
+    merged = merged_run_config(get_preset("accurate"), "linear_discriminant", user)
     assert merged["ops"]["tile_features"]["config"] == {"views": 4, "batch_size": 16}
     assert merged["ops"]["land_use_classifiers"]["config"] == {"views": 0, "augmentation": "augment",
                                                                "lr_reg_param_grid": [0.1]}
