@@ -10,6 +10,10 @@ export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
+# make test runs the test files on 2 pytest-xdist workers, a file's tests together (they share its fixtures): most of
+# a Spark, server or browser test is spent waiting on another process, so two at once fit 2 cores (README, Tests).
+# PYTEST_WORKERS= runs them in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast leaflet
 
@@ -32,7 +36,7 @@ run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TIL
 	$(BIN)/python -m aerial_assets.defs.run
 
 test: $(STAMP) $(if $(shell command -v mvn),jars) $(if $(shell command -v npm),leaflet)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips); with npm, Leaflet for the map test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (under a minute)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -276,7 +276,9 @@ def test_a_killed_commit_is_refused_to_readers_and_taken_over_when_its_lease_lap
     proc.start()
     journal = f"killed/{azure_storage.JOURNAL}"
     deadline = time.monotonic() + 300
-    while not any(store._fs().find(journal)):  # the commit has started: kill it mid-copy
+    # the commit has started and holds its lease (the holder's record is written once the lease is taken; an
+    # entry still empty has no lease yet, and the next committer would take it over at once): kill it mid-copy
+    while not any(info["size"] > 0 for info in store._fs().find(journal, detail=True).values()):
         assert proc.is_alive() and time.monotonic() < deadline, "the commit finished before it could be killed"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

@@ -163,11 +163,18 @@ def test_county_scoring_uses_the_models_views_unless_told_fewer(views_run, tiny_
     champion = json.loads((root / "champion_model" / "champion.json").read_text())
     assert champion["views"] == 4
     instance.add_dynamic_partitions(county_partitions.name, ["tiny"])
-    assert runner.run(["county_tiles", "county_predictions"], "tiny")
+    assert runner.run(["county_tiles"], "tiny")
+    assert runner.run(["county_predictions"], "tiny")  # the champion, with its 4 views
+    assert json.loads((root / "county_predictions" / "tiny" / "summary.json").read_text())["views"] == 4
+    # the logistic regression from here on: its probabilities move with the features (the discriminant's can be
+    # saturated at 0 and 1 on data this small, so they would not show that other views were used)
+    lr = {"model_id": "mobilenet_v2|logistic_regression"}
+    runner.run_config = {"ops": {"county_predictions": {"config": lr}}}
+    assert runner.run(["county_predictions"], "tiny")
     folder = root / "county_predictions" / "tiny"
     assert json.loads((folder / "summary.json").read_text())["views"] == 4
     four = pd.read_parquet(folder / "predictions.parquet").set_index("tile_id").sort_index()
-    runner.run_config = {"ops": {"county_predictions": {"config": {"views": 1}}}}
+    runner.run_config = {"ops": {"county_predictions": {"config": {**lr, "views": 1}}}}
     assert runner.run(["county_predictions"], "tiny")
     assert json.loads((folder / "summary.json").read_text())["views"] == 1
     one = pd.read_parquet(folder / "predictions.parquet").set_index("tile_id").sort_index()
