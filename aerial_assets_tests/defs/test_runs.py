@@ -155,6 +155,9 @@ def test_a_killed_make_run_is_failed_and_swept_by_the_next_start(tiny_tiles, tmp
         assert first.poll() is None and DagsterRunStatus.FAILURE not in statuses, statuses
         in_flight = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
         assert in_flight & set(statuses), statuses
+        # the run may have committed that output meanwhile (the steps of tiny data are short, more so beside other
+        # tests): kill it while it holds a temporary again, which the next start must sweep
+        _wait_for("a temporary of a later step", lambda: _temporaries(root), 600, first, log)
     finally:
         _kill(first)
     in_progress = _runs(home, statuses=[DagsterRunStatus.STARTED])
