@@ -21,8 +21,8 @@ amount (the formula of ``sklearn.covariance.ledoit_wolf_shrinkage``, on class-ce
 ``W x + b`` with ``b_k = -½ m_kᵀ w_k + log π_k``, ``probability`` its softmax, ``prediction`` the arg-max.
 
 A partition's partial matrix is d² numbers (5952 features: 283 MB), as large as d rows of features, so pass 1
-runs on at most one partition per ``2d`` rows (and at most the partitions the input has): more partitions
-would move more data than they save work.
+runs on at most one partition per ``2d`` rows (and at most the cluster's task slots): more partitions would move
+more data than they save work.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from pyspark.ml.param.shared import (
     HasRawPredictionCol,
 )
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+from aerial_assets.spark.jobs import task_slots
 
 #: rows of the Gram matrix added up by one group of the reduction
 _BLOCK_ROWS = 64
@@ -190,13 +192,12 @@ class ShrinkageLDA(Estimator, _DiscriminantParams, DefaultParamsReadable, Defaul
 
         features, label = self.getFeaturesCol(), self.getLabelCol()
         rows = dataset.select(vector_to_array(F.col(features)).alias("x"), F.col(label).cast("long").alias("y"))
-        n_classes = self.getOrDefault(self.numClasses) or int(rows.agg(F.max("y")).first()[0]) + 1
-        first = rows.select(F.size("x")).first()
-        if first is None:
+        n, width, top_label = rows.agg(F.count("*"), F.max(F.size("x")), F.max("y")).first()  # one job
+        if not n:
             raise ValueError("ShrinkageLDA: no training rows")
-        d = int(first[0])
-        n = rows.count()
-        parts = max(1, min(rows.rdd.getNumPartitions() if not _is_connect(rows) else 2, n // (2 * d) or 1))
+        d = int(width)
+        n_classes = self.getOrDefault(self.numClasses) or int(top_label) + 1
+        parts = max(1, min(task_slots(dataset.sparkSession), n // (2 * d)))
         stats = (rows.coalesce(parts)
                  .mapInPandas(partial_sums(n_classes, "x", "y"), _STATS_SCHEMA)
                  .groupBy((F.col("key") / _BLOCK_ROWS).cast("long").alias("block"), "kind")
@@ -220,10 +221,6 @@ class ShrinkageLDA(Estimator, _DiscriminantParams, DefaultParamsReadable, Defaul
         model = ShrinkageLDAModel(coefficients=result.coefficients.tolist(), intercepts=result.intercepts.tolist(),
                                   fittedShrinkage=result.shrinkage)
         return self._copyValues(model)
-
-
-def _is_connect(df) -> bool:
-    return type(df).__module__.startswith("pyspark.sql.connect")
 
 
 class ShrinkageLDAModel(Model, _DiscriminantParams, DefaultParamsReadable, DefaultParamsWritable):
