@@ -123,8 +123,8 @@ def latest_metadata(instance, asset: str, partition: str | None = None) -> dict:
 
 
 def assert_plain_float_columns(dataset: Path) -> None:
-    """The float (feature) columns of every part file of a Spark-written ``dataset`` are plain-encoded, never
-    dictionary-encoded (``spark/jobs.py: FEATURE_WRITE_OPTIONS``)."""
+    """The float (feature) columns of every part file of a feature ``dataset`` are plain-encoded, never
+    dictionary-encoded (``spark/featurization.py: writing_parts``)."""
     import pyarrow.parquet as pq
 
     found: set[str] = set()

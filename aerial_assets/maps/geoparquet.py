@@ -8,16 +8,15 @@ the files because Spark's Parquet writer cannot set a file's key-value metadata.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aerial_assets.records import TileStatus
+from aerial_assets.spark.part_files import EMPTY_PART, write_part
 
 GEOPARQUET_VERSION = "1.1.0"
 
@@ -86,13 +85,6 @@ def part_writer(folder: str, crs: str, arrow_schema: pa.Schema) -> Callable[[Ite
     projjson = crs_projjson(crs)
 
     def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import io
-        import uuid
-
-        from pyspark import TaskContext
-
-        from aerial_assets.storage.core import is_local, join, local_path, storage_for
-
         tables = [pa.Table.from_pandas(f, schema=arrow_schema, preserve_index=False) for f in frames if not f.empty]
         if not tables:
             yield pd.DataFrame([{"file": "", "rows": 0, "n_ok": 0, "counts": "{}", "min_x": None, "min_y": None,
@@ -100,22 +92,7 @@ def part_writer(folder: str, crs: str, arrow_schema: pa.Schema) -> Callable[[Ite
             return
         table, bbox = with_geometry(pa.concat_tables(tables), projjson)
         table = table.replace_schema_metadata(with_geo_metadata(table.schema, projjson, bbox))
-        ctx = TaskContext.get()
-        partition, attempt = (ctx.partitionId(), ctx.attemptNumber()) if ctx else (0, 0)
-        name = f"part-{partition:05d}-{attempt}-{uuid.uuid4().hex[:8]}.parquet"
-        if is_local(folder):
-            os.makedirs(local_path(folder), exist_ok=True)
-            tmp = os.path.join(local_path(folder), f".{name}.inprogress")
-            try:
-                pq.write_table(table, tmp, compression="snappy")
-                os.replace(tmp, os.path.join(local_path(folder), name))
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression="snappy")
-            storage_for(folder).write_bytes(join(folder, name), buf.getvalue())
+        name = write_part(folder, table)
         status = table.column("status").to_numpy(zero_copy_only=False)
         labels = table.column("predicted_label").to_numpy(zero_copy_only=False)[status == TileStatus.OK.value]
         names, counts = np.unique(labels.astype(str), return_counts=True)
@@ -128,27 +105,7 @@ def part_writer(folder: str, crs: str, arrow_schema: pa.Schema) -> Callable[[Ite
 
 def write_empty(folder: str, crs: str, arrow_schema: pa.Schema) -> str:
     """One empty GeoParquet part with the full schema, so a county without a scored tile still reads back."""
-    import io
-
-    from aerial_assets.storage.core import join, storage_for
-
     projjson = crs_projjson(crs)
     table, _ = with_geometry(arrow_schema.empty_table(), projjson)
     table = table.replace_schema_metadata(with_geo_metadata(table.schema, projjson, []))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="snappy")
-    name = "part-00000-empty.parquet"
-    storage_for(folder).write_bytes(join(folder, name), buf.getvalue())
-    return name
-
-
-def remove_unlisted(folder: str, keep: set[str]) -> list[str]:
-    """Delete the part files under ``folder`` that no successful task reported (failed or speculative attempts)."""
-    from aerial_assets.storage.core import storage_for
-
-    store, removed = storage_for(folder), []
-    for entry in store.list_files(folder):
-        if "/" not in entry.relative_path and entry.relative_path not in keep:
-            store.remove(entry.uri)
-            removed.append(entry.relative_path)
-    return removed
+    return write_part(folder, table, EMPTY_PART)

@@ -2,7 +2,8 @@
 
 DataFrame API only (``mapInPandas``; no SparkContext, no RDD), so the same code runs over Spark
 Connect. The caller runs featurization as one Spark job, as wide as the data and the cluster allow
-(:mod:`aerial_assets.spark.jobs`); nothing is collected to the driver except counts.
+(:mod:`aerial_assets.spark.jobs`); each task writes its own feature file (:func:`writing_parts`), and the
+driver gets one summary row per task, with the counts.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ import pandas as pd
 
 from aerial_assets.backbones.inference import featurize_rows, get_session
 from aerial_assets.errors import StorageError
+from aerial_assets.imagery.catalog import SPLITS
 from aerial_assets.imagery.decode import ImageDecodeError, load_tile
 from aerial_assets.imagery.rasters import read_tile
 from aerial_assets.records import FEATURES, PASSTHROUGH, WINDOW_FEATURES, TileStatus
+from aerial_assets.spark.part_files import write_part
 from aerial_assets.storage.core import raster_opener, storage_for
 
 FEATURE_SCHEMA = FEATURES.ddl
 WINDOW_FEATURE_SCHEMA = WINDOW_FEATURES.ddl
+#: What a task that wrote its feature file tells the driver: the file, its rows, usable rows per split, the others.
+FEATURE_PART_SCHEMA = "file string, rows long, " + ", ".join(f"ok_{s} long" for s in SPLITS) + ", not_ok long"
+# Columns whose values repeat (dictionary-encoded); the float features are written plain, since they barely repeat
+# and a dictionary only grows, rehashes and falls back (the JVM writer's profile showed that cost).
+_DICTIONARY_COLUMNS = ["label", "split", "status", "reason"]
 
 
 # Rows per frame handed back to Spark. Every frame is one Arrow round trip: with one frame per inference batch
@@ -156,3 +164,38 @@ def part_concatenator(n_parts: int, views: int) -> Callable[[Iterator[pd.DataFra
             })
 
     return concat
+
+
+def writing_parts(rows: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], folder: str,
+                  arrow_schema) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function (schema :data:`FEATURE_PART_SCHEMA`) by which each task runs ``rows`` (a
+    featurizer or :func:`part_concatenator`) and writes what it yields as one Parquet file under ``folder``
+    (:mod:`aerial_assets.spark.part_files`), then yields one summary row: the file's name and its counts.
+
+    ``arrow_schema``: the feature rows' Spark schema in Arrow form, so every part has the same column types, also
+    where a part's column is all null. A task holds its own rows only (``tiles_per_task``, a few hundred)."""
+
+    def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pyarrow as pa
+
+        tables = [pa.Table.from_pandas(f, schema=arrow_schema, preserve_index=False)
+                  for f in rows(frames) if not f.empty]
+        summary = {"file": "", "rows": 0, **{f"ok_{s}": 0 for s in SPLITS}, "not_ok": 0}
+        if tables:
+            table = pa.concat_tables(tables)
+            summary["file"] = write_part(folder, table, use_dictionary=_DICTIONARY_COLUMNS)
+            status = table.column("status").to_numpy(zero_copy_only=False)
+            split = table.column("split").to_numpy(zero_copy_only=False)
+            ok = status == TileStatus.OK.value
+            summary.update(rows=table.num_rows, not_ok=int((~ok).sum()),
+                           **{f"ok_{s}": int((ok & (split == s)).sum()) for s in SPLITS})
+        yield pd.DataFrame([summary])
+
+    return write
+
+
+def write_empty_features(folder: str, arrow_schema) -> str:
+    """One empty feature file with the full schema, so features that no task wrote a row of still read back."""
+    from aerial_assets.spark.part_files import EMPTY_PART
+
+    return write_part(folder, arrow_schema.empty_table(), EMPTY_PART)

@@ -24,34 +24,9 @@ from dataclasses import dataclass
 
 DEFAULT_TILES_PER_TASK = 256
 
-# Parquet write options for feature vectors (``array<float>``, views x D floats per tile). parquet-mr
-# dictionary-encodes every column by default: each float goes through a hash map that grows, rehashes and
-# finally falls back to plain encoding, since float features barely repeat. A Java Flight Recorder profile of
-# ``tile_features`` over 10,000 AID images had most of the JVM's samples there (the JVM used 57-59 s of CPU
-# beside 120-135 s for the Python workers, on two cores; 40-46 s without it). Plain encoding writes the same values.
-FEATURE_WRITE_OPTIONS = {"parquet.enable.dictionary": "false"}
-
-
 def is_connect(session) -> bool:
     """Whether ``session`` is a Spark Connect session (no SparkContext on the client)."""
     return type(session).__module__.startswith("pyspark.sql.connect")
-
-
-def observation_for(session, name: str):
-    """A named ``Observation`` of the session's kind (classic or Connect): metrics that an action computes while it
-    runs (``DataFrame.observe``), so counting what a job wrote takes no second job."""
-    unique = f"{name}_{uuid.uuid4().hex[:8]}"
-    if is_connect(session):
-        from pyspark.sql.connect.observation import Observation as ConnectObservation
-
-        return ConnectObservation(unique)
-    from pyspark.sql.observation import Observation
-
-    # Observation() returns the Connect class whenever a Connect session was ever opened in this process
-    # (SPARK_CONNECT_MODE_ENABLED stays set); a classic session needs the classic class, so build it directly.
-    observation = object.__new__(Observation)
-    observation.__init__(unique)
-    return observation
 
 
 def task_slots(session, setting: int = 0) -> int:

@@ -633,10 +633,10 @@ def _hadoop_azure_jars() -> list[str]:
 
 
 def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurite, tiny_tiles, tiny_county, tmp_path):
-    """``AERIAL_SPARK_STORAGE=direct`` with the real hadoop-azure jars: Spark itself reads and writes the Parquet
-    outputs and the pyspark.ml models in Azurite, at ``wasb://`` URLs (HDInsight's default file system; Hadoop 3.5
-    serves them with ABFS through the Blob endpoint); executors write the GeoParquet parts and read tiles, rasters
-    and models through the storage layer, with the credentials of their environment (local Spark: the driver's).
+    """``AERIAL_SPARK_STORAGE=direct`` with the real hadoop-azure jars: Spark itself reads the Parquet outputs,
+    writes the county tiles and reads and writes the pyspark.ml models in Azurite, at ``wasb://`` URLs (HDInsight's
+    default file system; Hadoop 3.5 serves them with ABFS through the Blob endpoint); executors write the feature
+    and GeoParquet parts and read tiles, rasters and models through the storage layer, with the credentials of their environment (local Spark: the driver's).
     Spark's own event log shows the paths it used; the key appears nowhere."""
     import re
 
@@ -681,8 +681,7 @@ def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurit
     # Spark read and wrote the wasb:// URLs itself; nothing went through the staged mode's local folders
     log = "\n".join(p.read_text(errors="replace") for p in events.rglob("*") if p.is_file())
     base = f"wasb://direct@{ACCOUNT}.dfs.core.windows.net/run"
-    for written in ("tile_features/mobilenet_v2.tmp-", "county_tiles/tiny.tmp-"):
-        assert f"{base}/{written}" in log, written  # written in place, under the commit's temporary prefix
+    assert f"{base}/county_tiles/tiny.tmp-" in log  # written in place, under the commit's temporary prefix
     for read in ("tile_features/mobilenet_v2/features.parquet", "county_tiles/tiny/tiles.parquet",
                  "county_predictions/tiny/predictions.parquet"):
         assert f"{base}/{read}" in log, read
@@ -691,13 +690,18 @@ def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurit
     with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         blobs = {b.name: dict(b.metadata or {})
                  for b in service.get_container_client("direct").list_blobs(include=["metadata"])}
-    for dataset in ("tile_features/mobilenet_v2/features.parquet", "county_tiles/tiny/tiles.parquet"):
-        spark_parts = [n for n in blobs if re.fullmatch(rf"run/{dataset}/part-\d{{5}}-[0-9a-f-]+-c000\.snappy\.parquet", n)]
-        assert spark_parts and f"run/{dataset}/_SUCCESS" in blobs, dataset  # Spark's own part files
+    tiles = "run/county_tiles/tiny/tiles.parquet"
+    spark_parts = [n for n in blobs if re.fullmatch(rf"{tiles}/part-\d{{5}}-[0-9a-f-]+-c000\.snappy\.parquet", n)]
+    assert spark_parts and f"{tiles}/_SUCCESS" in blobs  # Spark's own part files
+    for dataset in ("tile_features/mobilenet_v2/features.parquet", "county_predictions/tiny/predictions.parquet"):
+        # the executors' own files (spark/part_files.py), one per task, straight into the commit's temporary prefix
+        task_parts = [n for n in blobs if n.startswith(f"run/{dataset}/")]
+        assert task_parts and all(re.fullmatch(rf"run/{dataset}/part-\d{{5}}-\d+-[0-9a-f]{{8}}\.parquet", n)
+                                  for n in task_parts), (dataset, task_parts)
     model = "run/land_use_classifiers/mobilenet_v2/logistic_regression/pipeline_model"
     assert any(re.fullmatch(rf"{model}/metadata/part-00000-[0-9a-f-]+-c000\.txt", n) for n in blobs)
     assert any(n.startswith(f"{model}/stages/") and n.endswith("_SUCCESS") for n in blobs)
-    assert blobs.get("run/tile_features", {}).get("hdi_isfolder") == "true"  # a folder ABFS made in the container
+    assert blobs.get("run/county_tiles", {}).get("hdi_isfolder") == "true"  # a folder ABFS made in the container
     assert not [n for n in blobs if ".tmp-" in n]  # every temporary prefix, its folder markers too, removed
     assert not [n for n in blobs if n.startswith(f"{azure_storage.JOURNAL}/")]  # every commit finished
     assert not list(cwd.iterdir())  # no local output

@@ -15,14 +15,16 @@ from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.imagery.catalog import SPLITS
 from aerial_assets.records import BackboneRecord, FeaturesSummary, TileStatus, ViewCount
-from aerial_assets.spark.featurization import FEATURE_SCHEMA, file_featurizer, part_concatenator
-from aerial_assets.spark.jobs import (
-    DEFAULT_TILES_PER_TASK,
-    FEATURE_WRITE_OPTIONS,
-    JobProgress,
-    observation_for,
-    task_count,
+from aerial_assets.spark.featurization import (
+    FEATURE_PART_SCHEMA,
+    FEATURE_SCHEMA,
+    file_featurizer,
+    part_concatenator,
+    write_empty_features,
+    writing_parts,
 )
+from aerial_assets.spark.jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
+from aerial_assets.spark.part_files import executor_folder, remove_unlisted
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
 
@@ -64,8 +66,11 @@ def tile_features(
     """Parquet of (tile id, label, split, feature vector) for every usable labelled tile, per backbone.
 
     Runs the backbone's ONNX graph with onnxruntime inside Spark (`mapInPandas`), one inference session
-    per Python worker. Tiles that fail to decode here are quarantined with their reason.
+    per Python worker; each task writes its own Parquet file (pyarrow, on the executor). Tiles that fail to
+    decode here are quarantined with their reason.
     """
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     backbone = context.partition_key
     entry = zoo_entry(backbone)
     layout, store = storage.layout, storage.storage
@@ -83,24 +88,30 @@ def tile_features(
     started = time.monotonic()
     with store.atomic_dir(out) as tmp:
         features_path = storage.storage.spark_path(join(tmp, FEATURES))
+        folder = executor_folder(storage.storage, join(tmp, FEATURES))
         n_tasks = task_count(len(usable), spark.task_parallelism(), config.tiles_per_task)
-        observation = observation_for(session, f"tile_features_{backbone}")
         if reusable:
             context.log.info(f"{backbone}: concatenating the cached features of {', '.join(entry.parts)}")
-            featurized = _concatenate_parts(spark, storage, entry, config.views, n_tasks)
-            _write_features(featurized, observation, features_path)
+            source, make_rows = _joined_parts(spark, storage, entry), part_concatenator(len(entry.parts), config.views)
         else:
-            frame = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
-            featurize = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
-            featurized = frame.repartition(n_tasks).mapInPandas(featurize, FEATURE_SCHEMA)
-            # One job, as wide as the data and the cluster: a round-robin spread of the catalog rows. The counts
-            # per split and status are observed while it writes: no second job reads the features back to count.
-            with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
-                _write_features(featurized, observation, features_path)
-            context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
-        observed = observation.get
-        per_split = {s: int(observed[f"ok_{s}"]) for s in SPLITS}
-        n_bad = int(observed["not_ok"])
+            source = session.createDataFrame(usable, "tile_id string, uri string, label string, split string")
+            make_rows = file_featurizer(model_uri, config.threads_per_task, config.batch_size, config.views)
+        # One job, as wide as the data and the cluster: a round-robin spread of the rows; each task writes its own
+        # feature file and returns one summary row with its counts (no second job reads the features to count).
+        spread = source.repartition(n_tasks)
+        schema = spread.mapInPandas(make_rows, FEATURE_SCHEMA).schema
+        writer = writing_parts(make_rows, folder, to_arrow_schema(schema))
+        with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
+            parts = spread.mapInPandas(writer, FEATURE_PART_SCHEMA).collect()
+        context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
+        files = {p["file"] for p in parts if p["file"]}
+        stray = remove_unlisted(folder, files)
+        if stray:
+            context.log.warning(f"{backbone}: removed {len(stray)} feature file(s) of failed task attempts")
+        if not files:
+            write_empty_features(folder, to_arrow_schema(schema))
+        per_split = {s: sum(int(p[f"ok_{s}"]) for p in parts) for s in SPLITS}
+        n_bad = sum(int(p["not_ok"]) for p in parts)
         bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()
                if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
         storage.storage.write_text(join(tmp, QUARANTINE), bad.to_csv(index=False))
@@ -122,23 +133,9 @@ def tile_features(
             "seconds": round(elapsed, 2),
             "tiles_per_second": round(len(usable) / elapsed, 1) if elapsed > 0 else 0.0,
             "quarantine": metadata_table(bad.head(50)),
-            "dagster/column_schema": spark_table_schema(featurized.schema, FEATURE_COLUMNS),
+            "dagster/column_schema": spark_table_schema(schema, FEATURE_COLUMNS),
         }
     )
-
-
-def _write_features(featurized, observation, path: str) -> None:
-    """Write the feature rows (plain-encoded: ``FEATURE_WRITE_OPTIONS``), observing the counts per split meanwhile."""
-    featurized.observe(observation, *_split_counts()).write.options(**FEATURE_WRITE_OPTIONS).parquet(path)
-
-
-def _split_counts():
-    """What featurization observes while it writes: usable rows per split, and rows that are not usable."""
-    from pyspark.sql import functions as F
-
-    ok = F.col("status") == TileStatus.OK.value
-    return [*(F.sum(F.when(ok & (F.col("split") == split), 1).otherwise(0)).alias(f"ok_{split}") for split in SPLITS),
-            F.sum(F.when(~ok, 1).otherwise(0)).alias("not_ok")]
 
 
 def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str, views: int) -> bool:
@@ -170,8 +167,8 @@ def _reusable_parts(storage: StorageResource, entry: ZooEntry, catalog_sha: str,
     return len(combined) == len(entry.parts)
 
 
-def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntry, views: int, n_tasks: int):
-    """Join the parts' stored features on tile id and concatenate them (no inference)."""
+def _joined_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntry):
+    """The parts' stored features joined on tile id, one column set per part (``part_concatenator`` input)."""
     from pyspark.sql import functions as F
 
     joined = None
@@ -181,5 +178,4 @@ def _concatenate_parts(spark: SparkResource, storage: StorageResource, entry: Zo
             "tile_id", "label", "split", F.col("features").alias(f"f{i}"), F.col("view_features").alias(f"v{i}"),
             F.col("status").alias(f"s{i}"), F.col("reason").alias(f"r{i}"))
         joined = frame if joined is None else joined.join(frame.drop("label", "split"), "tile_id", "inner")
-    return joined.repartition(n_tasks).mapInPandas(
-        part_concatenator(len(entry.parts), views), FEATURE_SCHEMA)
+    return joined

@@ -28,7 +28,7 @@ from aerial_assets.imagery.counties import County
 from aerial_assets.imagery.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
 from aerial_assets.imagery.tile_summaries import parse_tile_summary
 from aerial_assets.imagery.tiling import TILE_SCHEMA, file_tile_rows, tile_frames
-from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, remove_unlisted, write_empty
+from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, write_empty
 from aerial_assets.maps.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.maps.stac import geoparquet_item, lonlat_bbox, write_item
 from aerial_assets.records import (
@@ -43,7 +43,8 @@ from aerial_assets.records import (
 )
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
-from aerial_assets.storage.core import Storage, is_local, join
+from aerial_assets.spark.part_files import executor_folder, remove_unlisted
+from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.training.classifiers import with_vectors
 
@@ -210,14 +211,6 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
     return ScoringModel(info.model_id, layout.backbone_onnx(backbone),
                         layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views)
-
-
-def executor_folder(store: Storage, uri: str) -> str:
-    """Where executors write a folder of ``uri`` themselves: the local path Spark would use (a local data root,
-    or the staging folder of an Azure output), else the storage URI, which executors reach through the storage
-    layer with their own credentials (``direct`` mode on a cluster)."""
-    path = store.spark_path(uri)
-    return path if is_local(path) else uri
 
 
 @asset(
