@@ -193,9 +193,3 @@ def writing_parts(rows: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame
 
     return write
 
-
-def write_empty_features(folder: str, arrow_schema) -> str:
-    """One empty feature file with the full schema, so features that no task wrote a row of still read back."""
-    from aerial_assets.spark.part_files import EMPTY_PART
-
-    return write_part(folder, arrow_schema.empty_table(), EMPTY_PART)

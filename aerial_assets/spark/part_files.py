@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,4 +79,15 @@ def remove_unlisted(folder: str, keep: set[str]) -> list[str]:
         if "/" not in entry.relative_path and entry.relative_path not in keep:
             store.remove(entry.uri)
             removed.append(entry.relative_path)
+    return removed
+
+
+def keep_reported(folder: str, parts: Iterable[Mapping], write_empty: Callable[[], object]) -> list[str]:
+    """After a job whose tasks wrote their own files and returned summary rows (a ``file`` field, '' when a task
+    had no rows): delete the files no successful attempt reported (:func:`remove_unlisted`), and when no task wrote
+    one, call ``write_empty`` so that the dataset still reads back with its schema. Returns the removed names."""
+    files = {p["file"] for p in parts if p["file"]}
+    removed = remove_unlisted(folder, files)
+    if not files:
+        write_empty()
     return removed

@@ -23,7 +23,7 @@ _RETRIED_JOB = textwrap.dedent("""
     from pyspark.sql import SparkSession
     from pyspark.sql.pandas.types import to_arrow_schema
     from aerial_assets.spark.featurization import FEATURE_PART_SCHEMA, FEATURE_SCHEMA, writing_parts
-    from aerial_assets.spark.part_files import remove_unlisted
+    from aerial_assets.spark.part_files import keep_reported
 
     folder = sys.argv[1]
     spark = (SparkSession.builder.master("local[2,2]").config("spark.ui.enabled", "false")
@@ -52,7 +52,7 @@ _RETRIED_JOB = textwrap.dedent("""
 
     parts = [p.asDict() for p in spread.mapInPandas(flaky, FEATURE_PART_SCHEMA).collect()]
     on_disk = sorted(n for n in __import__("os").listdir(folder))
-    removed = remove_unlisted(folder, {p["file"] for p in parts if p["file"]})
+    removed = keep_reported(folder, parts, lambda: sys.exit("no task reported a file"))
     print("RESULT " + json.dumps({"parts": parts, "on_disk": on_disk, "removed": removed}))
     spark.stop()
 """)

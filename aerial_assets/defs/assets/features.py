@@ -20,11 +20,10 @@ from aerial_assets.spark.featurization import (
     FEATURE_SCHEMA,
     file_featurizer,
     part_concatenator,
-    write_empty_features,
     writing_parts,
 )
 from aerial_assets.spark.jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
-from aerial_assets.spark.part_files import executor_folder, remove_unlisted
+from aerial_assets.spark.part_files import EMPTY_PART, executor_folder, keep_reported, write_part
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
 
@@ -100,16 +99,14 @@ def tile_features(
         # feature file and returns one summary row with its counts (no second job reads the features to count).
         spread = source.repartition(n_tasks)
         schema = spread.mapInPandas(make_rows, FEATURE_SCHEMA).schema
-        writer = writing_parts(make_rows, folder, to_arrow_schema(schema))
+        arrow_schema = to_arrow_schema(schema)
+        writer = writing_parts(make_rows, folder, arrow_schema)
         with JobProgress(session, len(usable), f"featurizing with {backbone}", context.log.info, tasks=n_tasks):
             parts = spread.mapInPandas(writer, FEATURE_PART_SCHEMA).collect()
         context.log.info(f"{backbone}: {len(usable)} tiles in {n_tasks} Spark tasks")
-        files = {p["file"] for p in parts if p["file"]}
-        stray = remove_unlisted(folder, files)
+        stray = keep_reported(folder, parts, lambda: write_part(folder, arrow_schema.empty_table(), EMPTY_PART))
         if stray:
             context.log.warning(f"{backbone}: removed {len(stray)} feature file(s) of failed task attempts")
-        if not files:
-            write_empty_features(folder, to_arrow_schema(schema))
         per_split = {s: sum(int(p[f"ok_{s}"]) for p in parts) for s in SPLITS}
         n_bad = sum(int(p["not_ok"]) for p in parts)
         bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()

@@ -43,7 +43,7 @@ from aerial_assets.records import (
 )
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
-from aerial_assets.spark.part_files import executor_folder, remove_unlisted
+from aerial_assets.spark.part_files import executor_folder, keep_reported
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.training.classifiers import with_vectors
@@ -275,12 +275,9 @@ def county_predictions(
             with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info, tasks=n_tasks):
                 parts = scored.mapInPandas(part_writer(folder, tile_summary.crs, arrow_schema),
                                            PART_SCHEMA).collect()
-            files = {p["file"] for p in parts if p["file"]}
-            stray = remove_unlisted(folder, files)
+            stray = keep_reported(folder, parts, lambda: write_empty(folder, tile_summary.crs, arrow_schema))
             if stray:
                 context.log.warning(f"{key}: removed {len(stray)} part file(s) of failed task attempts")
-            if not files:
-                write_empty(folder, tile_summary.crs, arrow_schema)
             counts: dict[str, int] = {}
             for part in parts:
                 for label, count in json.loads(part["counts"]).items():
