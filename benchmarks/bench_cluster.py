@@ -8,7 +8,9 @@
 * the peak memory (PSS) of the driver (its Python process and its JVM; the executors live under the workers)
   while scoring N and 2N tiles on the 2-worker cluster: it must not grow with the tiles;
 * the fixed cost of a run: the whole ``tile_features`` process (Python, Dagster and Spark start-up, the catalog,
-  the counts) over ``--whole-images`` images against a bare onnxruntime loop over the same files.
+  the counts) over ``--whole-images`` images against a bare onnxruntime loop over the same files, and the same
+  process without the driver JVM's class-data-sharing archive (``AERIAL_JVM_ARCHIVE=off``): ``--whole-rounds``
+  interleaved rounds (``--only fixed-cost`` runs just these).
 
 Every Spark run is a separate process (a driver talks to one master). Inputs are prepared once on local Spark:
 the catalog, the backbone, a champion (logistic regression) and the county tiles.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,11 +109,46 @@ def run_child(env: dict[str, str], stage: str, keys: list[str], log: Path) -> tu
     return json.loads(line[len("RESULT "):]), wall, memory
 
 
+def fixed_cost(workdir: Path, n: int, rounds: int, log: Path) -> None:
+    """The whole ``tile_features`` process on ``local[2]`` (start-up included) with and without the driver JVM's
+    class archive, and the bare loop over the same files: ``rounds`` rounds, interleaved, each ratio against its
+    own round's bare loop (this machine's speed drifts from minute to minute), and the medians."""
+    print(f"measuring the fixed cost: the whole tile_features process over {n} images, with and without the JVM "
+          f"class archive, and the bare loop; {rounds} round(s) ...", flush=True)
+    images = image_tree(n, workdir)
+    root = workdir / "root_whole"
+    env = _env(workdir, root, images, "local[2]", None)
+    run_child(env, "catalog", ["-"], log)
+    files = sorted(p for p in images.rglob("*") if p.is_file() or p.is_symlink())
+    model = (root / "backbone_models" / BACKBONE / "model.onnx").read_bytes()
+    table = []
+    for _ in range(rounds):
+        with_archive = run_child(env, "features", ["-"], log)
+        # the driver JVM loading Spark's classes from the jars (aerial_assets/spark/class_archive.py)
+        without = run_child({**env, "AERIAL_JVM_ARCHIVE": "off"}, "features", ["-"], log)
+        bare, _, _ = bare_loop(model, files, 8, 2)
+        table.append((with_archive[1], with_archive[0]["-"]["seconds"], without[1], without[0]["-"]["seconds"], n / bare))
+    print()
+    print(f"| fixed cost, local[2], {n} images | with the class archive | without | bare onnxruntime loop (one "
+          "process, 2 threads) | ratio with | ratio without |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for i, (whole, _, whole_off, _, bare_s) in enumerate(table, 1):
+        print(f"| round {i} | {whole:.1f} s | {whole_off:.1f} s | {bare_s:.1f} s | {bare_s / whole:.2f} | "
+              f"{bare_s / whole_off:.2f} |")
+    print(f"\nmedian ratio to the bare loop: {statistics.median(b / w for w, _, _, _, b in table):.2f} with the "
+          f"archive, {statistics.median(b / w for _, _, w, _, b in table):.2f} without (target >= 0.9); outside the "
+          "asset's own timing (Python, Dagster, the JVM, the catalog): "
+          + ", ".join(f"{w - a:.1f}" for w, a, _, _, _ in table) + " s with, "
+          + ", ".join(f"{w - a:.1f}" for _, _, w, a, _ in table) + " s without")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--tiles", type=int, default=20000)
     parser.add_argument("--whole-images", type=int, default=10000)
+    parser.add_argument("--whole-rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["fixed-cost"], default=None, help="run only the fixed-cost rounds")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keys", default="", help=argparse.SUPPRESS)
@@ -123,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cluster_"))
     log = workdir / "bench.log"
+    if args.only == "fixed-cost":
+        (workdir / "dagster_home").mkdir(parents=True, exist_ok=True)
+        (workdir / "counties.yaml").write_text("counties: {}\n")
+        fixed_cost(workdir, args.whole_images, args.whole_rounds, log)
+        print(f"\nwork folder: {workdir}")
+        return 0
     source = "AID" if AID.exists() else "generated 150 px JPEG tiles"
     images = image_tree(args.images, workdir)
     root = workdir / "root"
@@ -171,17 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         f, s = feats["-"], score["county_n"]
         rows.append((name, f["n"] / f["seconds"], s["n"] / s["seconds"]))
 
-    print(f"measuring the fixed cost: bare loop vs the whole tile_features process over {args.whole_images} "
-          "images ...", flush=True)
-    whole_images = image_tree(args.whole_images, workdir)
-    whole_root = workdir / "root_whole"
-    whole_env = _env(workdir, whole_root, whole_images, "local[2]", None)
-    run_child(whole_env, "catalog", ["-"], log)
-    _, whole_wall, _ = run_child(whole_env, "features", ["-"], log)
-    files = sorted(p for p in whole_images.rglob("*") if p.is_file() or p.is_symlink())
-    model = (whole_root / "backbone_models" / BACKBONE / "model.onnx").read_bytes()
-    bare, _, _ = bare_loop(model, files, 8, 2)
-
     print()
     print(f"Images: {args.images} ({source}); county: {args.tiles} tiles (synthetic, 56 px per 224 m tile, "
           "resampled to 224 px); backbone mobilenet_v2; single-core workers.")
@@ -205,13 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| N | {n1} | {p1 / 2**30:.2f} GiB |")
     print(f"| 2N | {n2} | {p2 / 2**30:.2f} GiB |")
     print(f"\ndriver memory 2N / N: {p2 / p1:.2f} (target <= 1.1)")
-    whole_rate = args.whole_images / whole_wall
-    print()
-    print("| fixed cost, local[2] | images/s | ratio to the bare loop |")
-    print("|---|---:|---:|")
-    print(f"| bare onnxruntime loop (one process, 2 threads) | {bare:.1f} | 1.00 |")
-    print(f"| whole `tile_features` process (start-up included, {whole_wall:.1f} s) | {whole_rate:.1f} | "
-          f"{whole_rate / bare:.2f} |")
+    fixed_cost(workdir, args.whole_images, args.whole_rounds, log)
     print(f"\nwork folder: {workdir}")
     return 0
 

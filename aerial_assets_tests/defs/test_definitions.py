@@ -82,13 +82,16 @@ def test_no_early_start_over_spark_connect_or_for_help():
 
 
 def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user():
+    from aerial_assets.spark.class_archive import driver_java_options
     from aerial_assets.spark.session import LOCAL_DRIVER_JAVA_OPTIONS, classic_conf
 
+    archive = driver_java_options()  # the class archive's flags, when make install built one (test_class_archive.py)
     local = classic_conf("local[2]", "4g", "")
-    assert local["spark.driver.defaultJavaOptions"] == LOCAL_DRIVER_JAVA_OPTIONS
+    assert local["spark.driver.defaultJavaOptions"] == f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip()
     assert "-XX:MaxHeapFreeRatio=30" in LOCAL_DRIVER_JAVA_OPTIONS
     assert "spark.driver.extraJavaOptions" not in local  # the user's own options are appended after ours and win
-    assert "spark.driver.defaultJavaOptions" not in classic_conf("spark://127.0.0.1:7077", "4g", "")
+    # a cluster's driver runs here too (client mode) and maps the archive; the heap settings are local mode's only
+    assert classic_conf("spark://127.0.0.1:7077", "4g", "").get("spark.driver.defaultJavaOptions", "") == archive
 
 
 # Every read of another asset's output, as the asset bodies do it (see each asset's code), with the partitions it
