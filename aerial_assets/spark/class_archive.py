@@ -5,7 +5,8 @@ session, and on the 2-core machine the driver JVM took 4.5-7.5 s to come up and 
 most of it loading, verifying and linking Spark's classes from some 250 jars. Java's application class-data sharing
 (AppCDS, JDK 13+) maps those classes ready-made from an archive instead. ``make install`` runs a representative
 Spark workload once with ``-XX:ArchiveClassesAtExit`` (:func:`build`), and every later driver JVM is started with
-``-XX:SharedArchiveFile`` (:func:`driver_java_options`, used by :func:`aerial_assets.spark.session.classic_conf`).
+``-XX:SharedArchiveFile`` (:func:`driver_java_options`, which :func:`aerial_assets.spark.session.classic_conf` adds
+for local masters; on a cluster the driver's default JVM options belong to the cluster's administrators).
 
 Written here because no library does it: Spark has no setting for it; it is plain JVM flags plus a file.
 
@@ -13,8 +14,9 @@ Safe by construction: the JVM checks the archive's header against its own build 
 with, and runs without it when anything differs (the ``cds`` log is switched off so that this costs nothing but
 time). The file name carries pyspark's version and a digest of the Spark home, its configuration folder (the
 first entry of the driver's class path) and the ``java`` binary, so a new JDK, Spark or ``SPARK_CONF_DIR`` looks
-for a new file rather than finding a stale one (``make jvm-archive`` builds one for the current environment). Only the driver uses it: executors of a real
-cluster start on other machines, where the file does not exist. Over Spark Connect there is no local JVM.
+for a new file rather than finding a stale one (``make jvm-archive`` builds one for the current environment).
+Local Spark only: a cluster's executors start on other machines, where the file does not exist, and over Spark
+Connect there is no local JVM.
 """
 
 from __future__ import annotations

@@ -82,11 +82,6 @@ def classic_conf(master: str, driver_memory: str, jars: str) -> dict[str, str]:
         # happens to hold the map output, so do not wait for reduce-side locality.
         "spark.shuffle.reduceLocality.enabled": "false",
     }
-    # The driver JVM starts on this machine for every classic master (client mode): it maps the class archive
-    # that `make install` built, when there is one (class_archive.py).
-    archive = driver_java_options()
-    if archive:
-        conf["spark.driver.defaultJavaOptions"] = archive
     jar_list = [j.strip() for j in jars.split(",") if j.strip()] or (local_jars() if local else [])
     if jar_list:
         conf["spark.jars"] = ",".join(jar_list)
@@ -103,7 +98,10 @@ def classic_conf(master: str, driver_memory: str, jars: str) -> dict[str, str]:
             # idle: scoring 20,000 tiles peaked at 2.73 GiB for the whole process tree instead of 3.69 GiB (Spark
             # JVM 1.57 instead of 2.01 GiB), at the same speed (make bench-county, same machine, back to back).
             # "default" options: a user's spark.driver.extraJavaOptions come after these and win.
-            "spark.driver.defaultJavaOptions": f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip(),
+            # and the class archive that `make install` built, when there is one (class_archive.py). Only here: on a
+            # cluster, spark.driver.defaultJavaOptions belongs to its administrators (spark-defaults.conf), and a
+            # value set here would replace theirs.
+            "spark.driver.defaultJavaOptions": f"{LOCAL_DRIVER_JAVA_OPTIONS} {driver_java_options()}".strip(),
         })
     return conf
 
