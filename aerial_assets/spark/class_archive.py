@@ -31,7 +31,9 @@ import tempfile
 import time
 from collections.abc import Mapping
 
-CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), ".cache", "jvm")
+from aerial_assets.spark import PROJECT_CACHE
+
+CACHE_DIR = os.path.join(PROJECT_CACHE, "jvm")
 #: without these the JVM prints a warning for a stale or foreign archive on every start; it then runs without it
 QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
@@ -136,8 +138,8 @@ def build(env: Mapping[str, str] | None = None, folder: str = CACHE_DIR, timeout
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as work:
         dump = os.path.join(work, "spark.jsa")
         env.setdefault("PYSPARK_PYTHON", sys.executable)
-        child = subprocess.run([sys.executable, "-m", "aerial_assets.spark.class_archive", "--workload", dump], env=env, capture_output=True,
-                               text=True, timeout=timeout)
+        argv = [sys.executable, "-m", "aerial_assets.spark.class_archive", "--workload", dump]
+        child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         pid = next((int(line.split()[1]) for line in child.stdout.splitlines() if line.startswith("JVM ")), None)
         if child.returncode != 0 or pid is None:
             raise RuntimeError(f"the Spark workload failed ({child.returncode}): {child.stderr.strip()[-2000:]}")

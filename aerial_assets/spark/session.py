@@ -18,13 +18,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from aerial_assets.spark import PROJECT_CACHE
 from aerial_assets.spark.class_archive import driver_java_options
 
 APP_NAME = "aerial_assets"
 DEFAULT_MASTER = "local[2]"
 DEFAULT_DRIVER_MEMORY = "4g"
 LOCAL_DRIVER_JAVA_OPTIONS = "-XX:GCTimeRatio=4 -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30 -XX:G1PeriodicGCInterval=3000"
-JARS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), ".cache", "jars")
+JARS_DIR = os.path.join(PROJECT_CACHE, "jars")
 
 
 @dataclass(frozen=True)
