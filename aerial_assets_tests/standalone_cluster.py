@@ -42,6 +42,11 @@ class StandaloneCluster:
     workers: int = 2
     cores: int = 1
     memory: str = "2g"
+    #: Pin worker ``i`` and everything it starts (its executor JVM, that executor's Python workers) to CPU
+    #: ``i mod cpus``, as if each worker were a machine of its own: unpinned, a 1-core worker's JVM threads (JIT, GC)
+    #: run on the machine's other cores, so one "single-core" worker uses more than one core. The master and the
+    #: driver are not pinned.
+    pin: bool = False
     master_port: int = 0
     ui_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -51,10 +56,13 @@ class StandaloneCluster:
     def url(self) -> str:
         return f"spark://127.0.0.1:{self.master_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], cpu: int | None = None) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")
+        # the affinity is inherited by every process the worker starts (executor JVMs, their Python daemons)
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         return subprocess.Popen([os.path.join(SPARK_HOME, "bin", "spark-class"), *args], cwd=self.folder,
-                                env=_spark_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=_spark_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=pin)
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as response:
@@ -81,9 +89,14 @@ class StandaloneCluster:
     def add_worker(self, i: int) -> None:
         work = self.folder / f"worker{i}"
         work.mkdir(exist_ok=True)
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = cpus[i % len(cpus)] if self.pin else None
         proc = self._spawn(f"worker{i}", [
             "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(self.cores),
-            "--memory", self.memory, "--webui-port", str(free_port()), "--work-dir", str(work), self.url])
+            "--memory", self.memory, "--webui-port", str(free_port()), "--work-dir", str(work), self.url],
+            cpu=cpu)
+        if cpu is not None and os.sched_getaffinity(proc.pid) != {cpu}:
+            raise RuntimeError(f"worker {i} is not pinned to CPU {cpu}")
         self.procs.append(proc)
         self.worker_procs.append(proc)
 

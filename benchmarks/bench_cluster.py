@@ -3,8 +3,10 @@
 * ``tile_features[mobilenet_v2]`` over ``--images`` labelled images (AID when ``../shared/datasets/aid`` is
   there, else generated tiles) and ``county_predictions`` over a county of ``--tiles`` tiles, on ``local[2]``,
   on a 1-worker and on a 2-worker Spark standalone cluster (single-core workers, separate JVMs on 127.0.0.1,
-  started from the installed pyspark); images or tiles per second, timed inside the asset (Spark start-up
-  excluded), and the ratios (2 workers / 1 worker, 2-worker cluster / ``local[2]``);
+  started from the installed pyspark), and again with each worker pinned to a CPU of its own (as if each were a
+  one-core machine: unpinned, a worker's JVM threads also run on the other core); images or tiles per second,
+  timed inside the asset (Spark start-up excluded), and the ratios (2 workers / 1 worker, 2-worker cluster /
+  ``local[2]``);
 * the peak memory (PSS) of the driver (its Python process and its JVM; the executors live under the workers)
   while scoring N and 2N tiles on the 2-worker cluster: it must not grow with the tiles;
 * the fixed cost of a run: the whole ``tile_features`` process (Python, Dagster and Spark start-up, the catalog,
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--tiles", type=int, default=20000)
     parser.add_argument("--whole-images", type=int, default=10000)
-    parser.add_argument("--whole-rounds", type=int, default=3)
+    parser.add_argument("--whole-rounds", type=int, default=3, help="fixed-cost rounds (0: none)")
     parser.add_argument("--only", choices=["fixed-cost"], default=None, help="run only the fixed-cost rounds")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -193,15 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     run_child(local, "county_tiles", list(counties), log)
 
     rows, driver = [], {}
-    modes = [("local[2]", 0), ("1 worker", 1), ("2 workers", 2)]
-    for name, workers in modes:
+    modes = [("local[2]", 0, False), ("1 worker", 1, False), ("2 workers", 2, False),
+             ("1 worker, pinned", 1, True), ("2 workers, pinned", 2, True)]
+    for name, workers, pin in modes:
         print(f"running {name} ...", flush=True)
         if workers == 0:
             feats, _, _ = run_child(local, "features", ["-"], log)
             score, _, _ = run_child(local, "score", ["county_n"], log)
         else:
-            with StandaloneCluster(workdir / f"cluster_{workers}", workers=workers, cores=1, memory="3g") as cluster:
-                conf = spark_conf_dir(workdir / f"conf_{workers}", {
+            folder = f"{workers}{'_pinned' if pin else ''}"
+            with StandaloneCluster(workdir / f"cluster_{folder}", workers=workers, cores=1, memory="3g",
+                                   pin=pin) as cluster:
+                conf = spark_conf_dir(workdir / f"conf_{folder}", {
                     "spark.cores.max": str(workers), "spark.executor.memory": "2g",
                     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
                     "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 env = _env(workdir, root, images, cluster.url, conf)
                 feats, _, _ = run_child(env, "features", ["-"], log)
                 score, _, mem_n = run_child(env, "score", ["county_n"], log)
-                if workers == 2:
+                if workers == 2 and not pin:
                     score_2n, _, mem_2n = run_child(env, "score", ["county_2n"], log)
                     driver = {"N": (score["county_n"]["n"], mem_n.peak), "2N": (score_2n["county_2n"]["n"], mem_2n.peak)}
         f, s = feats["-"], score["county_n"]
@@ -231,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{by['2 workers'][1] / by['1 worker'][1]:.2f} | >= 1.6 |")
     print(f"| 2 workers / local[2] | {by['2 workers'][0] / by['local[2]'][0]:.2f} | "
           f"{by['2 workers'][1] / by['local[2]'][1]:.2f} | >= 0.8 |")
+    print(f"| 2 workers / 1 worker, each worker pinned to a CPU of its own | "
+          f"{by['2 workers, pinned'][0] / by['1 worker, pinned'][0]:.2f} | "
+          f"{by['2 workers, pinned'][1] / by['1 worker, pinned'][1]:.2f} | >= 1.6 |")
     print()
     (n1, p1), (n2, p2) = driver["N"], driver["2N"]
     print("| scoring on 2 workers | tiles | driver peak memory (PSS: Python + its JVM) |")
@@ -238,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| N | {n1} | {p1 / 2**30:.2f} GiB |")
     print(f"| 2N | {n2} | {p2 / 2**30:.2f} GiB |")
     print(f"\ndriver memory 2N / N: {p2 / p1:.2f} (target <= 1.1)")
-    fixed_cost(workdir, args.whole_images, args.whole_rounds, log)
+    if args.whole_rounds > 0:
+        fixed_cost(workdir, args.whole_images, args.whole_rounds, log)
     print(f"\nwork folder: {workdir}")
     return 0
 

@@ -89,6 +89,7 @@ def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user()
     local = classic_conf("local[2]", "4g", "")
     assert local["spark.driver.defaultJavaOptions"] == f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip()
     assert "-XX:MaxHeapFreeRatio=30" in LOCAL_DRIVER_JAVA_OPTIONS
+    assert "-XX:Tier4InvocationThreshold=20000" in LOCAL_DRIVER_JAVA_OPTIONS  # C2 waits for hot code (session.py)
     assert "spark.driver.extraJavaOptions" not in local  # the user's own options are appended after ours and win
     # a cluster's administrators own spark.driver.defaultJavaOptions (spark-defaults.conf): never replaced there
     assert "spark.driver.defaultJavaOptions" not in classic_conf("spark://127.0.0.1:7077", "4g", "")
