@@ -35,8 +35,9 @@ LOCAL_DRIVER_HEAP_OPTIONS = "-XX:GCTimeRatio=4 -XX:MinHeapFreeRatio=10 -XX:MaxHe
 #: ``local[2]``, six interleaved pairs) the driver JVM's compiler threads used 6.0-7.5 core-seconds with the defaults
 #: and 3.6-4.5 with these, and each run took 0.9-3.2 s less (median 2.0 s). Really hot code (pyspark.ml's training
 #: loops) still reaches C2 within moments: training logistic regression, random forest and the MLP on 10,000 images
-#: took 55.2, 99.5 and 27.0 s with these against 59.2, 105.5 and 29.0 s without (back to back). C1 alone (``-XX:TieredStopAtLevel=1``) starts faster still, but training
-#: under it had not finished after 23 minutes, against 3.5, so it is not used.
+#: took 55.2, 99.5 and 27.0 s with these against 59.2, 105.5 and 29.0 s without (back to back). C1 alone
+#: (``-XX:TieredStopAtLevel=1``) starts faster still, but training under it had not finished after 23 minutes, against
+#: 3.5, so it is not used.
 LOCAL_DRIVER_JIT_OPTIONS = ("-XX:Tier4InvocationThreshold=20000 -XX:Tier4MinInvocationThreshold=2400 "
                             "-XX:Tier4CompileThreshold=60000 -XX:Tier4BackEdgeThreshold=160000")
 LOCAL_DRIVER_JAVA_OPTIONS = f"{LOCAL_DRIVER_HEAP_OPTIONS} {LOCAL_DRIVER_JIT_OPTIONS}"
