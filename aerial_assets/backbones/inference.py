@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from aerial_assets.records import VIEW_COUNTS, TileStatus
+from aerial_assets.tables import VIEW_COUNTS, TileStatus
 
 _SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
 _LOCK = threading.Lock()

@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.imagery.decode import IMAGE_EXTENSIONS
-from aerial_assets.records import INSPECTION, TileStatus
 from aerial_assets.storage.core import FileEntry, is_local, local_path
+from aerial_assets.tables import INSPECTION, SPLITS, TileStatus
 
-SPLITS = ("train", "validation", "test")
 CATALOG_COLUMNS = [
     "tile_id", "uri", "label", "split", "bytes", "width", "height", "mode", "status", "reason", "notes", "sha256",
 ]

@@ -21,7 +21,8 @@ import pandas as pd
 import yaml
 
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.records import ClassMapping, LabelMapReport, TileStatus
+from aerial_assets.records import ClassMapping, LabelMapReport
+from aerial_assets.tables import TileStatus
 
 
 @dataclass(frozen=True)

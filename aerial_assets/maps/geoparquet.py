@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from aerial_assets.records import TileStatus
 from aerial_assets.spark.part_files import EMPTY_PART, write_part
+from aerial_assets.tables import TileStatus
 
 GEOPARQUET_VERSION = "1.1.0"
 

@@ -15,12 +15,11 @@ import pandas as pd
 
 from aerial_assets.backbones.inference import featurize_rows, get_session
 from aerial_assets.errors import StorageError
-from aerial_assets.imagery.catalog import SPLITS
 from aerial_assets.imagery.decode import ImageDecodeError, load_tile
 from aerial_assets.imagery.rasters import read_tile
-from aerial_assets.records import FEATURES, PASSTHROUGH, WINDOW_FEATURES, TileStatus
 from aerial_assets.spark.part_files import write_part
 from aerial_assets.storage.core import raster_opener, storage_for
+from aerial_assets.tables import FEATURES, PASSTHROUGH, SPLITS, WINDOW_FEATURES, TileStatus
 
 FEATURE_SCHEMA = FEATURES.ddl
 WINDOW_FEATURE_SCHEMA = WINDOW_FEATURES.ddl

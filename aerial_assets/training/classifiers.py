@@ -17,7 +17,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aerial_assets.errors import ConfigurationError
-from aerial_assets.records import TRAINING, Augmentation, ViewChoice
+from aerial_assets.records import Augmentation, ViewChoice
+from aerial_assets.tables import TRAINING
 from aerial_assets.training.metrics import ClassificationReport, confusion_matrix, report
 
 ALGORITHMS = ("logistic_regression", "random_forest", "mlp", "linear_discriminant")

@@ -95,6 +95,29 @@ def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user()
     assert "spark.driver.defaultJavaOptions" not in classic_conf("spark://127.0.0.1:7077", "4g", "")
 
 
+def test_cluster_executors_get_the_jit_thresholds_unless_the_cluster_sets_their_default_options(tmp_path):
+    from aerial_assets.spark.session import EXECUTOR_JAVA_OPTIONS, classic_conf, spark_defaults
+
+    assert "-XX:Tier4InvocationThreshold=20000" in EXECUTOR_JAVA_OPTIONS
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "spark-defaults.conf").write_text("# a comment\nspark.executor.extraJavaOptions -Dlog4j.debug=false\n")
+    admin = tmp_path / "admin"
+    admin.mkdir()
+    (admin / "spark-defaults.conf").write_text("! an old-style comment\nspark.eventLog.enabled=true\n"
+                                               "spark.executor.defaultJavaOptions : -XX:+UseParallelGC -Xss4m\n")
+    assert spark_defaults({"SPARK_CONF_DIR": str(admin)}) == {
+        "spark.eventLog.enabled": "true", "spark.executor.defaultJavaOptions": "-XX:+UseParallelGC -Xss4m"}
+    assert spark_defaults({"SPARK_CONF_DIR": str(tmp_path / "absent")}) == {}
+    for master in ("spark://127.0.0.1:7077", "yarn"):
+        conf = classic_conf(master, "4g", "", {"SPARK_CONF_DIR": str(plain)})
+        assert conf["spark.executor.defaultJavaOptions"] == EXECUTOR_JAVA_OPTIONS
+        assert "spark.executor.extraJavaOptions" not in conf  # the user's own come after ours and win
+        assert "spark.executor.defaultJavaOptions" not in classic_conf(master, "4g", "", {"SPARK_CONF_DIR": str(admin)})
+    # local masters run their executors inside the driver JVM, which has the thresholds already
+    assert "spark.executor.defaultJavaOptions" not in classic_conf("local[2]", "4g", "", {"SPARK_CONF_DIR": str(plain)})
+
+
 # Every read of another asset's output, as the asset bodies do it (see each asset's code), with the partitions it
 # reads: "same" the same partition, "backbone" the classifier's backbone, "all" any partition, "-" unpartitioned.
 DECLARED_READS = {

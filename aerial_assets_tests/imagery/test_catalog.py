@@ -11,8 +11,8 @@ from aerial_assets.imagery.catalog import (
     find_duplicates,
     list_tiles,
 )
-from aerial_assets.records import TileStatus
 from aerial_assets.storage.core import FileEntry
+from aerial_assets.tables import TileStatus
 
 
 def _entries(counts: dict[str, int], prefix: str = "") -> list[FileEntry]:

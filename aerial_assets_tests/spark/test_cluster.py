@@ -131,6 +131,11 @@ def test_whole_graph_on_a_three_worker_cluster(cluster, graph_run, tiny_tiles, t
         for stage in stages:
             assert stage.executors == ran_on, (prefix, stage)
     three_workers = heavy_stages(log, "featurizing with")[0].num_tasks
+    # the workers launched this application's executors with the C2 thresholds (session.py), as each logged it
+    apps = {e["App ID"] for e in log if e.get("Event") == "SparkListenerApplicationStart"}
+    launched = [line for app in apps for err in sorted(cluster.folder.glob(f"worker*/{app}/*/stderr"))
+                for line in err.read_text().splitlines() if line.startswith("Spark Executor Command:")]
+    assert len(launched) == 3 and all('"-XX:Tier4InvocationThreshold=20000"' in line for line in launched), launched
 
     # the featurization job is as wide as the cluster: fewer workers, fewer tasks
     cluster.stop_workers(keep=1)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from aerial_assets.backbones.inference import dihedral_views
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
-from aerial_assets.records import TileStatus
+from aerial_assets.tables import TileStatus
 from aerial_assets.training.classifiers import ClassifierParams, view_selector
 
 MAP = """

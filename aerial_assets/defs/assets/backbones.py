@@ -37,9 +37,10 @@ from aerial_assets.backbones.zoo import (
 from aerial_assets.defs.partitions import backbone_partitions
 from aerial_assets.defs.resources import BackboneWeightsResource, StorageResource
 from aerial_assets.imagery.decode import load_tile
-from aerial_assets.records import BackboneRecord, TileStatus
+from aerial_assets.records import BackboneRecord
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import MODEL
+from aerial_assets.tables import TileStatus
 
 REFERENCE_TOLERANCE = 1e-4  # max absolute feature difference, ONNX vs the numpy reference
 # Multi-level features hold mid-network activations up to a few hundred (SqueezeNet's, unnormalised), where float32

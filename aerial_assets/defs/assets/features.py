@@ -13,8 +13,7 @@ from aerial_assets.backbones.zoo import COMBINATION, ZooEntry, zoo_entry
 from aerial_assets.defs.assets._io import metadata_table, spark_table_schema
 from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
-from aerial_assets.imagery.catalog import SPLITS
-from aerial_assets.records import BackboneRecord, FeaturesSummary, TileStatus, ViewCount
+from aerial_assets.records import BackboneRecord, FeaturesSummary, ViewCount
 from aerial_assets.spark.featurization import (
     FEATURE_PART_SCHEMA,
     FEATURE_SCHEMA,
@@ -26,6 +25,7 @@ from aerial_assets.spark.jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_c
 from aerial_assets.spark.part_files import EMPTY_PART, executor_folder, keep_reported, write_part
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
+from aerial_assets.tables import SPLITS, TileStatus
 
 # What the UI's column view says of features.parquet (dagster/column_schema).
 FEATURE_COLUMNS = {

@@ -37,8 +37,9 @@ from aerial_assets.maps.rendering import (
 from aerial_assets.maps.spatial import plurality_smooth
 from aerial_assets.maps.stac import raster_item, write_item
 from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
-from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary, TileStatus
+from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary
 from aerial_assets.storage.core import Storage, join
+from aerial_assets.tables import TileStatus
 
 NODATA = 255
 

@@ -32,13 +32,11 @@ from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, write_empty
 from aerial_assets.maps.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.maps.stac import geoparquet_item, lonlat_bbox, write_item
 from aerial_assets.records import (
-    PASSTHROUGH,
     BackboneRecord,
     ChampionRecord,
     ClassifierRecord,
     CountyTilesSummary,
     PredictionsSummary,
-    TileStatus,
     view_choice,
 )
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
@@ -46,6 +44,7 @@ from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.spark.part_files import executor_folder, keep_reported
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
+from aerial_assets.tables import PASSTHROUGH, TileStatus
 from aerial_assets.training.classifiers import with_vectors
 
 

@@ -21,10 +21,11 @@ from aerial_assets.defs.resources import SparkResource, StorageResource, Trainin
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.imagery import catalog
 from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
-from aerial_assets.records import LabeledTilesSummary, LabelMapReport, TileStatus
+from aerial_assets.records import LabeledTilesSummary, LabelMapReport
 from aerial_assets.spark.jobs import task_count
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import CATALOG, QUARANTINE
+from aerial_assets.tables import TileStatus
 from aerial_assets.training.spatial_splits import (
     POSITIONS_FILE,
     Strategy,

@@ -28,16 +28,10 @@ from aerial_assets.defs.partitions import by_backbone, classifier_partitions, ev
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
-from aerial_assets.records import (
-    BackboneRecord,
-    ChampionRecord,
-    ClassifierRecord,
-    MetricsRecord,
-    ReportRecord,
-    TileStatus,
-)
+from aerial_assets.records import BackboneRecord, ChampionRecord, ClassifierRecord, MetricsRecord, ReportRecord
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import LEADERBOARD, MODEL, PIPELINE
+from aerial_assets.tables import TileStatus
 from aerial_assets.training.classifiers import (
     ClassifierParams,
     class_list,
