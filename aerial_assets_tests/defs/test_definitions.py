@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from dagster import AssetKey
 
@@ -79,6 +81,29 @@ def test_no_early_start_over_spark_connect_or_for_help():
 
     assert start_early({"SPARK_REMOTE": "sc://127.0.0.1:1"}) is None
     assert start_early({}, ["--help"]) is None
+
+
+def test_the_early_start_plans_the_first_query_without_running_a_job(spark):
+    from aerial_assets.spark.session import plan_first_query
+
+    tables = spark.catalog.listTables()
+    context = spark.sparkContext
+    context.setJobGroup("plan-first-query", "planning only")
+    try:
+        plan = plan_first_query(spark)
+        context.setJobGroup("marker", "a job after it")
+        spark.range(1).count()
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    assert "MapInPandas" in plan and "Exchange RoundRobinPartitioning(2)" in plan, plan
+    # Spark's listener bus delivers jobs in order: once the marker job is seen, a job of the planning would be too
+    tracker = context.statusTracker()
+    deadline = time.monotonic() + 30
+    while not tracker.getJobIdsForGroup("marker") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tracker.getJobIdsForGroup("marker")
+    assert tracker.getJobIdsForGroup("plan-first-query") == []  # planned, never run: no executor slot taken
+    assert spark.catalog.listTables() == tables  # its temporary view is gone
 
 
 def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user():
