@@ -47,6 +47,11 @@ def spark_home(env: Mapping[str, str]) -> str:
     return os.path.realpath(os.path.dirname(pyspark.__file__))
 
 
+def spark_conf_dir(env: Mapping[str, str]) -> str:
+    """The folder spark-submit reads ``spark-defaults.conf`` from: ``SPARK_CONF_DIR``, else the Spark's ``conf``."""
+    return os.path.realpath(env.get("SPARK_CONF_DIR") or os.path.join(spark_home(env), "conf"))
+
+
 def java_binary(env: Mapping[str, str]) -> str:
     """The ``java`` that Spark's launch scripts run: ``$JAVA_HOME/bin/java``, else the one on ``PATH``."""
     if env.get("JAVA_HOME"):
@@ -62,8 +67,7 @@ def archive_path(env: Mapping[str, str] | None = None, folder: str = CACHE_DIR) 
     env = os.environ if env is None else env
     home = spark_home(env)
     # the driver's class path starts with the configuration folder; the JVM refuses an archive dumped with another
-    conf_dir = os.path.realpath(env.get("SPARK_CONF_DIR") or os.path.join(home, "conf"))
-    digest = hashlib.sha256(f"{home}\n{conf_dir}\n{java_binary(env)}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{home}\n{spark_conf_dir(env)}\n{java_binary(env)}".encode()).hexdigest()[:12]
     return os.path.join(folder, f"spark-{pyspark.__version__}-{digest}.jsa")
 
 

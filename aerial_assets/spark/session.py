@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aerial_assets.spark import PROJECT_CACHE
-from aerial_assets.spark.class_archive import driver_java_options, spark_home
+from aerial_assets.spark.class_archive import driver_java_options, spark_conf_dir
 
 APP_NAME = "aerial_assets"
 DEFAULT_MASTER = "local[2]"
@@ -93,7 +93,7 @@ def spark_defaults(env: Mapping[str, str] | None = None) -> dict[str, str]:
     the standard library has no Java-properties reader and one lookup does not justify a dependency.
     """
     env = os.environ if env is None else env
-    path = os.path.join(env.get("SPARK_CONF_DIR") or os.path.join(spark_home(env), "conf"), "spark-defaults.conf")
+    path = os.path.join(spark_conf_dir(env), "spark-defaults.conf")
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -177,7 +177,8 @@ def plan_first_query(session) -> str:
     (Arrow), spread over tasks (a repartition) and handed to ``mapInPandas``.
 
     The first such query of a driver JVM loads and interprets the code of its steps: 0.5-0.6 s on this machine
-    (``createDataFrame`` of 3,000 rows took 0.56 s in a new session, 0.09 s after this had run). An early start has
+    (``createDataFrame`` of 3,000 rows took 0.56 s in a new session, 0.09 s once a query of this shape had been
+    planned; measured with the JVM's plan call, which the EXPLAIN here makes too). An early start has
     the JVM idle for seconds while Dagster prepares the run, so it plans this query then. Planning starts no job:
     the executors' task slots stay free. Returns the physical plan, as EXPLAIN gives it.
     """
