@@ -15,7 +15,7 @@ UI_PORT ?= 3000
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast leaflet jvm-archive
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive
 
 install: $(STAMP)
 
@@ -41,7 +41,7 @@ demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
 run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
 	$(BIN)/python -m aerial_assets.defs.run
 
-test: $(STAMP) $(if $(shell command -v mvn),jars) $(if $(shell command -v npm),leaflet)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips); with npm, Leaflet for the map test
+test: $(STAMP) $(if $(shell command -v mvn),jars)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips)
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (under a minute)
@@ -60,12 +60,6 @@ AZURITE_VERSION := 3.37.0
 azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and npm), into .cache/azurite
 	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
 		npm install --no-save --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION)
-
-# The interactive maps load Leaflet from jsDelivr; the browser test has no internet and serves this copy instead.
-LEAFLET_VERSION := 1.9.3
-leaflet:  ## Leaflet (npm) for the interactive-map browser test, into .cache/leaflet
-	test -f .cache/leaflet/node_modules/leaflet/dist/leaflet.js || \
-		npm install --no-save --no-audit --no-fund --prefix .cache/leaflet leaflet@$(LEAFLET_VERSION)
 
 # pom.xml pins them: hadoop-azure at pyspark's Hadoop version, and what it needs beyond pyspark's own jars
 jars: .cache/jars/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars

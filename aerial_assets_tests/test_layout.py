@@ -38,7 +38,7 @@ def test_no_top_level_module_besides_errors_records_and_tables():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert set(top) <= {"__init__.py", "errors.py", "records.py", "tables.py"}
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == {
-        "backbones", "defs", "imagery", "maps", "spark", "storage", "training"}
+        "backbones", "defs", "imagery", "maps", "safety", "spark", "storage", "training"}
 
 
 def test_a_dagster_home_from_before_the_move_is_pointed_at_the_new_modules(tmp_path):

@@ -1,5 +1,6 @@
 """Jobs, the re-scoring schedule and the county registry sensor."""
 
+import hashlib
 
 from dagster import (
     AssetSelection,
@@ -16,6 +17,7 @@ from dagster import (
 
 from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.resources import CountyRegistryResource, StorageResource
+from aerial_assets.imagery.counties import parse_registry
 
 county_job = define_asset_job(
     "county_job",
@@ -42,10 +44,19 @@ def rescore_counties_schedule(context: ScheduleEvaluationContext):
 @sensor(job=county_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED)
 def county_registry_sensor(context: SensorEvaluationContext, storage: StorageResource,
                            counties: CountyRegistryResource) -> SensorResult:
-    """Adds a partition for every county newly declared in the registry and launches its first run."""
+    """Adds a partition for every county newly declared in the registry and launches its first run.
+
+    The registry is parsed only when its text changed since the last evaluation (its sha256 is the sensor's
+    cursor): the sensor runs every minute, and a large registry costs seconds to parse."""
+    uri, text = counties.registry_text(storage)
+    digest = hashlib.sha256((text or "").encode()).hexdigest()
+    if text is not None and context.cursor == digest:
+        return SensorResult(skip_reason=f"county registry {uri} unchanged")
     registered = set(context.instance.get_dynamic_partitions(county_partitions.name))
-    new = sorted(set(counties.load(storage)) - registered)
+    found = parse_registry(text, uri) if text is not None else counties.load(storage)
+    new = sorted(set(found) - registered)
     return SensorResult(
         run_requests=[RunRequest(run_key=f"register-{key}", partition_key=key) for key in new],
         dynamic_partitions_requests=[county_partitions.build_add_request(new)] if new else [],
+        cursor=digest,
     )

@@ -29,6 +29,7 @@ from aerial_assets.defs.resources import (
 )
 from aerial_assets.defs.settings import data_root, weights_setting
 from aerial_assets.errors import ConfigurationError
+from aerial_assets.safety.redaction import has_secret, redact
 from aerial_assets.spark.session import SparkSettings
 from aerial_assets.storage.azure import (
     ENV_ACCOUNT_KEY,
@@ -46,6 +47,20 @@ ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement,
 
 DEPLOYMENTS = ("local", "azure")
 AZURE_URI_SETTINGS = ("AERIAL_DATA_ROOT", "AERIAL_TRAINING_TILES", "AERIAL_COUNTIES", "AERIAL_TRAINING_RASTERS")
+# Settings that name a location: every output path, log line and metadata value is built from them, so a credential
+# inside one (a SAS query string, user:password@) would travel everywhere. Credentials have settings of their own.
+URI_SETTINGS = (*AZURE_URI_SETTINGS, "AERIAL_LABEL_MAP", "AERIAL_WEIGHTS_DIR")
+
+
+def check_uri_settings(env: Mapping[str, str]) -> None:
+    """Refuse a location setting that carries a credential, naming the setting but never the secret."""
+    for name in URI_SETTINGS:
+        value = env.get(name, "")
+        if value and has_secret(value):
+            raise ConfigurationError(
+                f"{name}={redact(value)} carries a credential (a query string such as a SAS token, or a password): "
+                f"give the location without it and the credential in {ENV_SAS_TOKEN}, {ENV_ACCOUNT_KEY} or "
+                f"{ENV_CONNECTION_STRING} (README, Azure storage)")
 
 
 def _flag(value: str) -> bool:
@@ -120,6 +135,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
     The keys are the same in every deployment; only the storage settings differ. Secrets are never read
     here: only whether they are set, to pick the kind of credential, whose value Dagster reads at run time.
     """
+    check_uri_settings(env)
     deployment = deployment_of(env)
     if deployment not in DEPLOYMENTS:
         raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "

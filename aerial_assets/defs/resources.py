@@ -361,13 +361,21 @@ class CountyRegistryResource(ConfigurableResource):
     demo_tile_px: int = 224
     demo_resolution: float = 1.0
 
-    def load(self, storage: StorageResource) -> dict[str, County]:
+    def registry_text(self, storage: StorageResource) -> tuple[str, str | None]:
+        """(the registry's URI, its text), or (URI, None) when no registry is set and none is at the default
+        place (the demo county). A configured registry that is missing is an error."""
         uri = self.uri or join(storage.layout.root, "counties.yaml")
         store = storage.for_uri(uri)
         if store.exists(uri):
-            return parse_registry(store.read_text(uri), uri)
+            return uri, store.read_text(uri)
         if self.uri:
             raise CountyError(f"county registry {uri} not found: create it (see README, 'Adding a county')")
+        return uri, None
+
+    def load(self, storage: StorageResource) -> dict[str, County]:
+        uri, text = self.registry_text(storage)
+        if text is not None:
+            return parse_registry(text, uri)
         return {DEMO_COUNTY_KEY: County(key=DEMO_COUNTY_KEY, name="Demo county (synthetic imagery)",
                                         rasters=[self.demo_raster(storage)])}
 

@@ -8,8 +8,8 @@ One county failing does not stop the others; the exit status says whether everyt
 from __future__ import annotations
 
 import argparse
-import io
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,9 +17,7 @@ from collections.abc import Mapping, Sequence
 # Dagster flags its beta and preview APIs at import time; they are pinned here, so keep the terminal for progress.
 warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
 
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from dagster import AssetKey, DagsterInstance, Definitions, MultiPartitionKey  # noqa: E402
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, MultiPartitionKey  # noqa: E402
 
 from aerial_assets.backbones.zoo import zoo_entry  # noqa: E402
 from aerial_assets.defs.definitions import build_defs  # noqa: E402
@@ -34,7 +32,11 @@ from aerial_assets.defs.run_guard import (  # noqa: E402
 from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
+from aerial_assets.imagery.label_map import parse_label_map  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
+from aerial_assets.safety import csv_files  # noqa: E402
+from aerial_assets.safety.redaction import redact  # noqa: E402
+from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
 from aerial_assets.spark.session import start_early  # noqa: E402
 from aerial_assets.storage.core import is_local, join, local_path  # noqa: E402
 from aerial_assets.training.classifiers import check_algorithm  # noqa: E402
@@ -49,11 +51,14 @@ def parse_list(value: str, check) -> list[str]:
 
 
 def prepare_home(env: dict[str, str]) -> None:
-    """Use ``$AERIAL_DATA_ROOT/dagster_home`` (with the project's dagster.yaml) unless DAGSTER_HOME is set."""
+    """Use ``$AERIAL_DATA_ROOT/dagster_home`` unless DAGSTER_HOME is set; either way the home has the project's
+    dagster.yaml (a DAGSTER_HOME of the user's that has none gets it; one that has its own keeps it)."""
     if env.get("DAGSTER_HOME"):
         os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
         if os.path.exists(os.path.join(env["DAGSTER_HOME"], "dagster.yaml")):
             upgrade_instance_yaml(os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))  # module paths of before
+        else:  # a fresh home gets the project's settings too (run monitoring, the run launcher, one run at a time)
+            install_instance_yaml(env["DAGSTER_HOME"])
         return
     root = data_root(env)
     # The run history is local; with a cloud data root (az://...) it stays under ./.aerial_data.
@@ -70,7 +75,8 @@ class Runner:
         self.job = defs.resolve_implicit_global_asset_job_def()
         self.instance = instance
         self.run_config = run_config
-        self.failures: list[str] = []
+        self.failures: list[str] = []  # "<assets> [<partition>]: <one-line cause>"
+        self.failed_checks: list[str] = []  # "<severity> <asset>[<partition>] <check>: <description>"
 
     def _config_for(self, assets: Sequence[str]) -> dict[str, object]:
         ops = (self.run_config or {}).get("ops", {})
@@ -96,12 +102,31 @@ class Runner:
             raise_on_error=False,
             tags=tags,
         )
+        causes = []
+        for event in result.all_events:
+            if event.is_step_failure:
+                cause = one_line(event.step_failure_data.error.message)
+                causes.append(cause)
+                print(f"    FAILED: {cause}", flush=True)
+            elif (event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                  and not event.asset_check_evaluation_data.passed):
+                check = event.asset_check_evaluation_data
+                where = check.asset_key.to_user_string() + (f"[{check.partition}]" if check.partition else "")
+                text = (f"{check.severity.value} {where} {check.check_name}: "
+                        f"{one_line(check.description or 'failed (see its metadata in the UI)')}")
+                self.failed_checks.append(text)
+                print(f"    CHECK {text}", flush=True)
         if not result.success:
-            self.failures.append(what)
-            for event in result.all_events:
-                if event.is_step_failure:
-                    print(f"    FAILED: {event.step_failure_data.error.message.strip()}", flush=True)
+            self.failures.append(f"{what}: {'; '.join(causes) or 'failed (see the run in the UI)'}")
         return result.success
+
+
+def one_line(message: str, limit: int = 600) -> str:
+    """An error message as one redacted line: Dagster's wrappers (``dagster._core...Failure:``) cut off."""
+    text = " ".join(str(message).split())
+    text = re.sub(r"^(?:[\w.]+\.)?(?:Failure|DagsterExecutionStepExecutionError)\s*:\s*", "", text)
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple[dict[str, County], list[str]]:
@@ -125,9 +150,21 @@ def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple
     return registry, keys
 
 
+def check_label_map(resources: Mapping[str, object]) -> None:
+    """``AERIAL_LABEL_MAP`` parsed now, like every other setting: a bad map is one line and exit status 2, not a
+    failed step with a traceback. Its classes are matched against the folders' when ``labeled_tiles`` runs."""
+    uri = resources["training_tiles"].label_map
+    if not uri:
+        return
+    store = resources["storage"].for_uri(uri)
+    if not store.exists(uri):
+        raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
+    parse_label_map(store.read_text(uri), uri)
+
+
 def configuration_error(exc: Exception) -> int:
     """A configuration error as one line on stderr (no traceback: the message says what to fix); exit status 2."""
-    print(f"make run: configuration error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    print(f"make run: configuration error: {redact(' '.join(str(exc).split()))}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -180,11 +217,10 @@ def load_run_config(path: str | None) -> dict[str, object]:
         return {}
     try:
         with open(path) as handle:
-            loaded = yaml.safe_load(handle)
+            text = handle.read()
     except OSError as exc:
         raise ConfigurationError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    loaded = load_yaml(text, f"--config {path}")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
@@ -237,13 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # an unreachable storage account stops the run here, in seconds and one line, not step after step
         resources["storage"].storage.exists(resources["storage"].layout.root)
     except StorageError as exc:
-        print(f"make run: {exc}", file=sys.stderr, flush=True)
+        print(f"make run: {redact(exc)}", file=sys.stderr, flush=True)
         return 2
-    if not args.skip_counties:  # the registry and its tile summaries, before an hour of training, not after
-        try:
+    try:  # the label map, the registry and its tile summaries: before an hour of training, not after
+        check_label_map(resources)
+        if not args.skip_counties:
             registry, keys = check_counties(resources, args.counties)
-        except AerialError as exc:
-            return configuration_error(exc)
+    except AerialError as exc:
+        return configuration_error(exc)
     start_early(env, argv or [])  # settings checked: the Spark JVM comes up while Dagster prepares the first run
     instance = guard.instance
     runner = Runner(defs, instance, run_config)
@@ -282,7 +319,7 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
     board = layout.leaderboard_csv()
     print()
     if store.exists(board):
-        frame = pd.read_csv(io.StringIO(store.read_text(board)))
+        frame = csv_files.read_csv(store.read_text(board))
         print("Leaderboard (test split; champion chosen on validation macro-F1):")
         shown = ["backbone", "algorithm", "views", "accuracy", "macro_f1", "val_macro_f1", "ece", "n_train", "n_test",
                  "fit_seconds"]
@@ -299,6 +336,10 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         if store.exists(change):
             print(f"Change map of {key}: {change}")
     print(f"Outputs under {layout.root}; run history in {home} (make ui)")
+    if runner.failed_checks:
+        print(f"{len(runner.failed_checks)} asset check(s) did not pass:", file=sys.stderr)
+        for check in runner.failed_checks:
+            print(f"  - {check}", file=sys.stderr)
     if runner.failures:
         print(f"{len(runner.failures)} step(s) failed:", file=sys.stderr)
         for failure in runner.failures:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.imagery.decode import IMAGE_EXTENSIONS
+from aerial_assets.safety.quarantine import reasons_text
 from aerial_assets.storage.core import FileEntry, is_local, local_path
 from aerial_assets.tables import INSPECTION, SPLITS, TileStatus
 
@@ -151,9 +152,18 @@ def check_class_folders(class_dirs: dict[str, list[str]], files: pd.DataFrame) -
                 )
     labels = sorted(set(files.loc[files["status"] == TileStatus.OK, "label"]))
     if len(labels) < 2:
+        reasons = files.loc[files["status"] == TileStatus.QUARANTINED, "reason"].astype(str)
+        external = int(reasons.str.contains(EXTERNAL_LINKS_SETTING, regex=False).sum())
+        quarantined = ""
+        if external:
+            quarantined += (f"; {external} file(s) were quarantined as symlinks leading out of the folder (set "
+                            f"{EXTERNAL_LINKS_SETTING}: true in the labeled_tiles config to use them)")
+        others = reasons[~reasons.str.contains(EXTERNAL_LINKS_SETTING, regex=False)]
+        if len(others):
+            quarantined += f"; {len(others)} other file(s) were quarantined ({reasons_text(others)})"
         raise TrainingDataError(
-            f"found {len(labels)} class(es) with usable images ({', '.join(labels) or 'none'}); a classifier "
-            "needs at least two: lay the folder out as <class>/<image> with one folder per class"
+            f"found {len(labels)} class(es) with usable images ({', '.join(labels) or 'none'}){quarantined}; a "
+            "classifier needs at least two: lay the folder out as <class>/<image> with one folder per class"
         )
 
 

@@ -21,12 +21,14 @@ A county is a dynamic partition; the registry (a YAML file) is where a user decl
       story_ia:                          # the items of a STAC catalog (local or az://): rasters and year from them
         stac: az://imagery/naip/story_2019/catalog.json
         stac_asset: image                # optional: the asset to tile (default: the item's one GeoTIFF asset)
+        stac_allowed_roots: [https://naipeuwest.blob.core.windows.net/naip/]  # optional: where else hrefs may point
 
 A ``stac:`` entry names a STAC Catalog or Collection (its items are walked), an ItemCollection or one Item,
 instead of ``rasters:``. Its rasters are the items' GeoTIFF assets and its vintage ``year`` the items' year: all
 items must be of one year. An explicit ``year:`` must agree with every item's date (it is needed only for items
 dated by a range over several years, and it never filters items: a catalog of several years is several entries,
-one catalog each). The STAC is read when the county is used (:func:`resolve_county`), not when the registry is
+one catalog each). Its hrefs must stay in the catalog's folder (its container on ``az://``) or under a prefix
+listed in ``stac_allowed_roots``; remote hrefs (``https://``) are read only when listed there. The STAC is read when the county is used (:func:`resolve_county`), not when the registry is
 parsed: the registry stays cheap to parse (the sensor parses it every minute), and a catalog that cannot be
 read fails its own county only.
 
@@ -44,12 +46,18 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aerial_assets.errors import CountyError
+from aerial_assets.safety.redaction import short
+from aerial_assets.safety.yaml_files import YamlLimits, load_yaml
 
 # fullmatch, not match with "$": "$" also matches before a trailing newline, and "key\n" is no partition key.
 KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
 VINTAGE_SEPARATOR = "@"
 FIRST_YEAR, LAST_YEAR = 1900, 2100
 README = "see README, 'Adding a county'"
+# A registry of every US county with ten vintages is about 1 MB; past 8 MB it is not a registry but an accident (a
+# 50 MB file took 75 s and 2.6 GB to parse). Documented in README ("Adding a county").
+REGISTRY_MAX_BYTES = 8_000_000
+REGISTRY_LIMITS = YamlLimits(max_bytes=REGISTRY_MAX_BYTES, max_nodes=2_000_000, max_depth=32)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class County:
     tiles: TileFolder | None = None
     stac: str | None = None  # a STAC catalog, item collection or item: rasters and year come from it
     stac_asset: str | None = None
+    stac_allowed_roots: tuple[str, ...] = ()  # where the STAC's hrefs may point besides the catalog's own folder
     reference: Reference | None = None  # what county_map_agreement compares the map with
 
     @property
@@ -97,7 +106,7 @@ def vintage_key(area: str, year: int) -> str:
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise CountyError(
-            f"county key {key!r} is not valid: use lower-case letters, digits, '_' or '-' (for example middlesex_ma), "
+            f"county key {short(key)} is not valid: use lower-case letters, digits, '_' or '-' (for example middlesex_ma), "
             "with no spaces or line breaks"
         )
     return key
@@ -152,6 +161,7 @@ class CountySpec(_Spec):
     tiles: TilesSpec | None = None
     stac: _Path | None = None
     stac_asset: _Path | None = None
+    stac_allowed_roots: _Paths | None = None
     reference: ReferenceSpec | None = None
 
 
@@ -169,7 +179,7 @@ def _unknown_key(name: Any, model: type[BaseModel]) -> str:
     allowed = _allowed(model)
     close = difflib.get_close_matches(str(name), allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {name!r}{hint}; allowed keys: {', '.join(allowed)}"
+    return f"unknown key {short(name)}{hint}; allowed keys: {', '.join(allowed)}"
 
 
 def _explain(error: dict, raw: dict, source: str) -> str:
@@ -180,9 +190,9 @@ def _explain(error: dict, raw: dict, source: str) -> str:
             return f"county registry {source}: top-level {_unknown_key(loc[-1], RegistrySpec)} ({README})"
         return f"county registry {source} must have a top-level 'counties:' mapping of county keys to settings ({README})"
     key, path = loc[1], loc[2:]
-    where = f"county {key!r} in {source}"
+    where = f"county {short(key)} in {source}"
     if not path:
-        return (f"{where} is {value!r}, not a mapping of settings: write it as "
+        return (f"{where} is {short(value)}, not a mapping of settings: write it as "
                 f"'{key}: {{rasters: [path/to/image.tif]}}' ({README})")
     top = path[0]
     if kind == "extra_forbidden":
@@ -191,7 +201,7 @@ def _explain(error: dict, raw: dict, source: str) -> str:
         model = TilesSpec if top == "tiles" and len(path) == 2 else CountySpec
         return f"{where}: {'tiles: ' if model is TilesSpec else ''}{_unknown_key(path[-1], model)} ({README})"
     if top == "year":
-        return f"{where}: year {value!r} is not a year: write a year from {FIRST_YEAR} to {LAST_YEAR}, such as 2018"
+        return f"{where}: year {short(value)} is not a year: write a year from {FIRST_YEAR} to {LAST_YEAR}, such as 2018"
     if top == "vintages":
         if len(path) == 1:
             return f"{where}: 'vintages' must map years to rasters, such as 'vintages: {{2018: [a.tif]}}'"
@@ -200,7 +210,7 @@ def _explain(error: dict, raw: dict, source: str) -> str:
                     f"to {LAST_YEAR}, such as 'vintages: {{2018: [a.tif]}}'")
         return f"{where}: vintage {path[1]}: rasters must be a path or a list of paths, such as [a.tif]"
     if top == "bounds":
-        return (f"{where}: bounds {raw.get('bounds')!r} must be [west, south, east, north]: four finite numbers, "
+        return (f"{where}: bounds {short(raw.get('bounds'))} must be [west, south, east, north]: four finite numbers, "
                 "in degrees")
     if top == "rasters":
         return f"{where}: rasters must be a path or a list of paths, such as 'rasters: [a.tif, b.tif]'"
@@ -230,23 +240,6 @@ def _explain(error: dict, raw: dict, source: str) -> str:
         example = "stac: path/or/az://container/catalog.json" if top == "stac" else "stac_asset: image"
         return f"{where}: {top} must be text, such as '{example}'"
     return f"{where}: {'.'.join(str(p) for p in path)}: {error['msg']}"
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` keeps the last of two equal keys without a word; a registry must not lose a county."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class says so
-                break
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _check_crs(crs: str, where: str) -> None:
@@ -279,10 +272,10 @@ def _rasters(paths: list[str] | None, where: str) -> list[str]:
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise CountyError(f"county registry {source} is not valid YAML: {exc}") from exc
+    """Duplicate keys are refused (``yaml.safe_load`` keeps the last of two equal keys without a word, and a
+    registry must not lose a county); so are files over :data:`REGISTRY_LIMITS` (the sensor parses the registry)."""
+    return load_yaml(text, f"county registry {source}", limits=REGISTRY_LIMITS, unique_keys=True,
+                     error=CountyError) or {}
 
 
 def parse_registry(text: str, source: str) -> dict[str, County]:
@@ -322,6 +315,9 @@ def parse_registry(text: str, source: str) -> dict[str, County]:
         if len(given) > 1:
             raise CountyError(f"{where} has {' and '.join(repr(g) for g in given)}: give exactly one of 'rasters', "
                               f"'vintages', 'tiles' or 'stac' ({README})")
+        if entry.stac_allowed_roots is not None and entry.stac is None:
+            raise CountyError(f"{where} has 'stac_allowed_roots' but no 'stac': it lists where a STAC catalog's "
+                              "hrefs may point; add 'stac: catalog.json' or remove it")
         if entry.stac_asset is not None and entry.stac is None:
             raise CountyError(f"{where} has 'stac_asset' but no 'stac': stac_asset names the asset of the STAC "
                               "items to tile; add 'stac: catalog.json' or remove 'stac_asset'")
@@ -343,7 +339,8 @@ def parse_registry(text: str, source: str) -> dict[str, County]:
             counties[key] = County(key, name, [], key, entry.year, bounds, folder)
         elif entry.stac is not None:
             counties[key] = County(key, name, [], key, entry.year, bounds, stac=entry.stac,
-                                   stac_asset=entry.stac_asset)
+                                   stac_asset=entry.stac_asset,
+                                   stac_allowed_roots=tuple(entry.stac_allowed_roots or ()))
         else:
             counties[key] = County(key, name, _rasters(entry.rasters, where), key, entry.year, bounds)
         if entry.reference is not None:  # one reference for every vintage of the entry
@@ -368,7 +365,7 @@ def resolve_county(county: County) -> County:
 
     where = f"county {county.key!r} (stac: {county.stac})"
     try:
-        rasters = rasters_from_stac(county.stac, county.stac_asset)
+        rasters = rasters_from_stac(county.stac, county.stac_asset, county.stac_allowed_roots)
     except CountyError as exc:
         raise CountyError(f"{where}: {exc}") from None
     if county.year is not None:
@@ -406,7 +403,8 @@ def render_registry(counties: dict[str, County]) -> str:
     for c in counties.values():
         entry: dict[str, Any] = {"name": c.name}
         if c.stac is not None:
-            entry.update({"stac": c.stac, **({"stac_asset": c.stac_asset} if c.stac_asset else {})})
+            entry.update({"stac": c.stac, **({"stac_asset": c.stac_asset} if c.stac_asset else {}),
+                          **({"stac_allowed_roots": list(c.stac_allowed_roots)} if c.stac_allowed_roots else {})})
         else:
             entry["rasters"] = list(c.rasters)
         if c.bounds is not None:

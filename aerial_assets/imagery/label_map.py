@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-import yaml
 
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.records import ClassMapping, LabelMapReport
+from aerial_assets.safety.redaction import short
+from aerial_assets.safety.yaml_files import load_yaml
 from aerial_assets.tables import TileStatus
 
 
@@ -37,25 +38,29 @@ class LabelMap:
 def parse_label_map(text: str, uri: str = "") -> LabelMap:
     """Parse the YAML map; a class mapped twice or both mapped and ignored is an error naming it."""
     where = f" in {uri}" if uri else ""
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"label map{where} is not valid YAML: {exc}") from None
+    doc = load_yaml(text, f"label map{where}") or {}
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict) or not doc["classes"]:
         raise ConfigurationError(f"label map{where} needs a non-empty 'classes:' mapping target -> [source classes]")
     mapping: dict[str, str] = {}
     for target, sources in doc["classes"].items():
+        if not isinstance(target, str | int) or isinstance(target, bool):
+            raise ConfigurationError(f"label map{where}: target {short(target)} is not a class name")
         if isinstance(sources, str):
             sources = [sources]
         if not isinstance(sources, list) or not sources:
-            raise ConfigurationError(f"label map{where}: target {target!r} needs a list of source classes")
+            raise ConfigurationError(f"label map{where}: target {short(target)} needs a list of source classes")
         for src in sources:
+            if not isinstance(src, str | int | float) or isinstance(src, bool):
+                raise ConfigurationError(f"label map{where}: target {short(target)}: {short(src)} is not a class name")
             src = str(src)
             if src in mapping:
                 raise ConfigurationError(
-                    f"label map{where}: source class {src!r} is mapped twice ({mapping[src]!r} and {target!r})")
+                    f"label map{where}: source class {short(src)} is mapped twice ({short(mapping[src])} and {short(target)})")
             mapping[src] = str(target)
-    ignored = frozenset(str(c) for c in doc.get("ignore") or [])
+    ignore = doc.get("ignore") or []
+    if not isinstance(ignore, list) or not all(isinstance(c, str | int) for c in ignore):
+        raise ConfigurationError(f"label map{where}: 'ignore' must be a list of class names, not {short(ignore)}")
+    ignored = frozenset(str(c) for c in ignore)
     if both := sorted(ignored & set(mapping)):
         raise ConfigurationError(f"label map{where}: {', '.join(both)} both mapped and ignored")
     return LabelMap(mapping=mapping, ignored=ignored, source=uri)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, Field
 
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.rasters import RasterInfo, grid_shape, open_info, read_tile
+from aerial_assets.safety.redaction import short
+from aerial_assets.safety.yaml_files import load_yaml
 from aerial_assets.storage.core import is_local, join, raster_opener
 
 MIXED = "mixed codes"
@@ -49,10 +50,7 @@ class LabelRule(BaseModel):
 
 def load_legend(text: str, source: str = "legend") -> dict[int, str]:
     """``classes: {ClassName: [code, ...]}`` as {code: class}; a code under two classes is an error."""
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"legend {source}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    loaded = load_yaml(text, f"legend {source}")
     classes = loaded.get("classes") if isinstance(loaded, dict) else None
     if not isinstance(classes, dict) or not classes:
         raise ConfigurationError(f"legend {source}: expected 'classes: {{ClassName: [codes...]}}', e.g. "
@@ -60,13 +58,13 @@ def load_legend(text: str, source: str = "legend") -> dict[int, str]:
     legend: dict[int, str] = {}
     for name, codes in classes.items():
         if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError(f"legend {source}: class name {name!r} is not a name")
+            raise ConfigurationError(f"legend {source}: class name {short(name)} is not a name")
         codes = [codes] if isinstance(codes, int) else codes
         if not isinstance(codes, list) or not codes:
-            raise ConfigurationError(f"legend {source}: class {name} needs a list of integer codes, got {codes!r}")
+            raise ConfigurationError(f"legend {source}: class {name} needs a list of integer codes, got {short(codes)}")
         for code in codes:
             if isinstance(code, bool) or not isinstance(code, int):
-                raise ConfigurationError(f"legend {source}: class {name}: code {code!r} is not an integer")
+                raise ConfigurationError(f"legend {source}: class {name}: code {short(code)} is not an integer")
             if code in legend and legend[code] != name:
                 raise ConfigurationError(f"legend {source}: code {code} is under both {legend[code]} and {name}")
             legend[code] = name
@@ -84,14 +82,11 @@ class TrainingRasters:
 
 def parse_spec(text: str, source: str) -> TrainingRasters:
     """``{imagery: [tif, ...], landcover: tif, legend: yaml}``; relative paths are relative to the spec file."""
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"training rasters {source}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    loaded = load_yaml(text, f"training rasters {source}")
     if not isinstance(loaded, dict) or any(k not in loaded for k in SPEC_KEYS):
         raise ConfigurationError(f"training rasters {source}: expected the keys {', '.join(SPEC_KEYS)}: "
                                  "'imagery: [a.tif, b.tif]', 'landcover: nlcd.tif', 'legend: legend.yaml'")
-    unknown = sorted(set(loaded) - set(SPEC_KEYS))
+    unknown = sorted(str(k)[:80] for k in set(loaded) - set(SPEC_KEYS))
     if unknown:
         raise ConfigurationError(f"training rasters {source}: unknown keys {', '.join(unknown)}")
     imagery = [loaded["imagery"]] if isinstance(loaded["imagery"], str) else loaded["imagery"]

@@ -62,6 +62,16 @@ def rgb_bands(count: int) -> list[int]:
     return [1, 2, 3] if count >= 3 else [1]
 
 
+def band_note(count: int) -> str:
+    """What tiling does with a raster's bands when that is not the plain case (grey, RGB, or NAIP's RGBN):
+    said in the county's metadata, never silently."""
+    if count == 2:
+        return "2 bands: band 1 is read as grey and band 2 is ignored (grey + alpha? not an RGB raster?)"
+    if count > 4:
+        return f"{count} bands: bands 1-3 are read as RGB and bands 4-{count} are ignored"
+    return ""
+
+
 def open_info(uri: str) -> RasterInfo:
     """Read a raster's header. A raster that cannot be opened or has no CRS is a clear error."""
     import rasterio

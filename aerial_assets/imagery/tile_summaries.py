@@ -5,7 +5,9 @@ top`` (tile bounds in the CRS the registry names). The original sample's ``tile_
 llcrnrlat, llcrnrlon, urcrnrlat, urcrnrlon`` (lower-left and upper-right corners in degrees, EPSG:4326 unless
 the registry names another geographic CRS), read as ``left = llcrnrlon, bottom = llcrnrlat, right = urcrnrlon,
 top = urcrnrlat``; its ``filename`` may carry the path the tiles were written under (``/data/tiles/a.png``,
-``C:\\tiles\\a.png``): only the base name is kept, as the tiles are read from the registry's folder. Extra
+``C:\\tiles\\a.png``): such an absolute name is cut to its base name, as the tiles are read from the registry's
+folder, while a relative name that stays in the folder (``sub/a.png``) is kept; when scoring, a relative name is
+looked up inside the folder first and then by its base name at the folder's root (:func:`tile_candidates`). Extra
 columns are kept out of the way. Every row is checked and a bad one
 rejects the file with its line number (line 1 is the header): a missing, non-numeric or infinite bound,
 an empty rectangle, an empty or repeated file name (two files in one map cell), a name that leaves the
@@ -85,6 +87,13 @@ def _base_name(name: str) -> str:
     return re.split(r"[/\\]", name)[-1]
 
 
+def tile_candidates(name: str) -> list[str]:
+    """Where a summary's ``filename`` may be, relative to the tile folder, in order: the name as written
+    (``sub/a.png``), then its base name at the folder's root (``a.png``)."""
+    normal, base = _normal(name), _base_name(name)
+    return [normal] if normal == base else [normal, base]
+
+
 def parse_tile_summary(text: str, source: str, crs: str | None = None) -> pd.DataFrame:
     """The summary's ``filename, left, bottom, right, top`` after every check above; ``crs`` is the registry's.
 
@@ -113,7 +122,8 @@ def parse_tile_summary(text: str, source: str, crs: str | None = None) -> pd.Dat
             base = _base_name(name)
             if name and base in ("", ".", ".."):
                 raise CountyError(f"tile summary {source}, line {_line(row)}: filename {name!r} names no file")
-        frame["filename"] = [_base_name(n) for n in frame["filename"].str.strip()]
+        frame["filename"] = [_normal(n) if _escape_reason(n) is None else _base_name(n)
+                             for n in frame["filename"].str.strip()]
     column = {b: c for c, b in DEGREE_COLUMNS.items()} if layout == "degrees" else {b: b for b in BOUNDS}
     out = pd.DataFrame({"filename": frame["filename"].str.strip()})
     for col in BOUNDS:

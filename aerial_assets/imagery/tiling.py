@@ -49,9 +49,12 @@ def tile_frames(info: dict, raster_index: int, county: str, tile_size_m: float,
     return run
 
 
-def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) -> pd.DataFrame:
+def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str, uris: list[str] | None = None,
+                   reasons: list[str] | None = None) -> pd.DataFrame:
     """County tile rows for ready-made tile files (``raster_index`` -1 marks a file, not a window); ``row`` and
-    ``col`` count median tile heights and widths from the top-left tile (degree tiles are not square)."""
+    ``col`` count median tile heights and widths from the top-left tile (degree tiles are not square).
+    ``uris``/``reasons``: where each file was found and why it is quarantined (:func:`locate_tile_files`);
+    by default ``<folder>/<filename>``, all usable."""
     from rasterio.warp import transform as warp
 
     from aerial_assets.storage.core import join
@@ -65,7 +68,7 @@ def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) ->
     cell_x, cell_y = float(np.median(right - left)), float(np.median(top - bottom))
     return pd.DataFrame({
         "tile_id": [f"{county}/{name}" for name in summary["filename"]],
-        "raster_uri": [join(folder, name) for name in summary["filename"]],
+        "raster_uri": uris if uris is not None else [join(folder, name) for name in summary["filename"]],
         "raster_index": np.full(n, -1, np.int32),
         "row": np.rint((top.max() - top) / cell_y).astype(np.int32),
         "col": np.rint((left - left.min()) / cell_x).astype(np.int32),
@@ -74,5 +77,44 @@ def file_tile_rows(summary: pd.DataFrame, folder: str, county: str, crs: str) ->
         "left": left, "bottom": bottom, "right": right, "top": top,
         "lon": lons[0], "lat": lats[0], "min_lon": lons[1:].min(axis=0), "min_lat": lats[1:].min(axis=0),
         "max_lon": lons[1:].max(axis=0), "max_lat": lats[1:].max(axis=0),
-        "nodata_fraction": np.zeros(n), "status": [TileStatus.OK.value] * n, "reason": [""] * n,
+        "nodata_fraction": np.zeros(n),
+        "status": [TileStatus.QUARANTINED.value if r else TileStatus.OK.value for r in (reasons or [""] * n)],
+        "reason": reasons if reasons is not None else [""] * n,
     })[TILE_COLUMNS]
+
+
+def locate_tile_files(names: list[str], folder: str, listed: set[str] | None = None,
+                      follow_external_links: bool = False) -> tuple[list[str], list[str]]:
+    """(URI, reason) of each summary ``filename`` in the tile ``folder``: the first of
+    :func:`~aerial_assets.imagery.tile_summaries.tile_candidates` that exists (``listed``: the folder's files
+    for object storage; a local folder is looked at directly), else the name as written (scoring then says
+    there is no such file). A reason quarantines the tile: on a local folder, a file whose symlinks lead out
+    of the folder (unless ``follow_external_links``), or one that is not a regular file.
+    """
+    import os
+
+    from aerial_assets.imagery.tile_summaries import tile_candidates
+    from aerial_assets.storage.confine import is_within
+    from aerial_assets.storage.core import is_local, join, local_path
+
+    local = is_local(folder)
+    uris, reasons = [], []
+    for name in names:
+        candidates = tile_candidates(name)
+        if local:
+            found = next((c for c in candidates if os.path.lexists(os.path.join(local_path(folder), c))), None)
+        else:
+            found = next((c for c in candidates if listed is not None and c in listed), None)
+        uri = join(folder, found or candidates[0])
+        reason = ""
+        if local and found is not None:
+            path = local_path(uri)
+            real = os.path.realpath(path)
+            if not follow_external_links and not is_within(path, folder):
+                reason = (f"symlink to {real}, outside the tile folder: not followed (set follow_external_links: "
+                          "true in the county_tiles config to use files linked from elsewhere)")
+            elif os.path.exists(real) and not os.path.isfile(real):
+                reason = "not a regular file (a FIFO, socket, device or folder): not read"
+        uris.append(uri)
+        reasons.append(reason)
+    return uris, reasons

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 
 from aerial_assets.errors import CountyError
 from aerial_assets.maps.spatial import plurality_smooth
+from aerial_assets.safety.redaction import short
+from aerial_assets.safety.yaml_files import load_yaml
 from aerial_assets.storage.core import Storage
 
 UNLABELLED = 255
@@ -56,15 +57,12 @@ class Legend:
 
 def parse_legend(text: str, source: str) -> Legend:
     """A legend from YAML ``classes: {name: [code, ...]}`` (and optional ``ignore: [code, ...]``)."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CountyError(f"reference legend {source} is not valid YAML: {exc}") from None
+    doc = load_yaml(text, f"reference legend {source}", error=CountyError)
     example = "'classes: {Developed: [21, 22, 23, 24], Forest: [41, 42, 43]}'"
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict) or not doc["classes"]:
         raise CountyError(f"reference legend {source} must have a 'classes:' mapping of class names to lists of "
                           f"codes, such as {example}")
-    extra = sorted(str(k) for k in doc if k not in ("classes", "ignore"))
+    extra = sorted(str(k)[:80] for k in doc if k not in ("classes", "ignore"))
     if extra:
         raise CountyError(f"reference legend {source}: unknown key(s) {', '.join(extra)}; allowed: classes, ignore")
 
@@ -76,10 +74,10 @@ def parse_legend(text: str, source: str) -> Legend:
 
     codes: dict[int, str] = {}
     for name, value in doc["classes"].items():
-        for code in codes_of(value, f"class {name!r}"):
+        for code in codes_of(value, f"class {short(name)}"):
             if code in codes:
-                raise CountyError(f"reference legend {source}: code {code} is given to both {codes[code]!r} and "
-                                  f"{name!r}; give each code one class")
+                raise CountyError(f"reference legend {source}: code {code} is given to both {short(codes[code])} and "
+                                  f"{short(name)}; give each code one class")
             codes[code] = str(name)
     ignore = frozenset(codes_of(doc.get("ignore") or [], "'ignore'"))
     both = sorted(ignore & set(codes))

@@ -9,7 +9,10 @@ Inputs: a registry entry may name a STAC Catalog, Collection, ItemCollection or 
 paths (``stac:`` in :mod:`aerial_assets.imagery.counties`); :func:`rasters_from_stac` turns it into the GeoTIFF hrefs
 to tile and the items' dates. STAC JSON is read through :func:`aerial_assets.storage.core.storage_for`, so a catalog
 on ``az://`` is read with the same credentials as everything else; relative hrefs are resolved against the
-URI of the JSON file that holds them, as the STAC spec says.
+URI of the JSON file that holds them, as the STAC spec says. Every href (links and assets) must stay where the
+catalog is (the top-level file's folder, or its container on ``az://``) or under a root the registry entry allows
+(``stac_allowed_roots``): remote schemes (``https://``) are read only when allowed there
+(:mod:`aerial_assets.storage.confine`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.table import Column, TableExtension
 
 from aerial_assets.errors import AerialError, CountyError
+from aerial_assets.storage.confine import confine, container_of
 from aerial_assets.storage.core import LOCAL_SCHEMES, local_path, raster_opener, scheme_of, storage_for
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ GEOTIFF_TYPES = ("image/tiff;application=geotiff", "image/vnd.stac.geotiff")
 NOT_RASTER_TYPES = ("application/json", "application/geo+json", "application/xml", "text/", "application/x-",
                     PARQUET_MEDIA_TYPE, "application/vnd.")
 RASTER_ROLES = ("data", "visual")
+ALLOWED_ROOTS_SETTING = "the registry entry's 'stac_allowed_roots: [prefix, ...]'"
 _CLASS_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -282,8 +287,17 @@ def _read_json(uri: str, what: str) -> dict[str, Any]:
     return doc
 
 
-def _walk(uri: str, doc: dict[str, Any], seen: set[str]) -> Iterator[tuple[dict[str, Any], str]]:
-    """Every Item under a STAC document, with the URI its relative hrefs resolve against, in document order."""
+def _confined(href: str, roots: Sequence[str], what: str) -> str:
+    try:
+        return confine(href, roots, what, ALLOWED_ROOTS_SETTING)
+    except AerialError as exc:
+        raise CountyError(str(exc)) from None
+
+
+def _walk(uri: str, doc: dict[str, Any], seen: set[str],
+          roots: Sequence[str]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every Item under a STAC document, with the URI its relative hrefs resolve against, in document order.
+    Links are followed only within ``roots``."""
     kind = doc.get("type")
     if kind == "Feature":
         yield doc, uri
@@ -299,12 +313,12 @@ def _walk(uri: str, doc: dict[str, Any], seen: set[str]) -> Iterator[tuple[dict[
         for link in doc.get("links") or []:
             if not isinstance(link, dict) or link.get("rel") not in ("item", "child") or not link.get("href"):
                 continue
-            target = resolve_href(str(link["href"]), uri)
+            target = _confined(resolve_href(str(link["href"]), uri), roots, f"the STAC {link['rel']} link in {uri}")
             if target in seen:  # a catalog that links back to itself, or an item listed twice
                 continue
             seen.add(target)
             child = _read_json(target, f"STAC {link['rel']} of {uri}:")
-            yield from _walk(target, child, seen)
+            yield from _walk(target, child, seen, roots)
     else:
         raise CountyError(f"{uri} is not a STAC Catalog, Collection, ItemCollection or Item (its 'type' is "
                           f"{kind!r})")
@@ -354,7 +368,7 @@ def _no_date(where: str) -> CountyError:
                        "year comes from the items' dates; date the items, or list the rasters with 'rasters:'")
 
 
-def _raster(doc: dict[str, Any], base: str, asset_key: str | None) -> StacRaster:
+def _raster(doc: dict[str, Any], base: str, asset_key: str | None, roots: Sequence[str]) -> StacRaster:
     where = f"STAC item {doc.get('id', '?')!r} (in {base})"
     props = doc.get("properties")
     if isinstance(props, dict) and not props.get("datetime") and not (
@@ -373,16 +387,19 @@ def _raster(doc: dict[str, Any], base: str, asset_key: str | None) -> StacRaster
     if when is None or start is None or end is None:
         raise _no_date(where)
     year = item.datetime.year if item.datetime else (start.year if start.year == end.year else None)
-    return StacRaster(href=resolve_href(item.assets[key].href, base), item_id=item.id, asset_key=key,
+    href = _confined(resolve_href(item.assets[key].href, base), roots, f"{where}, asset {key!r},")
+    return StacRaster(href=href, item_id=item.id, asset_key=key,
                       datetime=when, start=start, end=end, year=year)
 
 
-def rasters_from_stac(uri: str, asset_key: str | None = None) -> list[StacRaster]:
+def rasters_from_stac(uri: str, asset_key: str | None = None,
+                      allowed_roots: Sequence[str] = ()) -> list[StacRaster]:
     """The rasters of a STAC Catalog or Collection (its items, walked through ``child`` and ``item`` links), an
     ItemCollection (a FeatureCollection of items) or a single Item, read from a local file or ``az://``.
 
     For each item, the asset ``asset_key``, else the GeoTIFF one (see :func:`_pick_asset`); hrefs are absolute
-    (relative ones resolved against the JSON file they were in). An item listed twice counts once. A document
+    (relative ones resolved against the JSON file they were in), and must lie under the folder of ``uri`` (its
+    container on ``az://``) or under one of ``allowed_roots``. An item listed twice counts once. A document
     that is not STAC, a catalog without items, an item without a usable asset or without a date is a
     :class:`CountyError` that names the file and the item. Only links are followed: a STAC API's paging
     (``next`` links of a search result) is not; save the whole search as one ItemCollection.
@@ -391,8 +408,9 @@ def rasters_from_stac(uri: str, asset_key: str | None = None) -> list[StacRaster
     start = local_path(uri) if scheme_of(uri) in LOCAL_SCHEMES else uri  # as links to it resolve
     rasters: list[StacRaster] = []
     hrefs: set[str] = set()
-    for item_doc, base in _walk(start, doc, {start}):
-        raster = _raster(item_doc, base, asset_key)
+    roots = [container_of(start), *allowed_roots]
+    for item_doc, base in _walk(start, doc, {start}, roots):
+        raster = _raster(item_doc, base, asset_key, roots)
         if raster.href not in hrefs:
             hrefs.add(raster.href)
             rasters.append(raster)

@@ -8,23 +8,53 @@ every tile; the page itself grows with the tiles, so callers cap it (``max_tiles
 script on top of folium because folium's own GeoJson layer would repeat every property name per tile.
 
 Class names come from users' folder names: the page sets them as text (``textContent``), never as HTML.
-folium loads Leaflet from jsDelivr; the page needs no other script or stylesheet (folium's jQuery, Bootstrap and
-Font Awesome defaults are dropped: nothing here uses them).
+The page is self-contained: Leaflet's script and stylesheet are inlined from the ``xstatic-leaflet`` package (its
+images as data URIs), so the map opens offline and from any folder; only the OpenStreetMap base layer needs the
+network, and without it the tiles are drawn on a plain background. folium's jQuery, Bootstrap and Font Awesome
+defaults are dropped: nothing here uses them.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import pandas as pd
 
-LEAFLET_VERSION = "1.9.3"  # folium 0.20's own pin
-LEAFLET_JS = f"https://cdn.jsdelivr.net/npm/leaflet@{LEAFLET_VERSION}/dist/leaflet.js"
-LEAFLET_CSS = f"https://cdn.jsdelivr.net/npm/leaflet@{LEAFLET_VERSION}/dist/leaflet.css"
+LEAFLET_VERSION = "1.9.3"  # folium 0.20's own pin, and xstatic-leaflet's (pyproject.toml)
 DEFAULT_MAX_TILES = 250_000
+
+
+@cache
+def leaflet_assets() -> tuple[str, str]:
+    """(leaflet.js, leaflet.css) from the installed ``xstatic-leaflet``, the stylesheet's images as data URIs.
+    Read once per process; a missing or other version of the package is an error that says how to install it."""
+    try:
+        from xstatic.pkg import leaflet
+    except ImportError:
+        raise RuntimeError("the interactive map needs the package xstatic-leaflet (make install installs it)") from None
+    if leaflet.VERSION != LEAFLET_VERSION:
+        raise RuntimeError(f"xstatic-leaflet {leaflet.VERSION} is installed; the maps are built for Leaflet "
+                           f"{LEAFLET_VERSION} (make install pins it)")
+    data = Path(leaflet.BASE_DIR)
+    script = (data / "leaflet.js").read_text(encoding="utf-8")
+    style = (data / "leaflet.css").read_text(encoding="utf-8")
+
+    def inline(match: re.Match) -> str:
+        image = data / match.group(1)
+        if not image.is_file():
+            return match.group(0)
+        return f"url(data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+
+    style = re.sub(r"url\((images/[\w.-]+\.png)\)", inline, style)
+    # inlined: a closing tag inside either would end the element early
+    return script.replace("</script", "<\\/script"), style.replace("</style", "<\\/style")
 
 
 @dataclass(frozen=True)
@@ -141,9 +171,9 @@ def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int =
         if len(arrays) > max_tiles:
             raise ValueError(f"more than {max_tiles} tiles")
 
-    class LeafletOnlyMap(folium.Map):
-        default_js = [("leaflet", LEAFLET_JS)]
-        default_css = [("leaflet_css", LEAFLET_CSS)]
+    class LeafletOnlyMap(folium.Map):  # Leaflet is inlined below, from the installed package
+        default_js: list = []
+        default_css: list = []
 
     fmap = LeafletOnlyMap(location=[0, 0], zoom_start=2, tiles="OpenStreetMap", control_scale=True,
                           prefer_canvas=True)
@@ -163,4 +193,6 @@ def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int =
 
     Tiles().add_to(fmap)
     page = fmap.get_root().render()
-    return page.replace("<head>", f"<head>\n<title>{html.escape(layer.title)}</title>", 1), len(arrays)
+    script, style = leaflet_assets()
+    head = f"<head>\n<title>{html.escape(layer.title)}</title>\n<style>{style}</style>\n<script>{script}</script>"
+    return page.replace("<head>", head, 1), len(arrays)

@@ -124,6 +124,8 @@ class LocalStorage(Storage):
 
     def read_bytes(self, uri: str) -> bytes:
         path = local_path(uri)
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read forever
+            raise StorageError(f"{uri!r} is not a regular file (a FIFO, socket, device or folder): not read")
         try:
             with open(path, "rb") as handle:
                 return handle.read()
@@ -250,9 +252,22 @@ def is_local(uri: str) -> bool:
     return scheme_of(uri) in LOCAL_SCHEMES
 
 
+# GDAL's own HTTP reads (an https:// raster the user allowed) give up instead of hanging: seconds to connect, to
+# answer. Config options GDAL reads from the environment when a file is opened, on the driver and on executors.
+GDAL_NETWORK_TIMEOUTS = {"GDAL_HTTP_CONNECTTIMEOUT": "10", "GDAL_HTTP_TIMEOUT": "60", "GDAL_HTTP_MAX_RETRY": "2"}
+
+
 def raster_opener(uri: str) -> Callable | None:
     """``rasterio.open(uri, opener=raster_opener(uri))`` reads Azure rasters through this storage layer; any
-    other path (local, ``https://``, GDAL's ``/vsi...``) is left to GDAL (None)."""
+    other path (local, ``https://``, GDAL's ``/vsi...``) is left to GDAL (None).
+
+    Every raster open goes through here, so this is also where a local path that is not a regular file (a
+    FIFO would block GDAL forever) is refused, and where GDAL's network reads get their timeouts."""
+    from aerial_assets.storage.confine import require_regular_file
+
+    require_regular_file(uri)
+    for key, value in GDAL_NETWORK_TIMEOUTS.items():
+        os.environ.setdefault(key, value)
     return storage_for(uri).raster_opener(uri) if scheme_of(uri) in AZURE_SCHEMES else None
 
 

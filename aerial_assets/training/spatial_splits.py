@@ -13,7 +13,6 @@ and training tiles this way is an error that says to use smaller blocks.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from typing import Literal
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from aerial_assets.errors import TrainingDataError
+from aerial_assets.safety import csv_files
 
 POSITIONS_FILE = "tile_positions.csv"
 Strategy = Literal["auto", "stratified", "blocks", "raster"]
@@ -32,7 +32,7 @@ def parse_positions(text: str, source: str) -> pd.DataFrame:
     the tiles' projected CRS, metres), optional ``source`` (the raster a tile was cut from). Rejects a bad row
     with its line number."""
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype={"filename": str, "source": str})
+        frame = csv_files.read_csv(text, dtype={"filename": str, "source": str})
     except (ValueError, pd.errors.ParserError) as exc:
         raise TrainingDataError(f"{source}: not a readable CSV ({exc})") from exc
     missing = [c for c in POSITION_COLUMNS if c not in frame.columns]

@@ -182,7 +182,7 @@ def test_registry_year_that_is_not_a_year_is_refused_at_parse_time(text, message
 @pytest.mark.parametrize("text,message", [
     ("counties: {a: {raster: [a.tif]}}",
      r"county 'a' in reg\.yaml: unknown key 'raster' \(did you mean 'rasters'\?\); allowed keys: bounds, name, "
-     "rasters, reference, stac, stac_asset, tiles, vintages, year"),
+     "rasters, reference, stac, stac_allowed_roots, stac_asset, tiles, vintages, year"),
     ("counties: {a: {rasters: [a.tif]}}\nsmoothing: true",
      r"county registry reg\.yaml: top-level unknown key 'smoothing'; allowed keys: counties"),
     ("counties: {a: {tiles: {folder: /t, summary: /t/s.csv, crs: 'EPSG:26919', fodler: /u}}}",

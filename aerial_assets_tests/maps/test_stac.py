@@ -187,7 +187,12 @@ def test_a_catalog_of_one_year_registers_a_county(tmp_path):
     assert item_json["assets"]["image"]["href"] == "../../imagery/a.tif"  # relative, as published catalogs are
     assert all(not os.path.isabs(link["href"]) for link in json.loads(open(catalog).read())["links"])
 
-    registry = parse_registry(f"counties:\n  story:\n    name: Story County\n    stac: {catalog}\n", "reg.yaml")
+    confined = parse_registry(f"counties: {{story: {{stac: {catalog}}}}}", "reg.yaml")["story"]
+    with pytest.raises(CountyError, match=r"asset 'image', names .*imagery/a.tif, outside .*stac: not read.*"
+                                          r"stac_allowed_roots"):
+        resolve_county(confined)  # the imagery sits beside the catalog's folder: only where the user allows it
+    registry = parse_registry(f"counties:\n  story:\n    name: Story County\n    stac: {catalog}\n"
+                              f"    stac_allowed_roots: [{tmp_path / 'imagery'}]\n", "reg.yaml")
     county = registry["story"]
     assert county.stac == catalog and county.rasters == [] and county.year is None  # nothing read yet
     resolved = resolve_county(county)
@@ -196,9 +201,11 @@ def test_a_catalog_of_one_year_registers_a_county(tmp_path):
     assert [open_info(uri).crs for uri in resolved.rasters] == [CRS, CRS]
     assert parse_registry(render_registry({"story": county}), "r")["story"] == county
 
-    agreeing = parse_registry(f"counties: {{story: {{stac: {catalog}, year: 2019}}}}", "reg.yaml")["story"]
+    allowed = f"stac_allowed_roots: [{tmp_path}]"
+    agreeing = parse_registry(f"counties: {{story: {{stac: {catalog}, year: 2019, {allowed}}}}}", "reg.yaml")["story"]
     assert resolve_county(agreeing).year == 2019
-    disagreeing = parse_registry(f"counties: {{story: {{stac: {catalog}, year: 2018}}}}", "reg.yaml")["story"]
+    disagreeing = parse_registry(f"counties: {{story: {{stac: {catalog}, year: 2018, {allowed}}}}}",
+                                 "reg.yaml")["story"]
     with pytest.raises(CountyError, match=r"'story'.*'year: 2018' but 2 item\(s\) are of another date: a \(2019-07-04\)"):
         resolve_county(disagreeing)
 
@@ -214,7 +221,9 @@ def test_an_item_collection_and_a_single_item(tmp_path):
     collection.parent.mkdir()
     pystac.ItemCollection(items).save_object(dest_href=str(collection))
     assert json.loads(collection.read_text())["type"] == "FeatureCollection"
-    rasters = rasters_from_stac(str(collection))
+    with pytest.raises(CountyError, match="outside"):
+        rasters_from_stac(str(collection))  # ../img is outside search/
+    rasters = rasters_from_stac(str(collection), allowed_roots=[str(tmp_path / "img")])
     assert [(r.href, r.item_id, r.year, r.asset_key) for r in rasters] == [(a, "a", 2020, "image"),
                                                                            (b, "b", 2020, "image")]
     assert rasters[0].datetime == datetime(2020, 5, 1, tzinfo=UTC)
@@ -230,7 +239,8 @@ def test_items_of_two_years_are_refused(tmp_path):
     b = _image_tif(str(tmp_path / "b.tif"), seed=6, col=1)
     catalog = _catalog(tmp_path / "stac", [_stac_item("a", a, "2018-07-01T00:00:00Z"),
                                             _stac_item("b", b, "2021-07-01T00:00:00Z")])
-    county = parse_registry(f"counties: {{mixed: {{stac: {catalog}}}}}", "reg.yaml")["mixed"]
+    county = parse_registry(f"counties: {{mixed: {{stac: {catalog}, stac_allowed_roots: [{tmp_path}]}}}}",
+                            "reg.yaml")["mixed"]
     with pytest.raises(CountyError, match=r"county 'mixed'.*items are of 2 years \(2018: 1 \(a\); 2021: 1 \(b\)\).*"
                                           r"one entry per year"):
         resolve_county(county)

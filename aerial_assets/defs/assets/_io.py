@@ -5,6 +5,8 @@ from typing import Any
 
 import pandas as pd
 
+from aerial_assets.safety.redaction import redact
+
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A pandas frame as a markdown table (no tabulate dependency)."""
@@ -73,7 +75,7 @@ def run_per_county(context, work):
         try:
             done[key] = work(key)
         except Exception as exc:  # noqa: BLE001 - any county's failure is reported, not allowed to stop the rest
-            failed[key] = f"{type(exc).__name__}: {exc}"
+            failed[key] = redact(f"{type(exc).__name__}: {exc}")
             context.log.error(f"county {key} failed: {failed[key]}")
     if failed:
         for key, metadata in done.items():
@@ -89,3 +91,29 @@ def run_per_county(context, work):
                             for k, meta in done.items()])
     return MaterializeResult(metadata={"counties_in_run": ", ".join(done),
                                        "per_county": metadata_table(summary)})
+
+
+def no_scored_tiles(storage, key: str):
+    """The :class:`CountyError` for a county with no scored tile, with its tiles counted by what happened to them
+    (nodata, quarantined when tiling, quarantined when scoring, by reason) instead of a guess."""
+    from aerial_assets.errors import CountyError
+    from aerial_assets.records import CountyTilesSummary
+    from aerial_assets.safety import csv_files
+    from aerial_assets.safety.quarantine import reasons_text
+    from aerial_assets.storage.core import join
+    from aerial_assets.storage.layout import QUARANTINE
+    from aerial_assets.tables import TileStatus
+
+    layout, store = storage.layout, storage.storage
+    parts = []
+    if CountyTilesSummary.exists(store, layout.county_tiles(key)):
+        counts = CountyTilesSummary.read(store, layout.county_tiles(key)).counts
+        parts.append(f"{sum(counts.values())} tile(s) cut: {counts.get(TileStatus.OK, 0)} usable, "
+                     f"{counts.get(TileStatus.NODATA, 0)} mostly nodata, {counts.get(TileStatus.QUARANTINED, 0)} "
+                     "quarantined when tiling")
+    quarantine = join(layout.county_predictions(key), QUARANTINE)
+    if store.exists(quarantine):
+        frame = csv_files.read_csv(store.read_text(quarantine), dtype=str, keep_default_na=False)
+        if len(frame):
+            parts.append(f"{len(frame)} quarantined when scoring ({reasons_text(frame['reason'])}; see {quarantine})")
+    return CountyError(f"county {key} has no scored tile: {'; '.join(parts) or 'county_tiles has no record'}")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, asset
 
-from aerial_assets.defs.assets._io import metadata_table, run_per_county
+from aerial_assets.defs.assets._io import metadata_table, no_scored_tiles, run_per_county
 from aerial_assets.defs.assets.maps import NODATA, _scored
 from aerial_assets.defs.partitions import county_partitions, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
@@ -58,7 +58,7 @@ def county_map_agreement(
         scored = _scored(spark, store, layout.predictions(key))
         grid_def = grid_of(scored)
         if grid_def is None:
-            raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
+            raise no_scored_tiles(storage, key)
         raw = paint(with_cells(scored, grid_def), grid_def, "predicted_index", NODATA)
         reference = reference_on_grid(county.reference.raster, legend, classes, grid_def.transform, grid_def.rows,
                                       grid_def.cols, crs)

@@ -14,6 +14,7 @@ from aerial_assets.defs.assets._io import metadata_table, spark_table_schema
 from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.records import BackboneRecord, FeaturesSummary, ViewCount
+from aerial_assets.safety import csv_files
 from aerial_assets.spark.featurization import (
     FEATURE_PART_SCHEMA,
     FEATURE_SCHEMA,
@@ -25,6 +26,7 @@ from aerial_assets.spark.jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_c
 from aerial_assets.spark.part_files import EMPTY_PART, executor_folder, keep_reported, write_part
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
+from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import SPLITS, TileStatus
 
 # What the UI's column view says of features.parquet (dagster/column_schema).
@@ -111,7 +113,8 @@ def tile_features(
         n_bad = sum(int(p["not_ok"]) for p in parts)
         bad = (session.read.parquet(features_path).filter(f"status != '{TileStatus.OK}'").select("tile_id", "reason").toPandas()
                if n_bad else pd.DataFrame({"tile_id": [], "reason": []}))
-        storage.storage.write_text(join(tmp, QUARANTINE), bad.to_csv(index=False))
+        storage.storage.write_text(join(tmp, QUARANTINE), csv_files.to_csv(bad))
+        write_manifest(storage.storage, tmp, [FEATURES])  # readers check the parts against it
         elapsed = time.monotonic() - started
         FeaturesSummary(
             backbone=backbone, views=config.views, feature_dim=record.feature_dim, n_tiles=len(usable),
@@ -170,6 +173,7 @@ def _joined_parts(spark: SparkResource, storage: StorageResource, entry: ZooEntr
 
     joined = None
     for i, part in enumerate(entry.parts):
+        verify(storage.storage, storage.layout.tile_features(part), FEATURES, f"tile_features[{part}]")
         path = storage.storage.spark_path(storage.layout.features(part))
         frame = spark.session.read.parquet(path).select(
             "tile_id", "label", "split", F.col("features").alias(f"f{i}"), F.col("view_features").alias(f"v{i}"),

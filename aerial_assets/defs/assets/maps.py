@@ -19,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from aerial_assets.defs.assets._io import metadata_table, run_per_county
+from aerial_assets.defs.assets._io import metadata_table, no_scored_tiles, run_per_county
 from aerial_assets.defs.partitions import county_partitions, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import CountyError
@@ -38,7 +38,9 @@ from aerial_assets.maps.spatial import plurality_smooth
 from aerial_assets.maps.stac import raster_item, write_item
 from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
 from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary
+from aerial_assets.safety import csv_files
 from aerial_assets.storage.core import Storage, join
+from aerial_assets.storage.manifest import verify
 from aerial_assets.tables import TileStatus
 
 NODATA = 255
@@ -58,7 +60,10 @@ LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
 
 
 def _scored(spark: SparkResource, store: Storage, predictions: str, extra: tuple[str, ...] = ()):
-    """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected)."""
+    """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected), after checking
+    the parts against what county_predictions recorded."""
+    folder, name = predictions.rstrip("/").rsplit("/", 1)
+    verify(store, folder, name, f"county_predictions[{folder.rsplit('/', 1)[-1]}]")
     path = store.spark_path(predictions)
     return (spark.session.read.parquet(path).filter(f"status = '{TileStatus.OK}'")
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
@@ -106,7 +111,7 @@ def county_land_use_map(
         scored = _scored(spark, store, layout.predictions(key))
         grid_def = grid_of(scored)
         if grid_def is None:
-            raise CountyError(f"county {key} has no scored tile: check county_tiles (all nodata?)")
+            raise no_scored_tiles(storage, key)
         raw = paint(with_cells(scored, grid_def), grid_def, "predicted_index", NODATA)
         grid = plurality_smooth(raw, len(classes), NODATA) if config.smoothing else raw
         changed = int((grid != raw).sum())
@@ -214,7 +219,7 @@ def county_land_use_change(
             # Written by the executors (a Parquet dataset folder): no per-tile row passes through the driver.
             pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed").write.parquet(
                 tmp_store.spark_path(join(tmp, "transitions.parquet")))
-            tmp_store.write_text(join(tmp, "transition_matrix.csv"), table.to_csv())
+            tmp_store.write_text(join(tmp, "transition_matrix.csv"), csv_files.to_csv(table, index=True))
             tmp_store.write_bytes(join(tmp, "change.png"), png)
             changes = change.for_web_map()
             layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,

@@ -14,6 +14,7 @@ from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.raster_labels import LabelRule, label_tiles, load_legend, raster_name
 from aerial_assets.imagery.rasters import grid_shape, open_info
 from aerial_assets.records import RasterLabelsSummary
+from aerial_assets.safety import csv_files
 from aerial_assets.storage.core import is_local, join, local_path
 from aerial_assets.training.spatial_splits import POSITIONS_FILE
 
@@ -106,14 +107,14 @@ def raster_labeled_tiles(
                      "landcover": _sha256(spec.landcover, storage),
                      "legend": _sha256(spec.legend, storage)},
         )
-        store.write_text(join(tmp, "tiles.csv"), table.to_csv(index=False))
+        store.write_text(join(tmp, "tiles.csv"), csv_files.to_csv(table))
         # where each labelled tile lies: labeled_tiles then splits by whole map blocks (aerial_assets.training.spatial_splits).
         # The source is the raster's file name (unique in a spec), not its full path: the split's seeded order
         # hashes it, and must not change with the folder the rasters happen to sit in.
         positions = labelled.assign(filename=labelled["label"] + "/" + labelled["tile_id"] + ".png",
                                     source=labelled["raster"].map(raster_name))
         store.write_text(join(tmp, "tiles", POSITIONS_FILE),
-                         positions[["filename", "left", "bottom", "right", "top", "source"]].to_csv(index=False))
+                         csv_files.to_csv(positions[["filename", "left", "bottom", "right", "top", "source"]]))
         summary.write(store, tmp)
 
     counts = pd.DataFrame([{"class": k, "tiles": v} for k, v in per_class.items()], columns=["class", "tiles"])

@@ -1,6 +1,5 @@
 """Group ``scoring``: counties cut into tiles, and every tile scored by the champion model."""
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from aerial_assets.defs.partitions import county_partitions, every_partition, sa
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery.counties import County
-from aerial_assets.imagery.rasters import RasterInfo, grid_shape, lonlat_bounds, open_info
+from aerial_assets.imagery.rasters import RasterInfo, band_note, grid_shape, lonlat_bounds, open_info
 from aerial_assets.imagery.tile_summaries import parse_tile_summary
-from aerial_assets.imagery.tiling import TILE_SCHEMA, file_tile_rows, tile_frames
+from aerial_assets.imagery.tiling import TILE_SCHEMA, file_tile_rows, locate_tile_files, tile_frames
 from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, write_empty
 from aerial_assets.maps.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.maps.stac import geoparquet_item, lonlat_bbox, write_item
@@ -39,11 +38,13 @@ from aerial_assets.records import (
     PredictionsSummary,
     view_choice,
 )
+from aerial_assets.safety import csv_files
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.spark.part_files import executor_folder, keep_reported
-from aerial_assets.storage.core import join
-from aerial_assets.storage.layout import PREDICTIONS, QUARANTINE, TILES
+from aerial_assets.storage.core import is_local, join
+from aerial_assets.storage.layout import MODEL, PIPELINE, PREDICTIONS, QUARANTINE, TILES
+from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import PASSTHROUGH, TileStatus
 from aerial_assets.training.classifiers import with_vectors
 
@@ -53,6 +54,8 @@ class CountyTilesConfig(Config):
 
     tile_size_m: float = 224.0
     max_nodata_fraction: float = 0.5
+    follow_external_links: bool = Field(default=False, description="ready-made tile folders: score files whose "
+                                        "symlinks lead out of the folder (quarantined by default)")
 
 
 def _check_overlap(county: County, info: RasterInfo) -> None:
@@ -89,15 +92,20 @@ def _raster_tiles(spark: SparkResource, county: County, config: CountyTilesConfi
     tiles = frames[0]
     for other in frames[1:]:
         tiles = tiles.unionByName(other)
-    return tiles, infos[0].crs, [i.to_dict() for i in infos]
+    return tiles, infos[0].crs, [{**i.to_dict(), **({"band_note": n} if (n := band_note(i.count)) else {})}
+                                 for i in infos]
 
 
-def _folder_tiles(spark: SparkResource, storage: StorageResource, county: County):
+def _folder_tiles(spark: SparkResource, storage: StorageResource, county: County, config: CountyTilesConfig):
     from pyspark.sql import functions as F
 
     source = county.tiles
     summary = parse_tile_summary(storage.for_uri(source.summary).read_text(source.summary), source.summary, crs=source.crs)
-    rows = file_tile_rows(summary, source.folder, county.key, source.crs)
+    listed = None if is_local(source.folder) else {
+        e.relative_path for e in storage.for_uri(source.folder).list_files(source.folder)}
+    uris, reasons = locate_tile_files(summary["filename"].tolist(), source.folder, listed,
+                                      config.follow_external_links)
+    rows = file_tile_rows(summary, source.folder, county.key, source.crs, uris, reasons)
     tiles = spark.session.createDataFrame(rows, TILE_SCHEMA)
     tiles = tiles.withColumn("scale_lo", F.lit(0.0)).withColumn("scale_hi", F.lit(255.0))
     return tiles, source.crs, [{"folder": source.folder, "summary": source.summary}]
@@ -123,17 +131,22 @@ def county_tiles(
 
     def work(key: str) -> dict:
         county = counties.get(storage, key)
-        tiles, crs, sources = _folder_tiles(spark, storage, county) if county.tiles else _raster_tiles(spark, county, config)
+        tiles, crs, sources = _folder_tiles(spark, storage, county, config) if county.tiles else _raster_tiles(spark, county, config)
         out = storage.layout.county_tiles(key)
         with storage.storage.atomic_dir(out) as tmp:
             path = storage.storage.spark_path(join(tmp, TILES))
             tiles.write.parquet(path)
+            write_manifest(storage.storage, tmp, [TILES])
             stats = {r["status"]: int(r["count"])
                      for r in spark.session.read.parquet(path).groupBy("status").count().collect()}
             CountyTilesSummary(county=key, name=county.name, area=county.area_key, year=county.year, crs=crs,
                                tile_size_m=config.tile_size_m, sources=sources, counts=stats).write(storage.storage, tmp)
         context.log.info(f"county {key}: {stats}")
+        notes = [f"{s['uri']}: {s['band_note']}" for s in sources if s.get("band_note")]
+        for note in notes:
+            context.log.warning(f"county {key}: {note}")
         return {
+            **({"band_notes": MetadataValue.md("\n".join(f"- {n}" for n in notes))} if notes else {}),
             "tiles": MetadataValue.path(join(out, TILES)),
             "dagster/row_count": int(sum(stats.values())),
             "n_ok": stats.get(TileStatus.OK, 0),
@@ -192,11 +205,13 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     ``wanted``: it must be on the current leaderboard and still be the model stored for its partition."""
     layout, store = storage.layout, storage.storage
     if not wanted:
+        for name in (PIPELINE, MODEL):  # the bundle as champion_model wrote it, or one line saying what to redo
+            verify(store, layout.champion(), name, "champion_model")
         champion = ChampionRecord.read(store, layout.champion())
         return ScoringModel(champion.model_id, layout.champion_onnx(),
                             layout.champion_pipeline(), champion.classes,
                             champion.backbone_record.feature_dim, champion.views)
-    board = pd.read_csv(io.StringIO(store.read_text(layout.leaderboard_csv())))
+    board = csv_files.read_csv(store.read_text(layout.leaderboard_csv()))
     hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
     if hit.empty:
         known = ", ".join(f"{r.model_id} ({r.backbone}|{r.algorithm})" for r in board.itertuples())
@@ -207,6 +222,7 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     if info.model_id != hit["model_id"].iloc[0]:
         raise ConfigurationError(f"model {hit['model_id'].iloc[0]} ({backbone}|{algorithm}) is no longer stored: "
                                  f"that partition now holds {info.model_id}; re-materialize the leaderboard")
+    verify(store, folder, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
     return ScoringModel(info.model_id, layout.backbone_onnx(backbone),
                         layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views)
@@ -257,6 +273,7 @@ def county_predictions(
 
     def work(key: str) -> dict:
         tile_summary = CountyTilesSummary.read(store, layout.county_tiles(key))
+        verify(store, layout.county_tiles(key), TILES, f"county_tiles[{key}]")
         tiles = session.read.parquet(store.spark_path(layout.tiles_parquet(key)))
         tiles = tiles.filter(F.col("status") == TileStatus.OK.value)
         n_tiles = tile_summary.count(TileStatus.OK)  # counted by county_tiles: no job here
@@ -285,7 +302,8 @@ def county_predictions(
             bad = (session.read.parquet(store.spark_path(join(tmp, PREDICTIONS)))
                    .filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
                    if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
-            storage.storage.write_text(join(tmp, QUARANTINE), bad.to_csv(index=False))
+            storage.storage.write_text(join(tmp, QUARANTINE), csv_files.to_csv(bad))
+            write_manifest(storage.storage, tmp, [PREDICTIONS])
             seconds = time.monotonic() - started
             summary = PredictionsSummary(
                 county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,

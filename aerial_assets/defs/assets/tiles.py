@@ -22,6 +22,7 @@ from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.imagery import catalog
 from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
 from aerial_assets.records import LabeledTilesSummary, LabelMapReport
+from aerial_assets.safety import csv_files
 from aerial_assets.spark.jobs import task_count
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import CATALOG, QUARANTINE
@@ -142,7 +143,7 @@ def labeled_tiles(
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
         storage.storage.write_bytes(join(tmp, CATALOG), buf.getvalue())
-        storage.storage.write_text(join(tmp, QUARANTINE), quarantine[["tile_id", "uri", "reason"]].to_csv(index=False))
+        storage.storage.write_text(join(tmp, QUARANTINE), csv_files.to_csv(quarantine[["tile_id", "uri", "reason"]]))
         summary.write(storage.storage, tmp)
         mapping_report.write(storage.storage, tmp)
 
@@ -234,7 +235,7 @@ def labeled_tiles_label_map(storage: StorageResource) -> AssetCheckResult:
 def labeled_tiles_quarantine(storage: StorageResource) -> AssetCheckResult:
     """Warn, with the list, when any training file could not be used."""
     path = join(storage.layout.labeled_tiles(), QUARANTINE)
-    frame = pd.read_csv(io.StringIO(storage.storage.read_text(path))).fillna("")
+    frame = csv_files.read_csv(storage.storage.read_text(path)).fillna("")
     return AssetCheckResult(
         passed=len(frame) == 0,
         severity=AssetCheckSeverity.WARN,

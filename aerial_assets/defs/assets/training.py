@@ -29,8 +29,10 @@ from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
 from aerial_assets.records import BackboneRecord, ChampionRecord, ClassifierRecord, MetricsRecord, ReportRecord
+from aerial_assets.safety import csv_files
 from aerial_assets.storage.core import join
-from aerial_assets.storage.layout import LEADERBOARD, MODEL, PIPELINE
+from aerial_assets.storage.layout import FEATURES, LEADERBOARD, MODEL, PIPELINE
+from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import TileStatus
 from aerial_assets.training.classifiers import (
     ClassifierParams,
@@ -70,6 +72,8 @@ def _keys(context: AssetExecutionContext) -> tuple[str, str]:
 
 
 def _features(spark: SparkResource, storage: StorageResource, backbone: str):
+    """The stored features' usable rows, after checking the parts against what tile_features recorded."""
+    verify(storage.storage, storage.layout.tile_features(backbone), FEATURES, f"tile_features[{backbone}]")
     path = storage.layout.features(backbone)
     return spark.session.read.parquet(storage.storage.spark_path(path)).filter(f"status = '{TileStatus.OK}'")
 
@@ -121,6 +125,7 @@ def land_use_classifiers(
     out = storage.layout.classifier(backbone, algorithm)
     with storage.storage.atomic_dir(out) as tmp:
         model.write().overwrite().save(storage.storage.spark_path(join(tmp, PIPELINE)))
+        write_manifest(storage.storage, tmp, [PIPELINE], checksums=True)
         ClassifierRecord(
             model_id=model_id, backbone=backbone, algorithm=algorithm, classes=classes, params=search.chosen,
             search=search.to_dict(), n_train=n_train_tiles, n_train_rows=sum(counts.values()), views=views,
@@ -177,6 +182,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             f"tile_features[{backbone}] ({upstream_text(info.upstream)}, current {upstream_text(upstream)}): "
             f"re-materialize land_use_classifiers for partition {backbone}|{algorithm}")
     classes = info.classes
+    verify(store, clf_dir, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")
     model = PipelineModel.read().session(spark.session).load(store.spark_path(layout.classifier_pipeline(backbone, algorithm)))
     views = info.views
     rows, _ = _rows(spark, storage, backbone, views, augment=False)
@@ -203,7 +209,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     with store.atomic_dir(out) as tmp:
         record.write(storage.storage, tmp)
         storage.storage.write_bytes(join(tmp, "confusion.png"), png)
-        storage.storage.write_text(join(tmp, csv_name), predictions.to_csv(index=False))
+        storage.storage.write_text(join(tmp, csv_name), csv_files.to_csv(predictions))
     return MaterializeResult(
         metadata={
             "model_id": info.model_id,
@@ -250,7 +256,7 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
                              "partition"))
     out = storage.layout.leaderboard()
     with storage.storage.atomic_dir(out) as tmp:
-        storage.storage.write_text(join(tmp, LEADERBOARD), frame.to_csv(index=False))
+        storage.storage.write_text(join(tmp, LEADERBOARD), csv_files.to_csv(frame))
     context.log.info("leaderboard:\n" + frame[LEADERBOARD_COLUMNS].to_string(index=False))
     return MaterializeResult(
         metadata={
@@ -280,8 +286,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     retraining or a new catalog): only rows whose model is still stored and belongs to the current upstream
     can win, so ``champion.json`` always names the model it bundles; rows left out are in the metadata."""
     layout, store = storage.layout, storage.storage
-    frame = pd.read_csv(io.StringIO(store.read_text(layout.leaderboard_csv())),
-                        dtype={"model_id": str})
+    frame = csv_files.read_csv(store.read_text(layout.leaderboard_csv()), dtype={"model_id": str})
     catalog = catalog_sha(store, layout)
     features: dict = {}
     left_out: dict[str, str] = {}
@@ -315,10 +320,12 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
         upstream=info.upstream, left_out=left_out,
     )
     out = layout.champion()
+    verify(store, clf_dir, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")  # never bundle a broken copy
     with store.atomic_dir(out) as tmp:
         store_tmp = storage.storage
         store_tmp.copy_tree(layout.backbone_onnx(backbone), join(tmp, MODEL))
         store_tmp.copy_tree(layout.classifier_pipeline(backbone, algorithm), join(tmp, PIPELINE))
+        write_manifest(store_tmp, tmp, [MODEL, PIPELINE], checksums=True)
         record.write(store_tmp, tmp)
     metrics_png = store.read_bytes(join(layout.classifier_metrics(backbone, algorithm), "confusion.png"))
     context.log.info(f"champion: {info.model_id} ({why})")
