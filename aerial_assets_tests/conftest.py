@@ -97,7 +97,8 @@ def shared_dataset(name: str) -> Path:
 # when it uses one of these fixtures, or sits in a module that starts processes (Spark, Dagster, Azurite, Chromium).
 SLOW_FIXTURES = {"spark", "graph_run", "connect_server", "azurite", "cluster", "mobilenet", "tiny_county"}
 SLOW_MODULES = {"test_ui", "test_cli", "test_runs", "test_remote", "test_cluster", "test_faults", "test_graph",
-                "test_nets", "test_zoo", "test_comparison", "test_counties", "test_integrity", "test_bad_input"}
+                "test_nets", "test_zoo", "test_comparison", "test_counties", "test_integrity", "test_bad_input",
+                "test_line_mismatch"}
 
 
 def pytest_configure(config):

@@ -28,8 +28,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _spark_env() -> dict[str, str]:
-    env = {**os.environ, "SPARK_HOME": SPARK_HOME, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+def _spark_env(home: str = SPARK_HOME) -> dict[str, str]:
+    env = {**os.environ, "SPARK_HOME": home, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
     env.pop("SPARK_CONF_DIR", None)
     return env
 
@@ -49,6 +49,8 @@ class StandaloneCluster:
     pin: bool = False
     master_port: int = 0
     ui_port: int = 0
+    #: the Spark installation the daemons run (another venv's pyspark: a cluster of another Spark line)
+    spark_home: str = SPARK_HOME
     procs: list[subprocess.Popen] = field(default_factory=list)
     worker_procs: list[subprocess.Popen] = field(default_factory=list)
 
@@ -60,8 +62,8 @@ class StandaloneCluster:
         log = open(self.folder / f"{name}.log", "w")
         # the affinity is inherited by every process the worker starts (executor JVMs, their Python daemons)
         pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
-        return subprocess.Popen([os.path.join(SPARK_HOME, "bin", "spark-class"), *args], cwd=self.folder,
-                                env=_spark_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        return subprocess.Popen([os.path.join(self.spark_home, "bin", "spark-class"), *args], cwd=self.folder,
+                                env=_spark_env(self.spark_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=pin)
 
     def state(self) -> dict:
@@ -155,11 +157,12 @@ class HeavyStage:
 
 
 def event_log(folder: Path) -> list[dict]:
-    """Every event of the application logs in ``folder`` (JSON lines; Spark 4 rolls them into ``eventlog_v2_*/``
-    folders of ``events_<n>_*`` files beside an empty ``appstatus_*`` marker). Write them with
+    """Every event of the application logs in ``folder`` (JSON lines): Spark 4 rolls them into ``eventlog_v2_*/``
+    folders of ``events_<n>_*`` files beside an empty ``appstatus_*`` marker; Spark 3.5 writes one file per
+    application, named after its id (``app-...``, ``local-...``; ``.inprogress`` while it runs). Write them with
     ``spark.eventLog.compress false``."""
     events = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.startswith("events_")):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.startswith(("events_", "app-", "local-"))):
         events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return events
 

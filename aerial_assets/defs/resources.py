@@ -17,6 +17,7 @@ from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery import demo_data
 from aerial_assets.imagery.counties import County, parse_registry, resolve_county
 from aerial_assets.spark.jobs import is_connect, task_slots
+from aerial_assets.spark.lines import check_connect_ml, check_connect_server, check_standalone_master
 from aerial_assets.spark.session import (
     APP_NAME,
     DEFAULT_DRIVER_MEMORY,
@@ -25,6 +26,7 @@ from aerial_assets.spark.session import (
     classic_conf,
     is_local_master,
     session_conf,
+    spark_defaults,
     wait_for_early_start,
 )
 from aerial_assets.storage.core import (
@@ -108,11 +110,18 @@ class SparkResource(LazyPySparkResource):
 
         # Python workers must run the interpreter that has this project's packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        config = self.session_config()
         if self.remote:
+            check_connect_ml(connect_endpoint(self.remote))  # before the network: a 3.5 client cannot train there
             check_reachable(self.remote)
         else:
             wait_for_early_start()  # make run may have started this very session already (spark/session.py)
-        session = spark_session_from_config(self.session_config())
+            if self.master.startswith("spark://"):  # a master of another Spark line: one line, before any RPC
+                check_standalone_master(self.master, int(config.get("spark.master.ui.port")
+                                                         or spark_defaults().get("spark.master.ui.port") or 8080))
+        session = spark_session_from_config(config)
+        if self.remote:
+            check_connect_server(session, connect_endpoint(self.remote))
         if self.ship_code and not self.is_local:
             # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this
             # project: ship it. Local executors run this very interpreter and import it as the driver does.
@@ -141,14 +150,24 @@ class SparkResource(LazyPySparkResource):
         return task_slots(self.session, self.parallelism)
 
 
+def _host_port(remote: str) -> tuple[str, int]:
+    target = remote.split("://", 1)[-1].split("/", 1)[0].split(";", 1)[0]
+    host, _, port = target.rpartition(":")
+    return (host or target).strip("[]"), int(port) if port.isdigit() else 15002
+
+
+def connect_endpoint(remote: str) -> str:
+    """``sc://host:port`` of a Connect URL, without its path or parameters (where a token would be)."""
+    host, port = _host_port(remote)
+    return f"sc://{host}:{port}"
+
+
 def check_reachable(remote: str, timeout_s: float = 10.0) -> None:
     """Fail fast, in one line naming the endpoint, when a Spark Connect server does not answer: the gRPC client
     would otherwise retry for many minutes (and hang on SIGTERM). The token is never part of the message."""
     import socket
 
-    target = remote.split("://", 1)[-1].split("/", 1)[0].split(";", 1)[0]
-    host, _, port = target.rpartition(":")
-    host, port = (host or target).strip("[]"), int(port) if port.isdigit() else 15002
+    host, port = _host_port(remote)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return

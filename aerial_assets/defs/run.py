@@ -22,6 +22,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, Mu
 from aerial_assets.backbones.zoo import zoo_entry  # noqa: E402
 from aerial_assets.defs.definitions import build_defs  # noqa: E402
 from aerial_assets.defs.partitions import county_partitions  # noqa: E402
+from aerial_assets.defs.resources import connect_endpoint  # noqa: E402
 from aerial_assets.defs.run_guard import (  # noqa: E402
     RunGuard,
     RunRefused,
@@ -37,7 +38,8 @@ from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E40
 from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
 from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
-from aerial_assets.spark.session import start_early  # noqa: E402
+from aerial_assets.spark.lines import check_connect_ml  # noqa: E402
+from aerial_assets.spark.session import SparkSettings, start_early  # noqa: E402
 from aerial_assets.storage.core import is_local, join, local_path  # noqa: E402
 from aerial_assets.training.classifiers import check_algorithm  # noqa: E402
 from aerial_assets.training.presets import DEFAULT_PRESET, PRESETS, get_preset, merged_run_config  # noqa: E402
@@ -105,7 +107,7 @@ class Runner:
         causes = []
         for event in result.all_events:
             if event.is_step_failure:
-                cause = one_line(event.step_failure_data.error.message)
+                cause = one_line(step_cause(event.step_failure_data.error))
                 causes.append(cause)
                 print(f"    FAILED: {cause}", flush=True)
             elif (event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
@@ -119,6 +121,15 @@ class Runner:
         if not result.success:
             self.failures.append(f"{what}: {'; '.join(causes) or 'failed (see the run in the UI)'}")
         return result.success
+
+
+def step_cause(error) -> str:
+    """The message that says why a step failed: Dagster wraps the asset's own exception ("Error occurred while
+    executing op ...") and keeps it as the error's cause; the innermost such cause is the user's error."""
+    while error.cause is not None and error.message.startswith(("Error occurred while executing",
+                                                                "dagster._core.errors.DagsterExecutionStepExecutionError")):
+        error = error.cause
+    return error.message
 
 
 def one_line(message: str, limit: int = 600) -> str:
@@ -275,7 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"make run: {redact(exc)}", file=sys.stderr, flush=True)
         return 2
-    try:  # the label map, the registry and its tile summaries: before an hour of training, not after
+    try:  # the Spark line, the label map, the registry and its tile summaries: before an hour of training
+        if SparkSettings.from_env(env).remote:
+            check_connect_ml(connect_endpoint(SparkSettings.from_env(env).remote))
         check_label_map(resources)
         if not args.skip_counties:
             registry, keys = check_counties(resources, args.counties)

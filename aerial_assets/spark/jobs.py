@@ -7,7 +7,7 @@ tasks; a 40-node cluster with a county of 100,000 tiles gets hundreds, one wave 
 
 Progress comes from Spark itself (the work is one job, not a loop of small jobs that the driver counts):
 in a classic session a daemon thread reads the job group's stages from ``SparkContext.statusTracker()``;
-over Spark Connect the session's ``registerProgressHandler`` receives the server's stage progress. Both
+over Spark Connect the session's ``registerProgressHandler`` (4.0+) receives the server's stage progress. Both
 report completed tasks of the job's widest stage, turned into tiles (tasks hold equal shares of the rows
 after a round-robin repartition), so the estimate is honest and says it is one.
 """
@@ -21,6 +21,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from aerial_assets.spark.lines import has_connect_progress
 
 DEFAULT_TILES_PER_TASK = 256
 
@@ -144,8 +146,12 @@ class JobProgress:
 
     def __enter__(self) -> JobProgress:
         if is_connect(self.session):
-            self._handler = self._on_progress
-            self.session.registerProgressHandler(self._handler)
+            if has_connect_progress(self.session):
+                self._handler = self._on_progress
+                self.session.registerProgressHandler(self._handler)
+            else:  # a 3.5 Connect client gets no stage progress from the server: the job's end is still reported
+                self.emit(f"{self.what}: {self.total} tiles (this Spark Connect client reports no progress before "
+                          "the job ends)")
         else:
             self.session.sparkContext.setJobGroup(self.group, self.what, interruptOnCancel=True)
             self._thread = threading.Thread(target=self._watch, name=f"progress-{self.group}", daemon=True)

@@ -72,11 +72,31 @@ def is_local_master(master: str) -> bool:
     return (master or "").strip().startswith("local")
 
 
+def bundled_hadoop_version() -> str | None:
+    """The Hadoop client inside the installed pyspark (``jars/hadoop-client-api-<version>.jar``): 3.5.0 for the 4.x
+    line's builds here, 3.3.4 for 3.5.x."""
+    import pyspark
+
+    jars = os.path.join(os.path.dirname(os.path.abspath(pyspark.__file__)), "jars")
+    for name in sorted(os.listdir(jars)) if os.path.isdir(jars) else []:
+        match = re.fullmatch(r"hadoop-client-api-(.+)\.jar", name)
+        if match:
+            return match.group(1)
+    return None
+
+
 def local_jars(folder: str = JARS_DIR) -> list[str]:
-    """The jars ``make jars`` fetched (pom.xml), once complete (``.complete``): hadoop-azure and what it needs."""
+    """The jars ``make jars`` fetched (pom.xml), once complete (``.complete``): hadoop-azure and what it needs.
+
+    Only when its hadoop-azure is of the Hadoop inside the installed pyspark: a venv of another Spark line
+    (``make install PYSPARK=3.5.9``) carries another Hadoop, and a connector of another Hadoop on its class path
+    would fail at the first Azure read; without them, only ``AERIAL_SPARK_STORAGE=direct`` is unavailable."""
     if not os.path.exists(os.path.join(folder, ".complete")):
         return []
-    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".jar"))
+    jars = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".jar"))
+    azure = [re.fullmatch(r"hadoop-azure-(.+)\.jar", os.path.basename(j)) for j in jars]
+    versions = {m.group(1) for m in azure if m}
+    return jars if versions and versions == {bundled_hadoop_version()} else []
 
 
 def local_cores(master: str) -> int:

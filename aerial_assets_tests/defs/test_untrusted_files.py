@@ -135,6 +135,18 @@ def test_make_runs_summary_prints_failed_checks_and_step_causes(spark, tiny_tile
     assert "test/Forest/copy.png" in err and "train/Forest/forest_003.png" in err  # the check's own description
     assert "step(s) failed" in err and "labeled_tiles: " in err
 
+    one_class = tmp_path / "one_class"  # a step that fails with the asset's own error: its message is the cause
+    shutil.copytree(tiny_tiles / "Forest", one_class / "Forest")
+    defs = build_defs(env_for(tmp_path / "root2", one_class))
+    with instance_for_test() as instance:
+        runner = Runner(defs, instance, {})
+        assert not runner.run(["labeled_tiles"])
+        assert report(runner, defs.resources, [], "home") == 1
+    err = capsys.readouterr().err
+    assert "- labeled_tiles: aerial_assets.errors.TrainingDataError: found 1 class(es)" in err, err
+    summary = err[err.index("step(s) failed:"):]  # make run's summary, after Dagster's own log lines
+    assert "found 1 class(es) with usable images (Forest)" in summary and "Error occurred while" not in summary
+
 
 def test_a_training_folder_of_links_out_of_it_says_so_and_names_the_setting(spark, tiny_tiles, tmp_path):
     tiles = tmp_path / "tiles"
