@@ -16,6 +16,7 @@ from pydantic import PrivateAttr
 from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery import demo_data
 from aerial_assets.imagery.counties import County, parse_registry, resolve_county
+from aerial_assets.imagery.label_map import LabelMap, parse_label_map
 from aerial_assets.spark.jobs import is_connect, task_slots
 from aerial_assets.spark.lines import check_connect_ml, check_connect_server, check_standalone_master
 from aerial_assets.spark.session import (
@@ -342,6 +343,16 @@ class TrainingTilesResource(ConfigurableResource):
     label_map: str = ""
     demo_per_class: int = 50
     demo_size: int = 224
+
+    def load_label_map(self, storage: StorageResource) -> LabelMap | None:
+        """The parsed ``label_map`` (``AERIAL_LABEL_MAP``), None without one; a missing or bad file is a
+        :class:`ConfigurationError` (``make run`` calls this before any step, ``labeled_tiles`` when it runs)."""
+        if not self.label_map:
+            return None
+        store = storage.for_uri(self.label_map)
+        if not store.exists(self.label_map):
+            raise ConfigurationError(f"label map {self.label_map} not found (AERIAL_LABEL_MAP)")
+        return parse_label_map(store.read_text(self.label_map), self.label_map)
 
     def resolve(self, storage: StorageResource) -> tuple[str, bool]:
         """(folder URI, is_demo). The demo set is generated on first use, seeded, then reused."""

@@ -33,7 +33,6 @@ from aerial_assets.defs.run_guard import (  # noqa: E402
 from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
-from aerial_assets.imagery.label_map import parse_label_map  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
 from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
@@ -164,13 +163,7 @@ def check_counties(resources: Mapping[str, object], wanted: str | None) -> tuple
 def check_label_map(resources: Mapping[str, object]) -> None:
     """``AERIAL_LABEL_MAP`` parsed now, like every other setting: a bad map is one line and exit status 2, not a
     failed step with a traceback. Its classes are matched against the folders' when ``labeled_tiles`` runs."""
-    uri = resources["training_tiles"].label_map
-    if not uri:
-        return
-    store = resources["storage"].for_uri(uri)
-    if not store.exists(uri):
-        raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
-    parse_label_map(store.read_text(uri), uri)
+    resources["training_tiles"].load_label_map(resources["storage"])
 
 
 def configuration_error(exc: Exception) -> int:
@@ -287,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make run: {redact(exc)}", file=sys.stderr, flush=True)
         return 2
     try:  # the Spark line, the label map, the registry and its tile summaries: before an hour of training
-        if SparkSettings.from_env(env).remote:
-            check_connect_ml(connect_endpoint(SparkSettings.from_env(env).remote))
+        remote = SparkSettings.from_env(env).remote
+        if remote:
+            check_connect_ml(connect_endpoint(remote))
         check_label_map(resources)
         if not args.skip_counties:
             registry, keys = check_counties(resources, args.counties)

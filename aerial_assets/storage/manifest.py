@@ -18,7 +18,7 @@ from pydantic import Field
 
 from aerial_assets.errors import AerialError
 from aerial_assets.records import Record, SideFile
-from aerial_assets.storage.core import LOCAL_SCHEMES, Storage, join, local_path, scheme_of
+from aerial_assets.storage.core import LOCAL_SCHEMES, LocalStorage, Storage, join, local_path, scheme_of
 
 
 class IntegrityError(AerialError):
@@ -39,42 +39,34 @@ class Manifest(SideFile):
     datasets: dict[str, DatasetFiles]
 
 
-def _local(store: Storage, uri: str) -> str | None:
-    """A local path where the folder being written actually is (local storage, or Azure's staging in ``staged``
-    mode), else None (written straight to object storage)."""
-    path = store.spark_path(uri) if hasattr(store, "spark_path") else uri
-    return path if scheme_of(path) == "" and os.path.exists(path) else None
-
-
-def _files(store: Storage, uri: str, local: str | None) -> dict[str, str | int]:
-    """{relative path: size} of every non-hidden file (one entry "" for a single file)."""
-    if local is not None and os.path.isfile(local):
-        return {"": os.path.getsize(local)}
-    if local is not None:
-        out: dict[str, str | int] = {}
-        for dirpath, dirnames, filenames in os.walk(local):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(n for n in filenames if not n.startswith(".")):
-                full = os.path.join(dirpath, name)
-                out[os.path.relpath(full, local).replace(os.sep, "/")] = os.path.getsize(full)
-        return out
-    return dict(_stored_files(store, uri))
+def _listing(store: Storage, uri: str) -> dict[str, int]:
+    """{relative path: size} of the non-hidden files of the dataset at ``uri`` (one entry ``""`` for a single
+    file). The same listing serves the writer and the readers, so both sides skip the same hidden files."""
+    if scheme_of(uri) in LOCAL_SCHEMES:
+        path = local_path(uri)
+        if os.path.isfile(path):
+            return {"": os.path.getsize(path)}
+        return {e.relative_path: int(e.size) for e in LocalStorage().list_files(uri)} if os.path.isdir(path) else {}
+    try:
+        entries = {e.relative_path: int(e.size) for e in store.list_files(uri)
+                   if not e.relative_path.rsplit("/", 1)[-1].startswith(".")}
+    except AerialError:  # not a folder
+        entries = {}
+    if not entries and store.exists(uri):
+        return {"": len(store.read_bytes(uri))}
+    return entries
 
 
 def describe(store: Storage, uri: str, checksums: bool = False) -> DatasetFiles:
-    """The files of the dataset at ``uri`` as written now (inside the writer's ``atomic_dir``)."""
-    local = _local(store, uri)
-    files = _files(store, uri, local)
-    sha: dict[str, str] = {}
-    if checksums:
-        for rel in files:
-            if local is not None:
-                with open(os.path.join(local, rel) if rel else local, "rb") as handle:
-                    data = handle.read()
-            else:
-                data = store.read_bytes(join(uri, rel) if rel else uri)
-            sha[rel] = hashlib.sha256(data).hexdigest()
-    return DatasetFiles(files={k: int(v) for k, v in files.items()}, sha256=sha)
+    """The files of the dataset at ``uri`` as written now, inside the writer's ``atomic_dir``: where Spark wrote
+    them (``spark_path``: the folder itself, or Azure's local staging folder in ``staged`` mode)."""
+    written = store.spark_path(uri)
+    if scheme_of(written) in LOCAL_SCHEMES and os.path.exists(written):
+        store, uri = LocalStorage(), written
+    files = _listing(store, uri)
+    sha = {rel: hashlib.sha256(store.read_bytes(join(uri, rel) if rel else uri)).hexdigest()
+           for rel in files} if checksums else {}
+    return DatasetFiles(files=files, sha256=sha)
 
 
 def write_manifest(store: Storage, folder: str, names: list[str], checksums: bool = False) -> Manifest:
@@ -82,23 +74,6 @@ def write_manifest(store: Storage, folder: str, names: list[str], checksums: boo
     manifest = Manifest(datasets={name: describe(store, join(folder, name), checksums) for name in names})
     manifest.write(store, folder)
     return manifest
-
-
-def _stored_files(store: Storage, uri: str) -> dict[str, int]:
-    entries = {e.relative_path: int(e.size) for e in store.list_files(uri)
-               if not e.relative_path.rsplit("/", 1)[-1].startswith(".")} if _is_folder(store, uri) else {}
-    if not entries and store.exists(uri) and not _is_folder(store, uri):
-        return {"": len(store.read_bytes(uri))}
-    return entries
-
-
-def _is_folder(store: Storage, uri: str) -> bool:
-    if scheme_of(uri) in LOCAL_SCHEMES:
-        return os.path.isdir(local_path(uri))
-    try:
-        return any(True for _ in store.list_files(uri))
-    except AerialError:
-        return False
 
 
 def verify(store: Storage, folder: str, name: str, rematerialize: str) -> None:
@@ -111,7 +86,7 @@ def verify(store: Storage, folder: str, name: str, rematerialize: str) -> None:
     if recorded is None:
         return
     uri = join(folder, name)
-    stored = _stored_files(store, uri)
+    stored = _listing(store, uri)
     missing = sorted(set(recorded.files) - set(stored))
     extra = sorted(set(stored) - set(recorded.files))
     resized = sorted(r for r in set(recorded.files) & set(stored) if recorded.files[r] != stored[r])

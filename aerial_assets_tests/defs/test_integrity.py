@@ -39,9 +39,9 @@ class Graph:
     """Runs selections of the real implicit asset job against one data root and one instance, keeping the
     result (the project's Runner prints failures; these tests read them)."""
 
-    def __init__(self, root: Path, tiles: Path, instance):
+    def __init__(self, root: Path, tiles: Path, instance, registry: Path | None = None):
         self.root, self.instance = root, instance
-        self.job = build_defs(env_for(root, tiles)).resolve_implicit_global_asset_job_def()
+        self.job = build_defs(env_for(root, tiles, registry)).resolve_implicit_global_asset_job_def()
 
     def run(self, assets: list[str], partition=None, config: dict | None = None):
         return self.job.execute_in_process(

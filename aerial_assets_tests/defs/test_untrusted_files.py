@@ -42,8 +42,7 @@ def hostile_root(spark, tiny_tiles, tiny_county, tmp_path_factory):
     registry = base / "counties.yaml"
     registry.write_text(render_registry({"tiny": County("tiny", "Tiny", [str(tiny_county[0])])}))
     with instance_for_test() as instance:
-        graph = Graph(root, tiles, instance)
-        graph.job = build_defs(env_for(root, tiles, registry)).resolve_implicit_global_asset_job_def()
+        graph = Graph(root, tiles, instance, registry)
         for assets, key, config in ((["labeled_tiles"], None, None),
                                     (["backbone_models", "tile_features"], BACKBONE, None),
                                     (["land_use_classifiers"], LR, QUICK_LR), (["classifier_metrics"], LR, None),
@@ -56,14 +55,11 @@ def hostile_root(spark, tiny_tiles, tiny_county, tmp_path_factory):
     return {"root": root, "tiles": tiles, "registry": registry}
 
 
-def _graph(hostile_root, tmp_path, instance) -> Graph:
-    """A graph over a copy of the hostile root (each test damages its own copy)."""
+def _graph(hostile_root, tmp_path, instance, registry: Path | None = None) -> Graph:
+    """A graph over a copy of the hostile root (each test damages its own copy), with its registry or ``registry``."""
     root = tmp_path / "root"
     shutil.copytree(hostile_root["root"], root)
-    graph = Graph(root, hostile_root["tiles"], instance)
-    graph.job = build_defs(env_for(root, hostile_root["tiles"], hostile_root["registry"])
-                           ).resolve_implicit_global_asset_job_def()
-    return graph
+    return Graph(root, hostile_root["tiles"], instance, registry or hostile_root["registry"])
 
 
 # --- item 6: CSV formula injection ---------------------------------------------------------------------------
@@ -188,8 +184,7 @@ def _register(hostile_root, tmp_path: Path, entries: dict[str, dict]) -> Path:
 
 
 def _county_graph(hostile_root, tmp_path, instance, registry: Path, keys: list[str]) -> Graph:
-    graph = _graph(hostile_root, tmp_path, instance)
-    graph.job = build_defs(env_for(graph.root, hostile_root["tiles"], registry)).resolve_implicit_global_asset_job_def()
+    graph = _graph(hostile_root, tmp_path, instance, registry)
     instance.add_dynamic_partitions(county_partitions.name, keys)
     return graph
 

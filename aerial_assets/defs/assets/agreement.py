@@ -55,7 +55,7 @@ def county_map_agreement(
         classes, crs = summary.classes, summary.crs
         legend = read_legend(county.reference.legend, storage.for_uri(county.reference.legend))
         legend.lookup(classes)  # a legend class the model lacks fails before any Spark work
-        scored = _scored(spark, store, layout.predictions(key))
+        scored = _scored(spark, storage, key)
         grid_def = grid_of(scored)
         if grid_def is None:
             raise no_scored_tiles(storage, key)

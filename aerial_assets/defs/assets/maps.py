@@ -40,6 +40,7 @@ from aerial_assets.maps.web_map import DEFAULT_MAX_TILES, MapLayer, tiles_html
 from aerial_assets.records import ChangeSummary, LandUseMapSummary, PredictionsSummary
 from aerial_assets.safety import csv_files
 from aerial_assets.storage.core import Storage, join
+from aerial_assets.storage.layout import PREDICTIONS
 from aerial_assets.storage.manifest import verify
 from aerial_assets.tables import TileStatus
 
@@ -59,12 +60,12 @@ class LandUseMapConfig(Config):
 LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
 
 
-def _scored(spark: SparkResource, store: Storage, predictions: str, extra: tuple[str, ...] = ()):
-    """The scored tiles of a county (a Spark DataFrame: read on the executors, never collected), after checking
-    the parts against what county_predictions recorded."""
-    folder, name = predictions.rstrip("/").rsplit("/", 1)
-    verify(store, folder, name, f"county_predictions[{folder.rsplit('/', 1)[-1]}]")
-    path = store.spark_path(predictions)
+def _scored(spark: SparkResource, storage: StorageResource, key: str, extra: tuple[str, ...] = ()):
+    """The scored tiles of county ``key`` (a Spark DataFrame: read on the executors, never collected), after
+    checking the parts against what county_predictions recorded."""
+    layout, store = storage.layout, storage.storage
+    verify(store, layout.county_predictions(key), PREDICTIONS, f"county_predictions[{key}]")
+    path = store.spark_path(layout.predictions(key))
     return (spark.session.read.parquet(path).filter(f"status = '{TileStatus.OK}'")
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
 
@@ -108,7 +109,7 @@ def county_land_use_map(
     def work(key: str) -> dict:
         summary = PredictionsSummary.read(store, layout.county_predictions(key))
         classes, model_id, crs = summary.classes, summary.model_id, summary.crs
-        scored = _scored(spark, store, layout.predictions(key))
+        scored = _scored(spark, storage, key)
         grid_def = grid_of(scored)
         if grid_def is None:
             raise no_scored_tiles(storage, key)
@@ -128,7 +129,7 @@ def county_land_use_map(
                            [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
             probs = tuple(f"prob_{c}" for c in classes)
-            tiles = _scored(spark, store, layout.predictions(key), probs).withColumnRenamed(
+            tiles = _scored(spark, storage, key, probs).withColumnRenamed(
                 "predicted_index", "value")
             layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
             html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
@@ -201,8 +202,8 @@ def county_land_use_change(
         classes = after_summary.classes
         if before_summary.classes != classes:
             raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
-        before = _scored(spark, store, layout.predictions(base))
-        after = _scored(spark, store, layout.predictions(key))
+        before = _scored(spark, storage, base)
+        after = _scored(spark, storage, key)
         change = transitions(before, after, classes, base, key)
         pairs, grid_def, matrix = change.pairs, change.grid, change.matrix
         n_pairs, n_changed = change.n_pairs, change.n_changed

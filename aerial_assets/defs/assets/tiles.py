@@ -20,7 +20,7 @@ from aerial_assets.defs.assets._io import markdown_table, metadata_table, table_
 from aerial_assets.defs.resources import SparkResource, StorageResource, TrainingRastersResource, TrainingTilesResource
 from aerial_assets.errors import ConfigurationError, TrainingDataError
 from aerial_assets.imagery import catalog
-from aerial_assets.imagery.label_map import apply_label_map, parse_label_map
+from aerial_assets.imagery.label_map import LabelMap, apply_label_map
 from aerial_assets.records import LabeledTilesSummary, LabelMapReport
 from aerial_assets.safety import csv_files
 from aerial_assets.spark.jobs import task_count
@@ -124,7 +124,7 @@ def labeled_tiles(
         n_groups = int(usable["tile_id"].map(groups).nunique())
         context.log.info(f"spatial split ({strategy}): {n_groups} groups of whole tiles")
     catalog.check_splits(table)
-    table, mapping_report = _apply_label_map(table, training_tiles.label_map, storage)
+    table, mapping_report = _apply_label_map(table, training_tiles.load_label_map(storage))
     catalog.check_class_names(table)
     duplicates = catalog.find_duplicates(table).counts()
 
@@ -189,20 +189,16 @@ def _split_strategy(config: LabeledTilesConfig, split_layout: bool, has_position
     return strategy
 
 
-def _apply_label_map(table: pd.DataFrame, uri: str,
-                     storage: StorageResource) -> tuple[pd.DataFrame, LabelMapReport]:
-    """Relabel with the map at ``uri`` (AERIAL_LABEL_MAP); without one, classes are the folder names."""
-    if not uri:
+def _apply_label_map(table: pd.DataFrame, label_map: LabelMap | None) -> tuple[pd.DataFrame, LabelMapReport]:
+    """Relabel with the map (AERIAL_LABEL_MAP); without one, classes are the folder names."""
+    if label_map is None:
         out = table.copy()
         out["source_label"] = out["label"]
         return out, LabelMapReport()
-    store = storage.for_uri(uri)
-    if not store.exists(uri):
-        raise ConfigurationError(f"label map {uri} not found (AERIAL_LABEL_MAP)")
-    mapped, report = apply_label_map(table, parse_label_map(store.read_text(uri), uri))
+    mapped, report = apply_label_map(table, label_map)
     if not (mapped["status"] == TileStatus.OK).any():
         raise ConfigurationError(
-            f"the label map {uri} maps none of the classes found: {', '.join(sorted(report.classes))}")
+            f"the label map {label_map.source} maps none of the classes found: {', '.join(sorted(report.classes))}")
     catalog.check_splits(mapped)
     return mapped, report  # report.label_map is the map's URI (its source)
 
