@@ -25,7 +25,7 @@ UI_PORT ?= 3000
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive
+.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
 
 install: $(STAMP)
 
@@ -54,7 +54,7 @@ demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
 run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
 	$(BIN)/python -m aerial_assets.defs.run
 
-test: $(STAMP) $(if $(shell command -v mvn),jars)  ## the tests; with Maven, the jars first (without it the direct-mode Azure test skips)
+test: $(STAMP) $(if $(shell command -v mvn),jars yarn-jars)  ## the tests; with Maven, the jars first (without them the direct-mode Azure, YARN and SynapseML tests skip)
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests that need no Spark, no server and no browser (under a minute)
@@ -78,11 +78,32 @@ azurite:  ## the Azure Storage emulator the Azure tests use (needs Node.js and n
 # line's pom-spark3.5.xml: the Spark Connect server, which its pip package lacks.
 JARS_POM := $(if $(filter 3.5,$(SPARK_LINE)),pom-spark3.5.xml,pom.xml)
 JARS_DIR := .cache/jars$(if $(filter 3.5,$(SPARK_LINE)),-spark3.5)
-jars: $(JARS_DIR)/.complete  ## JVM jars for Spark's own Azure reads and writes (needs Maven and Java), into .cache/jars
+jars: $(JARS_DIR)/.complete $(if $(filter 3.5,$(SPARK_LINE)),.cache/synapseml-jars/.complete)  ## JVM jars (needs Maven and Java): hadoop-azure, the 3.5 line's Connect server and SynapseML
 $(JARS_DIR)/.complete: $(JARS_POM)
 	rm -rf $(JARS_DIR)
 	mvn -q -B -C -Dstyle.color=never -f $(JARS_POM) dependency:copy-dependencies
 	touch $@
+
+# pom-synapseml.xml: SynapseML's Scala 2.12 jars (lightgbm, ONNXModel), about 200 MB, for the 3.5 line's sessions
+.cache/synapseml-jars/.complete: pom-synapseml.xml
+	rm -rf .cache/synapseml-jars
+	mvn -q -B -C -Dstyle.color=never -f pom-synapseml.xml dependency:copy-dependencies
+	touch $@
+
+# pom-yarn.xml pins them: Hadoop's single-machine YARN and HDFS (MiniYARNCluster, MiniDFSCluster) for `make yarn`
+# and the YARN tests, into .cache/yarn-jars (about 110 MB).
+yarn-jars: .cache/yarn-jars/.complete  ## the jars of the single-machine YARN (needs Maven and Java)
+.cache/yarn-jars/.complete: pom-yarn.xml
+	rm -rf .cache/yarn-jars
+	mvn -q -B -C -Dstyle.color=never -f pom-yarn.xml dependency:copy-dependencies
+	touch $@
+
+YARN_ARGS ?=
+yarn: $(STAMP) yarn-jars  ## a single-machine YARN (ResourceManager, 2 NodeManagers, HDFS) on 127.0.0.1; prints the exports to use it
+	$(BIN)/python -m aerial_assets_tests.yarn_cluster start $(YARN_ARGS)
+
+yarn-stop:  ## stop the cluster `make yarn` started (by its process id)
+	$(BIN)/python -m aerial_assets_tests.yarn_cluster stop $(YARN_ARGS)
 
 clean:
 	rm -rf $(VENV) .aerial_data .pytest_cache .cache/jvm

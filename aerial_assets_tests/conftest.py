@@ -14,7 +14,7 @@ from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.run import Runner
 from aerial_assets.imagery import demo_data
 from aerial_assets.imagery.counties import County, render_registry
-from aerial_assets.training.classifiers import ALGORITHMS
+from aerial_assets.training.classifiers import PYSPARK_ML_ALGORITHMS
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -70,7 +70,7 @@ def graph_run(spark, tiny_tiles, tiny_county, tmp_path_factory):
         runner = Runner(defs, instance, {})
         assert runner.run(["labeled_tiles"])
         assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
-        for algorithm in ALGORITHMS:
+        for algorithm in PYSPARK_ML_ALGORITHMS:
             key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
             assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
         assert runner.run(["model_leaderboard", "champion_model"])
@@ -103,6 +103,7 @@ SLOW_MODULES = {"test_ui", "test_cli", "test_runs", "test_remote", "test_cluster
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs Spark, a server or a browser (left out by make test-fast)")
+    config.addinivalue_line("markers", "yarn: runs on the single-machine YARN (pytest -m yarn selects them)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -159,10 +159,11 @@ class HeavyStage:
 def event_log(folder: Path) -> list[dict]:
     """Every event of the application logs in ``folder`` (JSON lines): Spark 4 rolls them into ``eventlog_v2_*/``
     folders of ``events_<n>_*`` files beside an empty ``appstatus_*`` marker; Spark 3.5 writes one file per
-    application, named after its id (``app-...``, ``local-...``; ``.inprogress`` while it runs). Write them with
-    ``spark.eventLog.compress false``."""
+    application, named after its id (``app-...``, ``local-...``, YARN's ``application_...``; ``.inprogress`` while it
+    runs). Write them with ``spark.eventLog.compress false``."""
     events = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.startswith(("events_", "app-", "local-"))):
+    names = ("events_", "app-", "local-", "application_")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.startswith(names)):
         events += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return events
 
@@ -194,3 +195,16 @@ def heavy_stages(events: list[dict], prefix: str) -> list[HeavyStage]:
         stage = max(ran_stages, key=lambda s: (width[s], s))
         out.append(HeavyStage(description[job], stage, width[stage], frozenset(ran.get(stage, set()))))
     return out
+
+
+def assert_every_heavy_stage_ran_on_every_executor(events: list[dict], prefixes: tuple[str, ...], count: int) -> set[str]:
+    """``count`` executors were added, and the widest stage of every job described by one of ``prefixes`` (one at
+    least each) ran successful tasks on all of them; returns the executor ids."""
+    ran_on = executors(events)
+    assert len(ran_on) == count, ran_on
+    for prefix in prefixes:
+        stages = heavy_stages(events, prefix)
+        assert stages, f"no job described {prefix!r} in the event log"
+        for stage in stages:
+            assert stage.executors == ran_on, (prefix, stage)
+    return ran_on

@@ -14,6 +14,10 @@
   process without the driver JVM's class-data-sharing archive (``AERIAL_JVM_ARCHIVE=off``): ``--whole-rounds``
   interleaved rounds (``--only fixed-cost`` runs just these).
 
+``--only yarn``: ``tile_features`` over ``--images`` images on a single-machine YARN (aerial_assets_tests/yarn_cluster.py,
+``make yarn-jars``) in client mode, with single-core executors on 1 and on 2 NodeManagers (one more NodeManager holds
+the application master), side by side; the table is also written to ``yarn.md`` in the work folder.
+
 Every Spark run is a separate process (a driver talks to one master). Inputs are prepared once on local Spark:
 the catalog, the backbone, a champion (logistic regression) and the county tiles.
 """
@@ -144,13 +148,57 @@ def fixed_cost(workdir: Path, n: int, rounds: int, log: Path) -> None:
           + ", ".join(f"{w - a:.1f}" for _, _, w, a, _ in table) + " s without")
 
 
+def yarn(workdir: Path, images: Path, n: int, source: str, rounds: int, log: Path) -> int:
+    """``tile_features`` on YARN with executors on 1 and on 2 NodeManagers (single-core containers, 2 GB each):
+    images/s timed inside the asset, and the ratio; ``rounds`` interleaved rounds (this machine's speed drifts)."""
+    from aerial_assets_tests.yarn_cluster import YarnCluster, write_spark_conf
+
+    root = workdir / "root_yarn"
+    (workdir / "dagster_home").mkdir(parents=True, exist_ok=True)
+    (workdir / "counties.yaml").write_text("counties: {}\n")
+    print(f"preparing in {workdir} (catalog and backbone on local[2]) ...", flush=True)
+    run_child(_env(workdir, root, images, "local[2]", None), "catalog", ["-"], log)
+    table = []
+    for round_no in range(1, rounds + 1):
+        speeds = {}
+        for executors in (1, 2):
+            print(f"round {round_no}: executors on {executors} NodeManager(s) ...", flush=True)
+            # one NodeManager more than executors: a client-mode application master takes a vcore of its own
+            with YarnCluster(workdir / f"yarn_{executors}_{round_no}", node_managers=executors + 1, vcores=1,
+                             memory_mb=3072) as cluster:
+                conf = write_spark_conf(cluster, {
+                    "spark.executor.instances": str(executors), "spark.executor.cores": "1",
+                    "spark.executor.memory": "2g", "spark.yarn.am.memory": "512m",
+                    "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+                    "spark.scheduler.maxRegisteredResourcesWaitingTime": "180s"})
+                env = {**_env(workdir, root, images, "yarn", conf), "HADOOP_CONF_DIR": str(cluster.conf_dir)}
+                feats, wall, _ = run_child(env, "features", ["-"], log)
+            speeds[executors] = (feats["-"]["n"] / feats["-"]["seconds"], wall)
+        table.append(speeds)
+    lines = [f"Images: {n} ({source}); backbone mobilenet_v2; YARN in client mode, single-core executors (2 GB), "
+             "one per NodeManager; images/s timed inside tile_features; wall: the whole process (Spark and YARN "
+             "start-up included).", "",
+             "| round | 1 NodeManager: images/s (wall) | 2 NodeManagers: images/s (wall) | 2 / 1 | target |",
+             "|---|---:|---:|---:|---|"]
+    for i, speeds in enumerate(table, 1):
+        (one, one_wall), (two, two_wall) = speeds[1], speeds[2]
+        lines.append(f"| {i} | {one:.1f} ({one_wall:.0f} s) | {two:.1f} ({two_wall:.0f} s) | {two / one:.2f} | >= 1.6 |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    (workdir / "yarn.md").write_text(text + "\n")
+    print(f"\nwritten to {workdir / 'yarn.md'}; work folder: {workdir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--tiles", type=int, default=20000)
     parser.add_argument("--whole-images", type=int, default=10000)
     parser.add_argument("--whole-rounds", type=int, default=3, help="fixed-cost rounds (0: none)")
-    parser.add_argument("--only", choices=["fixed-cost"], default=None, help="run only the fixed-cost rounds")
+    parser.add_argument("--only", choices=["fixed-cost", "yarn"], default=None,
+                        help="run only the fixed-cost rounds, or only the YARN comparison")
+    parser.add_argument("--rounds", type=int, default=1, help="yarn: interleaved rounds of 1 and 2 NodeManagers")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keys", default="", help=argparse.SUPPRESS)
@@ -171,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     source = "AID" if AID.exists() else "generated 150 px JPEG tiles"
     images = image_tree(args.images, workdir)
+    if args.only == "yarn":
+        return yarn(workdir, images, args.images, source, args.rounds, log)
     root = workdir / "root"
     counties = {"county_n": args.tiles, "county_2n": 2 * args.tiles}
     for key, n in counties.items():

@@ -38,7 +38,7 @@ from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
 from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
 from aerial_assets.spark.lines import check_connect_ml  # noqa: E402
-from aerial_assets.spark.session import SparkSettings, start_early  # noqa: E402
+from aerial_assets.spark.session import SparkSettings, start_early, stop_classic_session  # noqa: E402
 from aerial_assets.storage.core import is_local, join, local_path  # noqa: E402
 from aerial_assets.training.classifiers import check_algorithm  # noqa: E402
 from aerial_assets.training.presets import DEFAULT_PRESET, PRESETS, get_preset, merged_run_config  # noqa: E402
@@ -360,3 +360,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except AerialError as exc:  # any other configuration error (an unknown backbone...): one line too
         sys.exit(configuration_error(exc))
+    finally:
+        stop_classic_session()  # a YARN application unregisters with its final status

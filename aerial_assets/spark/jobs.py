@@ -47,6 +47,21 @@ def task_slots(session, setting: int = 0) -> int:
     return max(1, int(value)) if value else 2
 
 
+def executor_cores(session) -> int:
+    """The cores of one executor: ``spark.executor.cores`` when set (YARN's default is 1), else a local master's
+    ``local[N]`` (its one executor is the driver), else 1."""
+    if is_connect(session):
+        return 1
+    conf = session.sparkContext.getConf()
+    value = conf.get("spark.executor.cores", None)
+    if value and str(value).isdigit():
+        return max(1, int(value))
+    master = conf.get("spark.master", "") or ""
+    if master.startswith("local"):
+        return max(1, int(session.sparkContext.defaultParallelism))
+    return 1
+
+
 def task_count(n_rows: int, slots: int, rows_per_task: int = DEFAULT_TILES_PER_TASK) -> int:
     """Tasks for ``n_rows`` rows: about ``rows_per_task`` each, at least one per slot, in whole waves of slots."""
     slots = max(1, slots)

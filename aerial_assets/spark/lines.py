@@ -12,6 +12,7 @@ version number, so a build that has a feature uses it. No Dagster import.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.request
 
@@ -28,6 +29,19 @@ def client_version() -> str:
     import pyspark
 
     return pyspark.__version__
+
+
+def bundled_jar_version(name: str) -> str | None:
+    """The version of jar ``name`` inside the installed pyspark (``jars/<name>-<version>.jar``): what a line bundles,
+    e.g. ``hadoop-client-api`` 3.3.4 (3.5.x) or 3.5.0 (4.3), ``scala-library`` 2.12.x (3.5) or 2.13.x (4.x)."""
+    import pyspark
+
+    jars = os.path.join(os.path.dirname(os.path.abspath(pyspark.__file__)), "jars")
+    for jar in sorted(os.listdir(jars)) if os.path.isdir(jars) else []:
+        match = re.fullmatch(rf"{re.escape(name)}-(\d[^-]*)\.jar", jar)
+        if match:
+            return match.group(1)
+    return None
 
 
 def install_command(version: str) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from aerial_assets.spark import PROJECT_CACHE
 from aerial_assets.spark.class_archive import driver_java_options, spark_conf_dir
+from aerial_assets.spark.lines import bundled_jar_version
+from aerial_assets.spark.synapseml import synapseml_jars
 
 APP_NAME = "aerial_assets"
 DEFAULT_MASTER = "local[2]"
@@ -73,16 +75,8 @@ def is_local_master(master: str) -> bool:
 
 
 def bundled_hadoop_version() -> str | None:
-    """The Hadoop client inside the installed pyspark (``jars/hadoop-client-api-<version>.jar``): 3.5.0 for the 4.x
-    line's builds here, 3.3.4 for 3.5.x."""
-    import pyspark
-
-    jars = os.path.join(os.path.dirname(os.path.abspath(pyspark.__file__)), "jars")
-    for name in sorted(os.listdir(jars)) if os.path.isdir(jars) else []:
-        match = re.fullmatch(r"hadoop-client-api-(.+)\.jar", name)
-        if match:
-            return match.group(1)
-    return None
+    """The Hadoop client inside the installed pyspark: 3.5.0 for the 4.x line's builds here, 3.3.4 for 3.5.x."""
+    return bundled_jar_version("hadoop-client-api")
 
 
 def local_jars(folder: str = JARS_DIR) -> list[str]:
@@ -151,6 +145,13 @@ def classic_conf(master: str, driver_memory: str, jars: str, env: Mapping[str, s
         "spark.shuffle.reduceLocality.enabled": "false",
     }
     jar_list = [j.strip() for j in jars.split(",") if j.strip()] or (local_jars() if local else [])
+    # SynapseML's jars (make jars on the 3.5 line) on local and cluster sessions alike: spark.jars reach a cluster's
+    # executors through Spark itself (YARN's distributed cache, a standalone worker's fetch), with no install on the
+    # nodes. A cluster's own spark.jars (spark-defaults.conf) are kept before them.
+    extra = synapseml_jars()
+    if extra:
+        cluster_jars = [] if local else [j for j in spark_defaults(env).get("spark.jars", "").split(",") if j.strip()]
+        jar_list = [*cluster_jars, *jar_list, *extra]
     if jar_list:
         conf["spark.jars"] = ",".join(jar_list)
     if local:
@@ -244,3 +245,19 @@ def wait_for_early_start() -> None:
     """Let an early start finish before a session is opened the ordinary way (one JVM, never two launches)."""
     if _early is not None:
         _early.join()
+
+
+def stop_classic_session() -> None:
+    """Stop this process's classic Spark session, if one is open, before the process ends.
+
+    On YARN the application then unregisters from the ResourceManager with its final status. Left to the JVM's
+    shutdown, a client-mode application master can be stopped before it reports one, and YARN starts a second
+    attempt of an application whose driver is already gone (seen in ``test_yarn.py``). Over Spark Connect there is
+    no local context and nothing to stop.
+    """
+    wait_for_early_start()
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is not None:
+        context.stop()

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from aerial_assets.errors import ConfigurationError, StorageError
-from aerial_assets.storage.core import AZURE_SCHEMES, FileEntry, Storage, join
+from aerial_assets.storage.core import AZURE_SCHEMES, FileEntry, Storage, file_url, join
 
 ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 ENV_ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
@@ -562,8 +562,8 @@ class AzureStorage(Storage):
             if uri == tmp or uri.startswith(f"{tmp}/"):
                 local = os.path.join(staging, uri[len(tmp):].lstrip("/"))
                 os.makedirs(os.path.dirname(local), exist_ok=True)
-                return local
-        return self._download(path)
+                return file_url(local)
+        return file_url(self._download(path))
 
     def _download(self, path: BlobPath) -> str:
         """A local copy of a committed file or folder for Spark to read, reused while its blobs are unchanged."""

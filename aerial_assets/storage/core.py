@@ -50,6 +50,13 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def file_url(path: str) -> str:
+    """A local path as the ``file://`` URL Spark gets. Spark resolves a bare path against the cluster's default file
+    system (``fs.defaultFS``: HDFS on YARN and HDInsight), so a local data root given as ``/data/x`` would be looked
+    for on HDFS there; the scheme makes every Spark read and write mean this machine's (or a shared mount's) files."""
+    return "file://" + local_path(path)
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """A file found by :meth:`Storage.list_files`: its URI, path relative to the listed root, size."""
@@ -231,7 +238,7 @@ class LocalStorage(Storage):
             shutil.copy2(source, target)
 
     def spark_path(self, uri: str) -> str:
-        return local_path(uri)
+        return file_url(uri)
 
 
 def storage_for(uri: str) -> Storage:

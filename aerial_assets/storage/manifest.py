@@ -61,8 +61,8 @@ def describe(store: Storage, uri: str, checksums: bool = False) -> DatasetFiles:
     """The files of the dataset at ``uri`` as written now, inside the writer's ``atomic_dir``: where Spark wrote
     them (``spark_path``: the folder itself, or Azure's local staging folder in ``staged`` mode)."""
     written = store.spark_path(uri)
-    if scheme_of(written) in LOCAL_SCHEMES and os.path.exists(written):
-        store, uri = LocalStorage(), written
+    if scheme_of(written) in LOCAL_SCHEMES and os.path.exists(local_path(written)):
+        store, uri = LocalStorage(), local_path(written)
     files = _listing(store, uri)
     sha = {rel: hashlib.sha256(store.read_bytes(join(uri, rel) if rel else uri)).hexdigest()
            for rel in files} if checksums else {}

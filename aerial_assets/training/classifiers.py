@@ -1,8 +1,8 @@
 """Classifiers on backbone features with pyspark.ml: pipelines, hyperparameter search, evaluation.
 
-No Dagster import. SynapseML's role in the original sample (featurize + train on Spark) is taken by
-onnxruntime (featurization) and pyspark.ml (training): SynapseML's JVM jars come from Maven, which
-these machines cannot reach.
+No Dagster import. pyspark.ml's estimators and the project's discriminant run on every Spark line; ``lightgbm`` is
+SynapseML's ``LightGBMClassifier`` (the original sample's MMLSpark), available where the session loads SynapseML's
+classes (:mod:`aerial_assets.spark.synapseml`: the 3.5 line with ``make jars``, or a cluster that has it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from aerial_assets.records import Augmentation, ViewChoice
 from aerial_assets.tables import TRAINING
 from aerial_assets.training.metrics import ClassificationReport, confusion_matrix, report
 
-ALGORITHMS = ("logistic_regression", "random_forest", "mlp", "linear_discriminant")
+#: The algorithms every Spark line runs (pyspark.ml and the project's own discriminant).
+PYSPARK_ML_ALGORITHMS = ("logistic_regression", "random_forest", "mlp", "linear_discriminant")
+#: ... and those that need SynapseML on the session.
+SYNAPSEML_ALGORITHMS = ("lightgbm",)
+ALGORITHMS = PYSPARK_ML_ALGORITHMS + SYNAPSEML_ALGORITHMS
 Search = Literal["none", "train_validation_split", "cross_validation"]
 SEARCHES: tuple[str, ...] = get_args(Search)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
@@ -57,6 +61,12 @@ class ClassifierParams(BaseModel):
     mlp_hidden: int = Field(default=256, ge=1)
     mlp_max_iter: int = Field(default=200, ge=1)
     mlp_block_size: int = Field(default=128, ge=1)
+    gbm_num_iterations: int = Field(default=200, ge=1, description="lightgbm: boosting rounds")
+    gbm_learning_rate: float = Field(default=0.1, gt=0.0)
+    gbm_num_leaves: int = Field(default=31, ge=2)
+    gbm_min_data_in_leaf: int = Field(default=20, ge=1, description="lightgbm: fewest training rows in a leaf "
+                                      "(LightGBM's default, 20); lower it for training sets of a few dozen tiles "
+                                      "per class, where no split would otherwise be allowed")
     lda_shrinkage: float | None = Field(default=None, ge=0.0, le=1.0, description="linear_discriminant: how far "
                                         "the covariance is shrunk towards a multiple of the identity; empty = "
                                         "the Ledoit-Wolf estimate from the training rows")
@@ -68,6 +78,7 @@ class ClassifierParams(BaseModel):
     rf_max_depth_grid: list[int] = []
     mlp_hidden_grid: list[int] = []
     lda_shrinkage_grid: list[float] = []
+    gbm_num_leaves_grid: list[int] = []
     views: ViewChoice = Field(default=0, description="rotated/flipped views averaged per tile: 1, 4, 8, or 0 for "
                               "every view tile_features computed")
     augmentation: Augmentation = Field(default="average", description="'average': one row per tile, features "
@@ -91,6 +102,9 @@ class ClassifierParams(BaseModel):
                     "seed": self.seed}
         if algorithm == "linear_discriminant":
             return {"shrinkage": -1.0 if self.lda_shrinkage is None else self.lda_shrinkage}
+        if algorithm == "lightgbm":
+            return {"numIterations": self.gbm_num_iterations, "learningRate": self.gbm_learning_rate,
+                    "numLeaves": self.gbm_num_leaves, "minDataInLeaf": self.gbm_min_data_in_leaf, "seed": self.seed}
         raise ConfigurationError(f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}")
 
     def grid_for(self, algorithm: str) -> dict[str, list]:
@@ -100,12 +114,27 @@ class ClassifierParams(BaseModel):
             "random_forest": {"maxDepth": list(self.rf_max_depth_grid)},
             "mlp": {"hidden": list(self.mlp_hidden_grid)},
             "linear_discriminant": {"shrinkage": list(self.lda_shrinkage_grid)},
+            "lightgbm": {"numLeaves": list(self.gbm_num_leaves_grid)},
         }[check_algorithm(algorithm)]
         return {name: values for name, values in grid.items() if len(values) > 1}
 
 
-def _estimator(algorithm: str, settings: Mapping[str, Any], n_features: int, n_classes: int):
+def _estimator(algorithm: str, settings: Mapping[str, Any], n_features: int, n_classes: int, threads: int = 1):
     from pyspark.ml.classification import LogisticRegression, MultilayerPerceptronClassifier, RandomForestClassifier
+
+    if algorithm == "lightgbm":
+        from aerial_assets.spark.synapseml import import_synapseml
+
+        LightGBMClassifier = import_synapseml("synapse.ml.lightgbm").LightGBMClassifier  # noqa: N806
+
+        # numThreads: the executor's cores. SynapseML runs one LightGBM worker per executor (single dataset mode),
+        # and LightGBM's own default on a container is not its core count: on a 1-core executor a fit took 48 s
+        # instead of 6.5 s (issue 34). verbosity -1: LightGBM's per-iteration lines would flood executor logs.
+        return LightGBMClassifier(
+            featuresCol=FEATURES_COL, labelCol=LABEL_COL, objective="multiclass", numThreads=max(1, threads),
+            numIterations=int(settings["numIterations"]), learningRate=float(settings["learningRate"]),
+            numLeaves=int(settings["numLeaves"]), minDataInLeaf=int(settings["minDataInLeaf"]),
+            seed=int(settings["seed"]), deterministic=True, verbosity=-1)
 
     if algorithm == "logistic_regression":
         return LogisticRegression(featuresCol="scaled", labelCol=LABEL_COL, family="multinomial", **settings)
@@ -122,7 +151,7 @@ def _estimator(algorithm: str, settings: Mapping[str, Any], n_features: int, n_c
 
 
 def build_pipeline(algorithm: str, params: ClassifierParams, n_features: int = 0, n_classes: int = 0,
-                   overrides: Mapping[str, Any] | None = None):
+                   overrides: Mapping[str, Any] | None = None, threads: int = 1):
     """An unfitted Pipeline: standardisation where the algorithm needs it (linear models, the MLP and the
     discriminant's shrinkage towards the identity are scale-sensitive; trees are not), then the classifier."""
     from pyspark.ml import Pipeline
@@ -130,11 +159,22 @@ def build_pipeline(algorithm: str, params: ClassifierParams, n_features: int = 0
 
     check_algorithm(algorithm)
     settings = {**params.for_algorithm(algorithm), **(overrides or {})}
-    clf = _estimator(algorithm, settings, n_features, n_classes)
-    if algorithm == "random_forest":
+    clf = _estimator(algorithm, settings, n_features, n_classes, threads)
+    if algorithm in ("random_forest", "lightgbm"):  # trees: the scale of a feature does not matter
         return Pipeline(stages=[clf])
     scaler = StandardScaler(inputCol=FEATURES_COL, outputCol="scaled", withMean=True, withStd=True)
     return Pipeline(stages=[scaler, clf])
+
+
+def load_pipeline(session, path: str, algorithm: str):
+    """A saved pipeline of ``algorithm``, read with ``session`` (SynapseML's Python classes first for its stages)."""
+    from pyspark.ml import PipelineModel
+
+    if algorithm in SYNAPSEML_ALGORITHMS:
+        from aerial_assets.spark.synapseml import import_synapseml
+
+        import_synapseml("synapse.ml.lightgbm")
+    return PipelineModel.read().session(session).load(path)
 
 
 #: What the hyperparameter search maximises: the metric the champion is picked on (validation macro-F1).
@@ -181,7 +221,7 @@ def macro_f1_evaluator(n_classes: int):
 
 
 def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_classes: int,
-        parallelism: int, group_col: str | None = None) -> tuple[Any, SearchResult]:
+        parallelism: int, group_col: str | None = None, threads: int = 1) -> tuple[Any, SearchResult]:
     """Fit the pipeline, searching the grid first when it has more than one candidate.
 
     The MLP's hidden width changes the layer list, which a ParamGrid cannot express on one estimator,
@@ -193,20 +233,23 @@ def fit(algorithm: str, params: ClassifierParams, train, n_features: int, n_clas
     and must fall on the same side of every search split. Spark ML's tuners split rows at random,
     which would put a tile's rotations on both sides, score memorised tiles and favour the weakest
     regularisation; grouped searches therefore split by a hash of the group column.
+
+    ``threads``: the cores of one executor, for estimators that run native threads of their own (lightgbm).
     """
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 
     grid = params.grid_for(algorithm)
     base = params.for_algorithm(algorithm)
     if params.search == "none" or not grid:
-        model = build_pipeline(algorithm, params, n_features, n_classes).fit(train)
+        model = build_pipeline(algorithm, params, n_features, n_classes, threads=threads).fit(train)
         return model, SearchResult("none", base, [base], [float("nan")])
     evaluator = macro_f1_evaluator(n_classes)
     names = list(grid)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
     if algorithm == "mlp" or group_col is not None:
-        return _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col)
-    pipeline = build_pipeline(algorithm, params, n_features, n_classes)
+        return _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col,
+                                 threads)
+    pipeline = build_pipeline(algorithm, params, n_features, n_classes, threads=threads)
     clf = pipeline.getStages()[-1]
     builder = ParamGridBuilder()
     for name, values in grid.items():
@@ -246,16 +289,18 @@ def search_splits(train, params: ClassifierParams, group_col: str | None = None)
     return [(train.filter(bucket < cut), train.filter(bucket >= cut))]
 
 
-def _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col=None):
+def _search_pipelines(algorithm, params, train, n_features, n_classes, combos, evaluator, group_col=None,
+                      threads=1):
     """Search by fitting one pipeline per candidate on seeded splits of the training data."""
     splits = search_splits(train, params, group_col)
     scores = []
     for combo in combos:
-        values = [evaluator.evaluate(build_pipeline(algorithm, params, n_features, n_classes, combo).fit(a).transform(b))
+        values = [evaluator.evaluate(build_pipeline(algorithm, params, n_features, n_classes, combo, threads)
+                                     .fit(a).transform(b))
                   for a, b in splits]
         scores.append(float(np.mean(values)))
     best = combos[int(np.argmax(scores))]
-    model = build_pipeline(algorithm, params, n_features, n_classes, best).fit(train)
+    model = build_pipeline(algorithm, params, n_features, n_classes, best, threads).fit(train)
     return model, SearchResult(params.search, {**params.for_algorithm(algorithm), **best}, combos, scores)
 
 

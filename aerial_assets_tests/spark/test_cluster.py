@@ -23,6 +23,7 @@ import yaml
 from aerial_assets.spark.jobs import StageProgress, task_count, tiles_done
 from aerial_assets_tests.standalone_cluster import (
     StandaloneCluster,
+    assert_every_heavy_stage_ran_on_every_executor,
     event_log,
     executors,
     heavy_stages,
@@ -123,13 +124,7 @@ def test_whole_graph_on_a_three_worker_cluster(cluster, graph_run, tiny_tiles, t
 
     # every heavy stage ran tasks on every executor (Spark's event log, not the project's counters)
     log = event_log(events)
-    ran_on = executors(log)
-    assert len(ran_on) == 3, ran_on
-    for prefix in ("featurizing with", "scoring tiny"):
-        stages = heavy_stages(log, prefix)
-        assert stages, f"no job described {prefix!r} in the event log"
-        for stage in stages:
-            assert stage.executors == ran_on, (prefix, stage)
+    assert_every_heavy_stage_ran_on_every_executor(log, ("featurizing with", "scoring tiny"), 3)
     three_workers = heavy_stages(log, "featurizing with")[0].num_tasks
     # the workers launched this application's executors with the C2 thresholds (session.py), as each logged it
     apps = {e["App ID"] for e in log if e.get("Event") == "SparkListenerApplicationStart"}

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from aerial_assets.spark.lines import connect_runs_pyspark_ml
-from aerial_assets.training.classifiers import ALGORITHMS
+from aerial_assets.training.classifiers import PYSPARK_ML_ALGORITHMS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,7 +174,7 @@ def test_whole_graph_over_spark_connect_matches_local_mode(connect_server, graph
            "PYSPARK_PYTHON": sys.executable}
     env.pop("DAGSTER_HOME", None)
     # the same selection as the local graph_run fixture, whatever make run's defaults are
-    selection = ["--preset", "fast", "--backbones", "mobilenet_v2", "--algorithms", ",".join(ALGORITHMS)]
+    selection = ["--preset", "fast", "--backbones", "mobilenet_v2", "--algorithms", ",".join(PYSPARK_ML_ALGORITHMS)]
     done = subprocess.run([sys.executable, "-m", "aerial_assets.defs.run", *selection], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     if not connect_runs_pyspark_ml():  # the 3.5 line: refused before any step, in one line (a configuration error)

@@ -33,7 +33,7 @@ from aerial_assets.defs.run import Runner
 from aerial_assets.errors import ConfigurationError, StorageError
 from aerial_assets.storage import azure as azure_storage
 from aerial_assets.storage.azure import AzureCredentials, AzureStorage
-from aerial_assets.storage.core import join, storage_for
+from aerial_assets.storage.core import join, local_path, storage_for
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.37.0"  # keep in step with the Makefile's AZURITE_VERSION
@@ -158,7 +158,10 @@ def test_spark_paths_are_staged_locally_and_committed(azurite):
     root = _container(azurite, "spark")
     out = join(root, "features")
     with store.atomic_dir(out) as tmp:
-        local = store.spark_path(join(tmp, "features.parquet"))  # the writing instance, as assets do
+        url = store.spark_path(join(tmp, "features.parquet"))  # the writing instance, as assets do
+        # a file: URL, never a bare path, which Spark would resolve against a cluster's default file system (HDFS)
+        assert url.startswith("file:///")
+        local = local_path(url)
         assert os.path.isabs(local) and not local.startswith("az:")
         # no process-wide registration: another instance knows nothing of this instance's folder being written
         with pytest.raises(StorageError, match="no file or folder"):
@@ -170,7 +173,8 @@ def test_spark_paths_are_staged_locally_and_committed(azurite):
     assert [e.relative_path for e in store.list_files(out)] == ["features.parquet/part-0.parquet", "summary.json"]
     assert not os.path.exists(local)  # staging removed
     read = store.spark_path(join(out, "features.parquet"))
-    assert os.listdir(read) == ["part-0.parquet"] and store.spark_path(join(out, "features.parquet")) == read
+    assert read.startswith("file:///")
+    assert os.listdir(local_path(read)) == ["part-0.parquet"] and store.spark_path(join(out, "features.parquet")) == read
     direct = AzureStorage(azurite.credentials(), spark_mode="direct")
     # Azurite: plain http (abfs, not abfss) and the endpoint override, under which ABFS takes the account name
     # only from a <account>.dfs.core.windows.net host, whatever the scheme

@@ -11,7 +11,7 @@ from aerial_assets.defs.definitions import build_defs
 from aerial_assets.defs.partitions import county_partitions
 from aerial_assets.defs.run import Runner
 from aerial_assets.imagery.counties import County, render_registry
-from aerial_assets.training.classifiers import ALGORITHMS
+from aerial_assets.training.classifiers import PYSPARK_ML_ALGORITHMS
 from aerial_assets_tests.conftest import assert_plain_float_columns, env_for, shared_dataset
 from aerial_assets_tests.defs.test_integrity import _failure
 
@@ -130,13 +130,13 @@ def test_search_keeps_the_views_of_a_tile_on_one_side(spark, search):
 def test_every_algorithm_trains_and_the_floor_check_runs(views_run):
     runner, instance = views_run["runner"], views_run["instance"]
     runner.run_config = {}
-    for algorithm in ALGORITHMS:
+    for algorithm in PYSPARK_ML_ALGORITHMS:
         key = MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm})
         assert runner.run(["land_use_classifiers", "classifier_metrics"], key)
     runner.run_config = {"ops": {"champion_model": {"config": {}}}}
     assert runner.run(["model_leaderboard", "champion_model"])
     board = pd.read_csv(views_run["root"] / "model_leaderboard" / "leaderboard.csv")
-    assert set(board["algorithm"]) == set(ALGORITHMS) and (board["views"] == 4).all()
+    assert set(board["algorithm"]) == set(PYSPARK_ML_ALGORITHMS) and (board["views"] == 4).all()
     from dagster import AssetCheckKey
 
     record = instance.get_latest_asset_check_evaluation_record(
@@ -205,12 +205,12 @@ def test_aid_subset_every_algorithm(spark, tmp_path):
         assert runner.run(["labeled_tiles"])
         assert runner.run(["backbone_models", "tile_features"], "mobilenet_v2")
         runner.run_config = {}
-        for algorithm in ALGORITHMS:
+        for algorithm in PYSPARK_ML_ALGORITHMS:
             assert runner.run(["land_use_classifiers", "classifier_metrics"],
                               MultiPartitionKey({"backbone": "mobilenet_v2", "algorithm": algorithm}))
         assert runner.run(["model_leaderboard"])
     board = pd.read_csv(tmp_path / "root" / "model_leaderboard" / "leaderboard.csv")
-    assert len(board) == len(ALGORITHMS)
+    assert len(board) == len(PYSPARK_ML_ALGORITHMS)
     assert (board["accuracy"] > 0.5).all()  # chance is 0.25
 
 

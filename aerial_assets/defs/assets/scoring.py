@@ -46,7 +46,7 @@ from aerial_assets.storage.core import is_local, join
 from aerial_assets.storage.layout import MODEL, PIPELINE, PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import PASSTHROUGH, TileStatus
-from aerial_assets.training.classifiers import with_vectors
+from aerial_assets.training.classifiers import load_pipeline, with_vectors
 
 
 class CountyTilesConfig(Config):
@@ -198,6 +198,7 @@ class ScoringModel:
     classes: list[str]
     feature_dim: int
     views: int
+    algorithm: str
 
 
 def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
@@ -210,7 +211,7 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
         champion = ChampionRecord.read(store, layout.champion())
         return ScoringModel(champion.model_id, layout.champion_onnx(),
                             layout.champion_pipeline(), champion.classes,
-                            champion.backbone_record.feature_dim, champion.views)
+                            champion.backbone_record.feature_dim, champion.views, champion.algorithm)
     board = csv_files.read_csv(store.read_text(layout.leaderboard_csv()))
     hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
     if hit.empty:
@@ -225,7 +226,8 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
     verify(store, folder, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
     return ScoringModel(info.model_id, layout.backbone_onnx(backbone),
-                        layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views)
+                        layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views,
+                        algorithm)
 
 
 @asset(
@@ -244,7 +246,6 @@ def county_predictions(
     """Every usable tile of a county scored by the champion, as GeoParquet (tile polygons in the county's CRS):
     tile id, bounds, centroid lon/lat, predicted label, the probability of every class, the id of the model
     that made the prediction and the vintage. Tiles whose pixels cannot be read are kept with their reason."""
-    from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -253,7 +254,7 @@ def county_predictions(
     chosen = scoring_model(storage, config.model_id.strip())
     classes, model_id, dim = chosen.classes, chosen.model_id, chosen.feature_dim
     session = spark.session
-    model = PipelineModel.read().session(session).load(store.spark_path(chosen.pipeline_uri))
+    model = load_pipeline(session, store.spark_path(chosen.pipeline_uri), chosen.algorithm)
     views = config.views or chosen.views  # default: the views the model was trained on
     featurize = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
     label_of = F.array(*[F.lit(c) for c in classes])

@@ -30,15 +30,19 @@ from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
 from aerial_assets.records import BackboneRecord, ChampionRecord, ClassifierRecord, MetricsRecord, ReportRecord
 from aerial_assets.safety import csv_files
+from aerial_assets.spark.jobs import executor_cores
+from aerial_assets.spark.synapseml import LIGHTGBM_CLASS, require
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, LEADERBOARD, MODEL, PIPELINE
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import TileStatus
 from aerial_assets.training.classifiers import (
+    SYNAPSEML_ALGORITHMS,
     ClassifierParams,
     class_list,
     evaluate_splits,
     fit,
+    load_pipeline,
     split_predictions,
     training_rows,
     with_vectors,
@@ -102,6 +106,8 @@ def land_use_classifiers(
     """
     backbone, algorithm = _keys(context)
     params: ClassifierParams = config
+    if algorithm in SYNAPSEML_ALGORITHMS:  # before any work: one line saying why, where the session lacks SynapseML
+        require(spark.session, algorithm, LIGHTGBM_CLASS)
     upstream = current_features(storage.storage, storage.layout, backbone)
     augment = params.augmentation == "augment"
     rows, views = _rows(spark, storage, backbone, params.views, augment)
@@ -114,7 +120,8 @@ def land_use_classifiers(
     n_features = len(train.select("features").first()["features"])
     started = time.monotonic()
     model, search = fit(algorithm, params, with_vectors(train, classes), n_features, len(classes),
-                        spark.task_parallelism(), group_col="tile_id" if augment else None)
+                        spark.task_parallelism(), group_col="tile_id" if augment else None,
+                        threads=executor_cores(spark.session))
     fit_seconds = time.monotonic() - started
     train.unpersist()
     if features_identity(storage.storage, storage.layout, backbone) != upstream:  # replaced while fitting: the record would be a lie
@@ -166,8 +173,6 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix on the held-out test split
     (and on the validation split, which alone is used to pick the champion). Numbers are metadata, so the UI
     plots them across runs. Refuses a classifier that was not trained on the current features."""
-    from pyspark.ml import PipelineModel
-
     backbone, algorithm = _keys(context)
     layout, store = storage.layout, storage.storage
     upstream = current_features(store, layout, backbone)
@@ -183,7 +188,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             f"re-materialize land_use_classifiers for partition {backbone}|{algorithm}")
     classes = info.classes
     verify(store, clf_dir, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")
-    model = PipelineModel.read().session(spark.session).load(store.spark_path(layout.classifier_pipeline(backbone, algorithm)))
+    model = load_pipeline(spark.session, store.spark_path(layout.classifier_pipeline(backbone, algorithm)), algorithm)
     views = info.views
     rows, _ = _rows(spark, storage, backbone, views, augment=False)
     reports = evaluate_splits(model, rows, classes, ["test", "validation"])  # one job for both splits
