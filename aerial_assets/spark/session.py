@@ -144,11 +144,13 @@ def classic_conf(master: str, driver_memory: str, jars: str, env: Mapping[str, s
         # happens to hold the map output, so do not wait for reduce-side locality.
         "spark.shuffle.reduceLocality.enabled": "false",
     }
-    jar_list = [j.strip() for j in jars.split(",") if j.strip()] or (local_jars() if local else [])
-    # SynapseML's jars (make jars on the 3.5 line) on local and cluster sessions alike: spark.jars reach a cluster's
+    jar_list = [j.strip() for j in jars.split(",") if j.strip()]
+    # Without AERIAL_SPARK_JARS (which, when set, is the whole list): the hadoop-azure jars on a local session, and
+    # SynapseML's (make jars on the 3.5 line) on local and cluster sessions alike: spark.jars reach a cluster's
     # executors through Spark itself (YARN's distributed cache, a standalone worker's fetch), with no install on the
     # nodes. A cluster's own spark.jars (spark-defaults.conf) are kept before them.
-    extra = synapseml_jars()
+    extra = [] if jar_list else synapseml_jars()
+    jar_list = jar_list or (local_jars() if local else [])
     if extra:
         cluster_jars = [] if local else [j for j in spark_defaults(env).get("spark.jars", "").split(",") if j.strip()]
         jar_list = [*cluster_jars, *jar_list, *extra]
