@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pyspark
 
-from aerial_assets_tests.standalone_cluster import free_port, stop_group
+from aerial_assets_tests.standalone_cluster import free_port, spark_conf_dir, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 JARS = REPO / ".cache" / "yarn-jars"
@@ -187,10 +188,8 @@ NODES_FILE = "nodes.json"
 
 
 def write_spark_conf(cluster: YarnCluster, extra: dict[str, str]) -> Path:
-    folder = cluster.folder / "spark-conf"
-    folder.mkdir(exist_ok=True)
-    (folder / "spark-defaults.conf").write_text("".join(f"{k} {v}\n" for k, v in {**cluster.spark_conf(), **extra}.items()))
-    return folder
+    """The ``SPARK_CONF_DIR`` of a client of ``cluster``: its settings, then ``extra``."""
+    return spark_conf_dir(cluster.folder / "spark-conf", {**cluster.spark_conf(), **extra})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         pid = int(pid_file.read_text())
         try:
-            os.killpg(pid, 15)
+            os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         pid_file.unlink()

@@ -16,6 +16,7 @@ import os
 
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.spark import PROJECT_CACHE
+from aerial_assets.spark.jobs import is_connect
 from aerial_assets.spark.lines import bundled_jar_version
 
 JARS_DIR = os.path.join(PROJECT_CACHE, "synapseml-jars")
@@ -43,8 +44,6 @@ def synapseml_jars(folder: str = JARS_DIR) -> list[str]:
 def loads_class(session, name: str) -> bool:
     """Whether the session's JVM loads class ``name`` the way SynapseML's Python classes will reach it (py4j's
     class lookup, which sees ``spark.jars``). Always False over Spark Connect (no JVM on this side)."""
-    from aerial_assets.spark.jobs import is_connect
-
     if is_connect(session):
         return False
     try:
@@ -59,8 +58,6 @@ def require(session, what: str, class_name: str) -> None:
     session cannot load it: why, and the Spark line that has it."""
     if loads_class(session, class_name):
         return
-    from aerial_assets.spark.jobs import is_connect
-
     if is_connect(session):
         why = "over Spark Connect the client cannot drive SynapseML's JVM classes"
         fix = "use a classic session (AERIAL_SPARK_MASTER=local[N], yarn or spark://...) on the 3.5 line"
