@@ -140,8 +140,20 @@ def test_a_killed_make_run_is_failed_and_swept_by_the_next_start(tiny_tiles, tmp
     env = _env(root, tiny_tiles)
     log = tmp_path / "first.log"
     first = _make_run(env, log, tmp_path)
+    in_flight = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
     try:
-        _wait_for("tile_features temporary", lambda: _temporaries(root / "tile_features"), 600, first, log)
+        # freeze the make run (SIGSTOP to its group: the process and its Spark JVM) while it holds a temporary in a
+        # started run, so that the state the guard sees cannot move on under it (the steps of tiny data are short)
+        for _ in range(20):
+            _wait_for("a temporary of a running step", lambda: _temporaries(root), 600, first, log)
+            os.killpg(first.pid, signal.SIGSTOP)
+            if _temporaries(root) and in_flight & {r.status for r in _runs(home)}:
+                break
+            os.killpg(first.pid, signal.SIGCONT)
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the make run never held a temporary in a started run when frozen")
+        frozen = _temporaries(root)
         # make ui's first step while the run is alive (and while this process, alive too, writes an output):
         # it must leave the live runs and their temporaries alone
         with LocalStorage().atomic_dir(str(root / "tile_features" / "written_by_the_test")) as held:
@@ -150,16 +162,11 @@ def test_a_killed_make_run_is_failed_and_swept_by_the_next_start(tiny_tiles, tmp
             assert ui.returncode == 0, ui.stdout + ui.stderr
             assert Path(held).is_dir()
         statuses = [r.status for r in _runs(home)]
-        # the make run is alive and none of its runs was failed; its current run may be between two steps (the
-        # tiny featurization can finish while run_guard starts: then the next run exists but has not started)
         assert first.poll() is None and DagsterRunStatus.FAILURE not in statuses, statuses
-        in_flight = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
         assert in_flight & set(statuses), statuses
-        # the run may have committed that output meanwhile (the steps of tiny data are short, more so beside other
-        # tests): kill it while it holds a temporary again, which the next start must sweep
-        _wait_for("a temporary of a later step", lambda: _temporaries(root), 600, first, log)
+        assert _temporaries(root) == frozen, "the guard swept a live run's temporary"
     finally:
-        _kill(first)
+        _kill(first)  # SIGKILL ends a stopped process too: the started run and its temporary are left behind
     in_progress = _runs(home, statuses=[DagsterRunStatus.STARTED])
     assert len(in_progress) == 1 and _temporaries(root), "kill -9 leaves a started run and its temporary"
 
