@@ -118,7 +118,7 @@ bench-accuracy: $(STAMP)  ## AID-30 comparison, 50/50 split seed 0 (needs ../sha
 	$(BIN)/python -m benchmarks.bench_accuracy
 
 bench-features: $(STAMP)  ## featurization speed per backbone: bare onnxruntime loop vs tile_features on Spark; peak memory
-	$(BIN)/python -m benchmarks.bench_features
+	$(BIN)/python -m benchmarks.bench_features $(BENCH_ARGS)
 
 bench-cluster: $(STAMP)  ## scale-out: local[2] vs 1- and 2-worker standalone clusters; driver memory at N and 2N tiles; fixed cost
 	$(BIN)/python -m benchmarks.bench_cluster $(BENCH_ARGS)

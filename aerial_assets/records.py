@@ -176,6 +176,7 @@ class FeaturesSummary(SideFile):
     model_sha256: str = ""
     run_id: str = ""
     reused_parts: list[str] = Field(default_factory=list)
+    engine: str = "onnxruntime"  # where the graph ran (AERIAL_FEATURIZE_ENGINE); both give the same features
 
 
 class FeaturesIdentity(Record):
@@ -299,6 +300,7 @@ class PredictionsSummary(SideFile):
     sample_frac: float = 1.0
     champion: bool = True
     run_id: str = ""
+    engine: str = "onnxruntime"  # where the backbone graph ran (AERIAL_FEATURIZE_ENGINE)
 
 
 class LandUseMapSummary(SideFile):

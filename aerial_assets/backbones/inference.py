@@ -118,13 +118,22 @@ class FeaturizedBatch:
         return [next(flat) if s == TileStatus.OK else None for s in self.status]
 
 
-def featurize_rows(rows: Iterable, session: ort.InferenceSession, batch_size: int, views: int,
-                   load: Callable[[object, int], np.ndarray], errors: tuple[type[BaseException], ...],
-                   reason_prefix: str = "") -> Iterator[FeaturizedBatch]:
-    """The one decode/quarantine loop of every featurizer: ``load(row, input size)`` each row's pixels; a row
-    whose ``load`` raises one of ``errors`` is quarantined with the error as its reason (one bad file never
-    fails the task); the rest go through the graph in batches of ``batch_size``."""
-    size = input_size(session)
+@dataclass
+class DecodedBatch:
+    """One batch of tile rows after decoding: each row's status and reason, in row order, and the pixels of those
+    that decoded (``[n decoded, S, S, 3]`` uint8, None when none did)."""
+
+    rows: list
+    status: list[str]
+    reason: list[str]
+    images: np.ndarray | None
+
+
+def decode_rows(rows: Iterable, size: int, batch_size: int, load: Callable[[object, int], np.ndarray],
+                errors: tuple[type[BaseException], ...], reason_prefix: str = "") -> Iterator[DecodedBatch]:
+    """The one decode/quarantine loop of every featurizer (either engine): ``load(row, size)`` each row's pixels;
+    a row whose ``load`` raises one of ``errors`` is quarantined with the error as its reason (one bad file never
+    fails the task)."""
     for batch in batched(rows, batch_size):
         images, status, reason = [], [], []
         for row in batch:
@@ -136,5 +145,13 @@ def featurize_rows(rows: Iterable, session: ort.InferenceSession, batch_size: in
             else:
                 status.append(TileStatus.OK.value)
                 reason.append("")
-        per_view = run_view_features(session, np.stack(images), views) if images else None
-        yield FeaturizedBatch(batch, status, reason, per_view)
+        yield DecodedBatch(batch, status, reason, np.stack(images) if images else None)
+
+
+def featurize_rows(rows: Iterable, session: ort.InferenceSession, batch_size: int, views: int,
+                   load: Callable[[object, int], np.ndarray], errors: tuple[type[BaseException], ...],
+                   reason_prefix: str = "") -> Iterator[FeaturizedBatch]:
+    """:func:`decode_rows`, then the decoded tiles through the graph in batches of ``batch_size``."""
+    for batch in decode_rows(rows, input_size(session), batch_size, load, errors, reason_prefix):
+        per_view = run_view_features(session, batch.images, views) if batch.images is not None else None
+        yield FeaturizedBatch(batch.rows, batch.status, batch.reason, per_view)

@@ -30,6 +30,7 @@ from aerial_assets.defs.resources import (
 from aerial_assets.defs.settings import data_root, weights_setting
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.safety.redaction import has_secret, redact
+from aerial_assets.spark.featurization import ENGINES
 from aerial_assets.spark.session import SparkSettings
 from aerial_assets.storage.azure import (
     ENV_ACCOUNT_KEY,
@@ -65,6 +66,14 @@ def check_uri_settings(env: Mapping[str, str]) -> None:
 
 def _flag(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _engine(value: str) -> str:
+    """``AERIAL_FEATURIZE_ENGINE`` (empty: the default, onnxruntime)."""
+    value = value.strip().lower() or ENGINES[0]
+    if value not in ENGINES:
+        raise ConfigurationError(f"AERIAL_FEATURIZE_ENGINE={value!r} is not one of {', '.join(ENGINES)}")
+    return value
 
 
 def _count(name: str, value: str) -> int:
@@ -147,6 +156,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
                                remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
                                ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
                                driver_memory=spark.driver_memory, jars=spark.jars, storage=storage,
+                               featurize_engine=_engine(env.get("AERIAL_FEATURIZE_ENGINE", "")),
                                parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),

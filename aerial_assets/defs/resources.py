@@ -68,6 +68,8 @@ class SparkResource(LazyPySparkResource):
     ``storage``: the storage resource whose Azure settings the session gets when it opens
     (:meth:`StorageResource.configure_spark`): direct mode needs the account's credentials in the session's
     Hadoop configuration before the first Azure read, and taking them here keeps every asset unchanged.
+    ``featurize_engine`` (``AERIAL_FEATURIZE_ENGINE``): where the featurizing steps run the backbone graphs on this
+    session, onnxruntime in the Python workers or SynapseML's ONNXModel in the JVM executors.
     """
 
     spark_config: dict[str, Any] = {}
@@ -80,6 +82,7 @@ class SparkResource(LazyPySparkResource):
     driver_memory: str = DEFAULT_DRIVER_MEMORY
     jars: str = ""
     storage: "StorageResource | None" = None
+    featurize_engine: str = "onnxruntime"  # AERIAL_FEATURIZE_ENGINE: spark/featurization.ENGINES
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:

@@ -21,6 +21,9 @@ from aerial_assets.spark.part_files import write_part
 from aerial_assets.storage.core import raster_opener, storage_for
 from aerial_assets.tables import FEATURES, PASSTHROUGH, SPLITS, WINDOW_FEATURES, TileStatus
 
+#: Where the backbone graphs run (``AERIAL_FEATURIZE_ENGINE``): onnxruntime in the Python workers (this module, the
+#: default and the faster), or SynapseML's ONNXModel in the JVM executors (:mod:`.synapseml_featurization`).
+ENGINES = ("onnxruntime", "synapseml")
 FEATURE_SCHEMA = FEATURES.ddl
 WINDOW_FEATURE_SCHEMA = WINDOW_FEATURES.ddl
 #: What a task that wrote its feature file tells the driver: the file, its rows, usable rows per split, the others.
@@ -62,17 +65,14 @@ def file_featurizer(
     (``views * D`` floats), for train-time augmentation and for choosing fewer views later.
     """
 
-    def load(row, size: int) -> np.ndarray:
-        return load_tile(_read(row.uri), size)
-
     def featurize(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield from coalesce_frames(per_batch(frames), _ROWS_PER_OUTPUT)
 
     def per_batch(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         session = get_session(model_uri, threads, _read)
         for frame in frames:
-            for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, load,
-                                        (ImageDecodeError, StorageError, OSError)):
+            for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, load_file,
+                                        FILE_ERRORS):
                 yield pd.DataFrame({
                     "tile_id": [r.tile_id for r in batch.rows],
                     "label": [r.label for r in batch.rows],
@@ -86,6 +86,43 @@ def file_featurizer(
     return featurize
 
 
+WINDOW_REASON = "unreadable tile: "
+#: The decode errors that quarantine a catalog tile (any other error fails the task).
+FILE_ERRORS = (ImageDecodeError, StorageError, OSError)
+
+
+def load_file(row, size: int) -> np.ndarray:
+    """A catalog row's tile (``row.uri``) as ``[size, size, 3]`` uint8 pixels."""
+    return load_tile(_read(row.uri), size)
+
+
+class WindowReader:
+    """Reads county tile rows (windows of rasters, or ready-made tile files) in one task: each raster is opened once,
+    on first use, and closed at the end (a context manager)."""
+
+    def __init__(self) -> None:
+        import rasterio
+
+        self._rasterio = rasterio
+        self._open: dict[str, object] = {}
+        self.errors = (rasterio.errors.RasterioError, ImageDecodeError, StorageError, OSError)
+
+    def load(self, row, size: int) -> np.ndarray:
+        if row.raster_index < 0:  # a ready-made tile file, not a raster window
+            return load_tile(_read(row.raster_uri), size)
+        if row.raster_uri not in self._open:
+            self._open[row.raster_uri] = self._rasterio.open(row.raster_uri, opener=raster_opener(row.raster_uri))
+        return read_tile(self._open[row.raster_uri], row.col_off, row.row_off, row.width_px, size,
+                         (row.scale_lo, row.scale_hi))
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ds in self._open.values():
+            ds.close()
+
+
 def window_featurizer(
     model_uri: str, threads: int, batch_size: int, views: int = 1
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -96,33 +133,17 @@ def window_featurizer(
     """
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import rasterio
-
         session = get_session(model_uri, threads, _read)
-        open_sets: dict[str, object] = {}
-
-        def load(row, size: int) -> np.ndarray:
-            if row.raster_index < 0:  # a ready-made tile file, not a raster window
-                return load_tile(_read(row.raster_uri), size)
-            if row.raster_uri not in open_sets:
-                open_sets[row.raster_uri] = rasterio.open(row.raster_uri, opener=raster_opener(row.raster_uri))
-            return read_tile(open_sets[row.raster_uri], row.col_off, row.row_off, row.width_px, size,
-                             (row.scale_lo, row.scale_hi))
-
-        errors = (rasterio.errors.RasterioError, ImageDecodeError, StorageError, OSError)
-        try:
+        with WindowReader() as reader:
             for frame in frames:
                 frame = frame.sort_values(["raster_uri", "row_off", "col_off"])
-                for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, load, errors,
-                                            reason_prefix="unreadable tile: "):
+                for batch in featurize_rows(frame.itertuples(index=False), session, batch_size, views, reader.load,
+                                            reader.errors, reason_prefix=WINDOW_REASON):
                     out = pd.DataFrame({col: [getattr(r, col) for r in batch.rows] for col in PASSTHROUGH})
                     out["features"] = batch.features()
                     out["status"] = batch.status
                     out["reason"] = batch.reason
                     yield out
-        finally:
-            for ds in open_sets.values():
-                ds.close()
 
     return run
 

@@ -15,6 +15,7 @@ from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.records import BackboneRecord, FeaturesSummary, ViewCount
 from aerial_assets.safety import csv_files
+from aerial_assets.spark import synapseml_featurization
 from aerial_assets.spark.featurization import (
     FEATURE_PART_SCHEMA,
     FEATURE_SCHEMA,
@@ -24,6 +25,7 @@ from aerial_assets.spark.featurization import (
 )
 from aerial_assets.spark.jobs import DEFAULT_TILES_PER_TASK, JobProgress, task_count
 from aerial_assets.spark.part_files import EMPTY_PART, executor_folder, keep_reported, write_part
+from aerial_assets.spark.synapseml import ONNX_MODEL_CLASS, require
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
 from aerial_assets.storage.manifest import verify, write_manifest
@@ -67,12 +69,16 @@ def tile_features(
     """Parquet of (tile id, label, split, feature vector) for every usable labelled tile, per backbone.
 
     Runs the backbone's ONNX graph with onnxruntime inside Spark (`mapInPandas`), one inference session
-    per Python worker; each task writes its own Parquet file (pyarrow, on the executor). Tiles that fail to
+    per Python worker, or with SynapseML's ONNXModel in the JVM executors (`AERIAL_FEATURIZE_ENGINE=synapseml`);
+    each task writes its own Parquet file (pyarrow, on the executor). Tiles that fail to
     decode here are quarantined with their reason.
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
     backbone = context.partition_key
+    jvm_engine = spark.featurize_engine == synapseml_featurization.ENGINE
+    if jvm_engine:  # before any work: one line saying why, where the session lacks SynapseML
+        require(spark.session, "AERIAL_FEATURIZE_ENGINE=synapseml", ONNX_MODEL_CLASS)
     entry = zoo_entry(backbone)
     layout, store = storage.layout, storage.storage
     catalog_bytes = store.read_bytes(layout.catalog())
@@ -100,6 +106,10 @@ def tile_features(
         # One job, as wide as the data and the cluster: a round-robin spread of the rows; each task writes its own
         # feature file and returns one summary row with its counts (no second job reads the features to count).
         spread = source.repartition(n_tasks)
+        if jvm_engine and not reusable:  # the graph runs in the JVM; the writing function averages its views
+            spread = synapseml_featurization.file_inference(spread, store.read_bytes(model_uri), config.batch_size,
+                                                            config.views)
+            make_rows = synapseml_featurization.file_averager(config.views)
         schema = spread.mapInPandas(make_rows, FEATURE_SCHEMA).schema
         arrow_schema = to_arrow_schema(schema)
         writer = writing_parts(make_rows, folder, arrow_schema)
@@ -120,6 +130,7 @@ def tile_features(
             backbone=backbone, views=config.views, feature_dim=record.feature_dim, n_tiles=len(usable),
             seconds=round(elapsed, 2), catalog_sha256=catalog_sha, model_sha256=model_sha, run_id=context.run_id,
             reused_parts=list(entry.parts) if reusable else [],
+            engine=spark.featurize_engine,
         ).write(storage.storage, tmp)
     return MaterializeResult(
         metadata={
@@ -127,6 +138,7 @@ def tile_features(
             "dagster/row_count": sum(per_split.values()),
             "feature_dim": record.feature_dim,
             "views": config.views,
+            "engine": spark.featurize_engine,
             "reused_cached_features_of": ", ".join(entry.parts) if reusable else "none (computed)",
             **{f"n_{split}": n for split, n in per_split.items()},
             "n_quarantined": len(bad),

@@ -39,9 +39,11 @@ from aerial_assets.records import (
     view_choice,
 )
 from aerial_assets.safety import csv_files
+from aerial_assets.spark import synapseml_featurization
 from aerial_assets.spark.featurization import WINDOW_FEATURE_SCHEMA, window_featurizer
 from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.spark.part_files import executor_folder, keep_reported
+from aerial_assets.spark.synapseml import ONNX_MODEL_CLASS, require
 from aerial_assets.storage.core import is_local, join
 from aerial_assets.storage.layout import MODEL, PIPELINE, PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.storage.manifest import verify, write_manifest
@@ -251,16 +253,28 @@ def county_predictions(
     from pyspark.sql.pandas.types import to_arrow_schema
 
     layout, store = storage.layout, storage.storage
+    jvm_engine = spark.featurize_engine == synapseml_featurization.ENGINE
+    if jvm_engine:  # before any work: one line saying why, where the session lacks SynapseML
+        require(spark.session, "AERIAL_FEATURIZE_ENGINE=synapseml", ONNX_MODEL_CLASS)
     chosen = scoring_model(storage, config.model_id.strip())
     classes, model_id, dim = chosen.classes, chosen.model_id, chosen.feature_dim
     session = spark.session
     model = load_pipeline(session, store.spark_path(chosen.pipeline_uri), chosen.algorithm)
     views = config.views or chosen.views  # default: the views the model was trained on
-    featurize = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
+    if jvm_engine:
+        graph = store.read_bytes(chosen.onnx_uri)
+
+        def featurize(part):
+            return synapseml_featurization.window_features(part, graph, config.batch_size, views)
+    else:
+        featurizer = window_featurizer(chosen.onnx_uri, config.threads_per_task, config.batch_size, views)
+
+        def featurize(part):
+            return part.mapInPandas(featurizer, WINDOW_FEATURE_SCHEMA)
     label_of = F.array(*[F.lit(c) for c in classes])
 
     def score(part, year: int | None):
-        feats = part.mapInPandas(featurize, WINDOW_FEATURE_SCHEMA)
+        feats = featurize(part)
         ok = F.col("status") == TileStatus.OK.value
         # Unreadable tiles get a zero vector so that one pass scores everything; their outputs are nulled.
         feats = feats.withColumn("features", F.when(ok, F.col("features")).otherwise(
@@ -310,7 +324,7 @@ def county_predictions(
                 county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,
                 year=tile_summary.year, area=tile_summary.area, n_tiles=int(sum(counts.values())),
                 n_quarantined=len(bad), seconds=seconds, spark_tasks=n_tasks, sample_frac=config.sample_frac,
-                champion=not config.model_id.strip(), run_id=context.run_id)
+                champion=not config.model_id.strip(), run_id=context.run_id, engine=spark.featurize_engine)
             summary.write(storage.storage, tmp)
             boxes = [p for p in parts if p["file"]]
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
@@ -336,6 +350,7 @@ def county_predictions(
             "dagster/row_count": summary.n_tiles,
             "n_quarantined": len(bad),
             "spark_tasks": n_tasks,
+            "engine": spark.featurize_engine,
             "tiles_per_second": round(n_tiles / max(seconds, 1e-9), 1),
             "counts_per_class": MetadataValue.json(counts),
             "crs": tile_summary.crs,
