@@ -157,6 +157,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
                                ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
                                driver_memory=spark.driver_memory, jars=spark.jars, storage=storage,
                                featurize_engine=_engine(env.get("AERIAL_FEATURIZE_ENGINE", "")),
+                               verbose=spark.verbose,
                                parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
         "storage": storage,
         "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),

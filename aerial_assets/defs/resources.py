@@ -5,7 +5,6 @@ place that reads the environment to choose them.
 
 
 import os
-import sys
 import tempfile
 from typing import Any
 
@@ -26,6 +25,7 @@ from aerial_assets.spark.session import (
     SparkSettings,
     classic_conf,
     is_local_master,
+    prepare_launch,
     session_conf,
     spark_defaults,
     wait_for_early_start,
@@ -83,6 +83,7 @@ class SparkResource(LazyPySparkResource):
     jars: str = ""
     storage: "StorageResource | None" = None
     featurize_engine: str = "onnxruntime"  # AERIAL_FEATURIZE_ENGINE: spark/featurization.ENGINES
+    verbose: bool = False  # AERIAL_VERBOSE: a local driver logs with Spark's defaults, not spark/session.QUIET_LOG_CONFIG
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -106,14 +107,14 @@ class SparkResource(LazyPySparkResource):
         which an early start of ``make run`` uses too)."""
         if self.remote:
             return {"spark.app.name": APP_NAME, **self.spark_config, "spark.remote": self.remote_url()}
-        return session_conf(SparkSettings(master=self.master, driver_memory=self.driver_memory, jars=self.jars),
-                            self.conf, self.spark_config)
+        return session_conf(SparkSettings(master=self.master, driver_memory=self.driver_memory, jars=self.jars,
+                                          verbose=self.verbose), self.conf, self.spark_config)
 
     def _create(self):
         from dagster_pyspark.resources import spark_session_from_config
 
-        # Python workers must run the interpreter that has this project's packages.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Python workers must run the interpreter that has this project's packages; a local driver binds loopback.
+        prepare_launch("" if self.remote else self.master)
         config = self.session_config()
         if self.remote:
             check_connect_ml(connect_endpoint(self.remote))  # before the network: a 3.5 client cannot train there
@@ -140,7 +141,7 @@ class SparkResource(LazyPySparkResource):
 
     def default_conf(self) -> dict[str, str]:
         """Settings every classic session gets (:func:`aerial_assets.spark.session.classic_conf`)."""
-        return classic_conf(self.master, self.driver_memory, self.jars)
+        return classic_conf(self.master, self.driver_memory, self.jars, verbose=self.verbose)
 
     def remote_url(self) -> str:
         token = _value(self.remote_token)

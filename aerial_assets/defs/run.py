@@ -209,6 +209,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser.add_argument("--counties", default=None, help="comma list of registry keys to score; default: every "
                         "county in the registry")
     parser.add_argument("--skip-counties", action="store_true", help="stop after the champion model (no scoring)")
+    parser.add_argument("--verbose", action="store_true", help="the local Spark driver's whole log (as "
+                        "AERIAL_VERBOSE=1); by default its start-up notices are left out")
     parser.add_argument("--config", default=None, metavar="YAML", help="run config for the assets' settings, as "
                         "Dagster takes it: ops: {asset_name: {config: {...}}}; it overrides the preset's settings "
                         "key by key")
@@ -255,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster\..*")
     env = dict(os.environ)  # the one read of this process's environment; everything below takes ``env``
     args = build_parser(env).parse_args(argv)
+    if args.verbose:
+        env["AERIAL_VERBOSE"] = "1"
 
     preset = get_preset(args.preset)
     backbones = parse_list(args.backbones or ",".join(preset.backbones), zoo_entry)

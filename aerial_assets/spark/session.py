@@ -62,12 +62,31 @@ class SparkSettings:
     remote: str = ""
     driver_memory: str = DEFAULT_DRIVER_MEMORY
     jars: str = ""
+    verbose: bool = False  # AERIAL_VERBOSE: Spark's own log settings instead of QUIET_LOG_CONFIG
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SparkSettings:
         return cls(master=env.get("AERIAL_SPARK_MASTER", DEFAULT_MASTER), remote=env.get("SPARK_REMOTE", ""),
                    driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", DEFAULT_DRIVER_MEMORY),
-                   jars=env.get("AERIAL_SPARK_JARS", ""))
+                   jars=env.get("AERIAL_SPARK_JARS", ""), verbose=is_verbose(env))
+
+
+def is_verbose(env: Mapping[str, str]) -> bool:
+    """``AERIAL_VERBOSE``: set and not 0/false/no/off."""
+    return env.get("AERIAL_VERBOSE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+#: The local driver's log4j2 configuration: warnings and errors, without the start-up notices a user cannot act on.
+QUIET_LOG_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
+
+
+def prepare_launch(master: str) -> None:
+    """What this process's environment must hold before it launches a driver JVM: the Python that executors run, and
+    for a local master ``SPARK_LOCAL_IP`` = 127.0.0.1, so that Spark does not look for another address (and warn that
+    the hostname resolves to loopback) before ``spark.driver.bindAddress`` applies. A value the user set is kept."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if is_local_master(master):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
 def is_local_master(master: str) -> bool:
@@ -121,12 +140,14 @@ def spark_defaults(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return settings
 
 
-def classic_conf(master: str, driver_memory: str, jars: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def classic_conf(master: str, driver_memory: str, jars: str, env: Mapping[str, str] | None = None,
+                 verbose: bool = False) -> dict[str, str]:
     """Settings every classic session gets (the resource's ``conf`` and the cluster's spark-defaults.conf can
     override them).
 
     Local masters bind the driver (and the executors it runs) to loopback: nothing a local run opens
-    listens on another interface. A cluster master leaves addresses to the cluster's own configuration.
+    listens on another interface, and log with :data:`QUIET_LOG_CONFIG` unless ``verbose``. A cluster master
+    leaves addresses and logging to the cluster's own configuration.
     """
     local = is_local_master(master)
     conf = {
@@ -168,7 +189,9 @@ def classic_conf(master: str, driver_memory: str, jars: str, env: Mapping[str, s
             # (class_archive.py). "default" options: a user's spark.driver.extraJavaOptions come after these and
             # win. Only here: on a cluster, spark.driver.defaultJavaOptions belongs to its administrators
             # (spark-defaults.conf), and a value set here would replace theirs.
-            "spark.driver.defaultJavaOptions": f"{LOCAL_DRIVER_JAVA_OPTIONS} {driver_java_options()}".strip(),
+            "spark.driver.defaultJavaOptions": " ".join(filter(None, [
+                LOCAL_DRIVER_JAVA_OPTIONS, driver_java_options(),
+                "" if verbose else f"-Dlog4j2.configurationFile=file:{QUIET_LOG_CONFIG}"])),
         })
     elif "spark.executor.defaultJavaOptions" not in spark_defaults(env):
         # the executors this application gets (local masters run them in the driver JVM, which has these already)
@@ -181,7 +204,8 @@ def session_conf(settings: SparkSettings, conf: Mapping[str, str] | None = None,
     """Everything a classic session is opened with: the master, :func:`classic_conf`, then ``conf`` and
     ``spark_config`` (later ones win)."""
     return {"spark.app.name": APP_NAME, "spark.master": settings.master,
-            **classic_conf(settings.master, settings.driver_memory, settings.jars), **(conf or {}),
+            **classic_conf(settings.master, settings.driver_memory, settings.jars, verbose=settings.verbose),
+            **(conf or {}),
             **(spark_config or {})}
 
 
@@ -233,7 +257,7 @@ def start_early(env: Mapping[str, str], argv: Sequence[str] = ()) -> threading.T
         try:
             from pyspark.sql import SparkSession
 
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            prepare_launch(settings.master)
             plan_first_query(SparkSession.builder.config(map=conf).getOrCreate())
         except Exception:  # noqa: BLE001 - the resource opens the session again and reports what went wrong
             pass
