@@ -108,11 +108,15 @@ def test_the_early_start_plans_the_first_query_without_running_a_job(spark):
 
 def test_local_driver_jvm_gives_back_heap_and_leaves_extra_options_to_the_user():
     from aerial_assets.spark.class_archive import driver_java_options
-    from aerial_assets.spark.session import LOCAL_DRIVER_JAVA_OPTIONS, classic_conf
+    from aerial_assets.spark.session import LOCAL_DRIVER_JAVA_OPTIONS, QUIET_LOG_CONFIG, classic_conf
 
     archive = driver_java_options()  # the class archive's flags, when make install built one (test_class_archive.py)
     local = classic_conf("local[2]", "4g", "")
-    assert local["spark.driver.defaultJavaOptions"] == f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip()
+    quiet_log = f"-Dlog4j2.configurationFile=file:{QUIET_LOG_CONFIG}"  # test_quiet_logs.py: what it leaves out
+    assert local["spark.driver.defaultJavaOptions"] == " ".join(filter(None, [LOCAL_DRIVER_JAVA_OPTIONS, archive,
+                                                                              quiet_log]))
+    verbose = classic_conf("local[2]", "4g", "", verbose=True)  # AERIAL_VERBOSE: Spark's own log settings
+    assert verbose["spark.driver.defaultJavaOptions"] == f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip()
     assert "-XX:MaxHeapFreeRatio=30" in LOCAL_DRIVER_JAVA_OPTIONS
     assert "-XX:Tier4InvocationThreshold=20000" in LOCAL_DRIVER_JAVA_OPTIONS  # C2 waits for hot code (session.py)
     assert "spark.driver.extraJavaOptions" not in local  # the user's own options are appended after ours and win
