@@ -28,6 +28,7 @@ from aerial_assets.backbones.jvm_graph import INPUT, OUTPUT, for_jvm, image_size
 from aerial_assets.spark.featurization import (
     FEATURE_SCHEMA,
     FILE_ERRORS,
+    ROWS_PER_OUTPUT,
     WINDOW_FEATURE_SCHEMA,
     WINDOW_REASON,
     WindowReader,
@@ -159,6 +160,6 @@ def _averager(keys: list[str], views: int, keep_views: bool) -> Callable[[Iterat
     """Step 3 as a ``mapInPandas`` function, its output in frames of a few hundred rows."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        yield from coalesce_frames(_averaged(frames, keys, views, keep_views), 256)
+        yield from coalesce_frames(_averaged(frames, keys, views, keep_views), ROWS_PER_OUTPUT)
 
     return run
