@@ -20,14 +20,16 @@ export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
+DOCS_PORT ?= 8000
+RUN_ARGS ?=
 # make test runs the test files on 2 pytest-xdist workers, a file's tests together (they share its fixtures): most of
-# a Spark, server or browser test is spent waiting on another process, so two at once fit 2 cores (README, Tests).
+# a Spark, server or browser test is spent waiting on another process, so two at once fit 2 cores (docs/development.md).
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
+.PHONY: docs docs-serve docs-screenshots install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
 
-install: $(STAMP)
+install: $(STAMP)  ## create the venv and install everything (make demo and make test do it when needed)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) requirements-weights.txt
 	@test -n "$(PYTHON_BIN)" || { echo "make: no working $(PYTHON) (set PYTHON=python3.11, python3.12 or python3.13)"; exit 2; }
@@ -49,10 +51,10 @@ jvm-archive: $(STAMP)  ## rebuild the Spark driver's JVM class archive (after ch
 	$(BIN)/python -m aerial_assets.spark.class_archive --force
 
 demo: $(STAMP)  ## the whole graph on the built-in (synthetic) demo data
-	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.defs.run
+	env -u AERIAL_TRAINING_TILES -u AERIAL_COUNTIES $(BIN)/python -m aerial_assets.defs.run $(RUN_ARGS)
 
-run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...)
-	$(BIN)/python -m aerial_assets.defs.run
+run: $(STAMP)  ## the whole graph with the current settings (AERIAL_TRAINING_TILES, AERIAL_DATA_ROOT, ...); RUN_ARGS="--verbose ..." for its options
+	$(BIN)/python -m aerial_assets.defs.run $(RUN_ARGS)
 
 test: $(STAMP) $(if $(shell command -v mvn),jars yarn-jars)  ## the tests; with Maven, the jars first (without them the direct-mode Azure, YARN and SynapseML tests skip)
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
@@ -65,7 +67,7 @@ ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -m aerial_assets.defs.run_guard
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check aerial_assets aerial_assets_tests
 
 # keep in step with aerial_assets_tests/storage/test_azure.py
@@ -105,7 +107,7 @@ yarn: $(STAMP) yarn-jars  ## a single-machine YARN (ResourceManager, 2 NodeManag
 yarn-stop:  ## stop the cluster `make yarn` started (by its process id)
 	$(BIN)/python -m aerial_assets_tests.yarn_cluster stop $(YARN_ARGS)
 
-clean:
+clean:  ## remove the venv, the default data root and the JVM class archive
 	rm -rf $(VENV) .aerial_data .pytest_cache .cache/jvm
 
 bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: time per stage, peak memory
@@ -122,3 +124,14 @@ bench-features: $(STAMP)  ## featurization speed per backbone: bare onnxruntime 
 
 bench-cluster: $(STAMP)  ## scale-out: local[2] vs 1- and 2-worker standalone clusters; driver memory at N and 2N tiles; fixed cost
 	$(BIN)/python -m benchmarks.bench_cluster $(BENCH_ARGS)
+
+docs: $(STAMP)  ## the docs site: regenerate the reference and benchmark pages from the code and result files, then mkdocs build --strict into site/
+	$(BIN)/python -m aerial_assets.defs.reference
+	$(BIN)/python -m benchmarks.results
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)  ## the docs site on http://127.0.0.1:$(DOCS_PORT), rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-screenshots:  ## copy the screenshots the Chromium tests took (test-artifacts/) into docs/images/
+	cp test-artifacts/lineage.png test-artifacts/leaderboard.png test-artifacts/county_map.png docs/images/

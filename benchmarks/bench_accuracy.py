@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from aerial_assets.training.presets import DEFAULT_PRESET
+from benchmarks.results import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "aid"
@@ -171,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench-accuracy", main))

@@ -38,6 +38,7 @@ from pathlib import Path
 from benchmarks.bench_county import write_synthetic_county
 from benchmarks.bench_features import AID, bare_loop, image_tree
 from benchmarks.memory import PeakMemory
+from benchmarks.results import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "mobilenet_v2"
@@ -302,5 +303,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a --child process is one measurement of the parent's run: no result file of its own
+    sys.exit(main() if "--child" in sys.argv else run_main("bench-cluster", main))

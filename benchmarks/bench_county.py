@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import PeakMemory
+from benchmarks.results import run_main
 
 TILES_FULL = 65_563
 COLS = 257
@@ -178,4 +179,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench-county", main))

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import PeakMemory
+from benchmarks.results import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 AID = REPO.parent / "shared" / "datasets" / "aid"
@@ -281,4 +282,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench-features", main))

@@ -45,6 +45,7 @@ from aerial_assets.backbones.reference_nets import reference_features
 from aerial_assets.backbones.torch_weights import load_state_dict
 from aerial_assets.errors import BackboneError, ConfigurationError
 from aerial_assets.imagery.decode import resize_square
+from aerial_assets.settings import AerialSettings
 from aerial_assets.storage.core import LOCAL_SCHEMES, local_path, scheme_of
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -78,7 +79,8 @@ def weights_dir_for(data_root: str, weights_dir: str = "") -> str:
 
 def default_weights_dir(env: Mapping[str, str]) -> str:
     """:func:`weights_dir_for` with the settings of ``env`` (``AERIAL_WEIGHTS_DIR``, ``AERIAL_DATA_ROOT``)."""
-    return weights_dir_for(env.get("AERIAL_DATA_ROOT") or ".aerial_data", env.get(WEIGHTS_DIR_SETTING, ""))
+    settings = AerialSettings.from_env({k: env[k] for k in ("AERIAL_DATA_ROOT", WEIGHTS_DIR_SETTING) if k in env})
+    return weights_dir_for(settings.data_root, settings.weights_dir)
 
 
 def _weights_folder(weights_dir: str | None) -> str | None:

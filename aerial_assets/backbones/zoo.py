@@ -28,7 +28,7 @@ INT8_SUFFIX = "_int8"
 INT8_VARIANTS = ("mobilenet_v2_int8",)
 MULTILEVEL_SUFFIX = "_multilevel"
 MULTILEVEL_VARIANTS = ("mobilenet_v2_multilevel", "efficientnet_lite0_multilevel", "squeezenet1_1_multilevel")
-LEVELS = 4  # pooled block outputs added to the head's features (AID: +1.1 to +1.4 points for a linear model, README)
+LEVELS = 4  # pooled block outputs added to the head's features (AID: +1.1 to +1.4 points for a linear model, docs/user-guide/presets.md)
 COMBINED = ("mobilenet_v2+efficientnet_lite0", "mobilenet_v2+efficientnet_lite2",
             "mobilenet_v2+efficientnet_lite0+squeezenet1_1",
             "mobilenet_v2_multilevel+efficientnet_lite0_multilevel+squeezenet1_1_multilevel")

@@ -27,10 +27,9 @@ from aerial_assets.defs.resources import (
     TrainingRastersResource,
     TrainingTilesResource,
 )
-from aerial_assets.defs.settings import data_root, weights_setting
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.safety.redaction import has_secret, redact
-from aerial_assets.spark.featurization import ENGINES
+from aerial_assets.settings import SPARK_AZURE_SCHEMES, SPARK_MODES, AerialSettings
 from aerial_assets.spark.session import SparkSettings
 from aerial_assets.storage.azure import (
     ENV_ACCOUNT_KEY,
@@ -38,8 +37,6 @@ from aerial_assets.storage.azure import (
     ENV_BLOB_ENDPOINT,
     ENV_CONNECTION_STRING,
     ENV_SAS_TOKEN,
-    SPARK_AZURE_SCHEMES,
-    SPARK_MODES,
 )
 from aerial_assets.storage.core import AZURE_SCHEMES, scheme_of
 
@@ -61,67 +58,44 @@ def check_uri_settings(env: Mapping[str, str]) -> None:
             raise ConfigurationError(
                 f"{name}={redact(value)} carries a credential (a query string such as a SAS token, or a password): "
                 f"give the location without it and the credential in {ENV_SAS_TOKEN}, {ENV_ACCOUNT_KEY} or "
-                f"{ENV_CONNECTION_STRING} (README, Azure storage)")
+                f"{ENV_CONNECTION_STRING} (docs/deployment/azure.md)")
 
 
-def _flag(value: str) -> bool:
-    return value.strip().lower() not in ("0", "false", "no", "off")
-
-
-def _engine(value: str) -> str:
-    """``AERIAL_FEATURIZE_ENGINE`` (empty: the default, onnxruntime)."""
-    value = value.strip().lower() or ENGINES[0]
-    if value not in ENGINES:
-        raise ConfigurationError(f"AERIAL_FEATURIZE_ENGINE={value!r} is not one of {', '.join(ENGINES)}")
-    return value
-
-
-def _count(name: str, value: str) -> int:
-    """A non-negative whole number setting (empty: 0, meaning "ask Spark")."""
-    value = value.strip()
-    if not value:
-        return 0
-    if not value.isdigit():
-        raise ConfigurationError(f"{name}={value!r} is not a whole number: set it to the cluster's task slots "
-                                 "(executor cores in total), or leave it unset to ask Spark")
-    return int(value)
-
-
-def _local_storage(env: Mapping[str, str]) -> StorageResource:
+def _local_storage(env: Mapping[str, str], config: AerialSettings) -> StorageResource:
     for name in AZURE_URI_SETTINGS:
         if scheme_of(env.get(name, "")) in AZURE_SCHEMES:
             raise ConfigurationError(f"{name}={env[name]} is an Azure URI but no Azure credentials are set: set "
                                      f"{ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} (with a key, a SAS token or a "
-                                     "managed identity), see README")
-    return StorageResource(data_root=data_root(env))
+                                     "managed identity), see docs/deployment/azure.md")
+    return StorageResource(data_root=config.data_root)
 
 
-def _azure_storage(env: Mapping[str, str]) -> StorageResource:
+def _azure_storage(config: AerialSettings) -> StorageResource:
     """Credentials are ``EnvVar`` s: Dagster resolves them when a run starts and never records their values."""
     settings: dict[str, object] = {}
-    if env.get(ENV_CONNECTION_STRING):
+    if config.azure_connection_string.get_secret_value():
         settings["azure_connection_string"] = EnvVar(ENV_CONNECTION_STRING)
-    elif env.get(ENV_ACCOUNT_NAME):
+    elif config.azure_account_name:
         settings["azure_account_name"] = EnvVar(ENV_ACCOUNT_NAME)
-        if env.get(ENV_ACCOUNT_KEY):
+        if config.azure_account_key.get_secret_value():
             settings["azure_account_key"] = EnvVar(ENV_ACCOUNT_KEY)
-        elif env.get(ENV_SAS_TOKEN):
+        elif config.azure_sas_token.get_secret_value():
             settings["azure_sas_token"] = EnvVar(ENV_SAS_TOKEN)
         # else DefaultAzureCredential (managed identity, workload identity, AZURE_CLIENT_* or az login)
     else:
         raise ConfigurationError(f"the azure deployment needs {ENV_CONNECTION_STRING}, or {ENV_ACCOUNT_NAME} with "
                                  f"{ENV_ACCOUNT_KEY}, {ENV_SAS_TOKEN} or a managed identity (DefaultAzureCredential)")
-    if env.get(ENV_BLOB_ENDPOINT):
+    if config.azure_blob_endpoint:
         settings["azure_blob_endpoint"] = EnvVar(ENV_BLOB_ENDPOINT)
-    spark_storage = env.get("AERIAL_SPARK_STORAGE", "staged")
+    spark_storage = config.spark_storage
     if spark_storage not in SPARK_MODES:
         raise ConfigurationError(f"unknown AERIAL_SPARK_STORAGE {spark_storage!r}: valid values: {', '.join(SPARK_MODES)}")
-    scheme = env.get("AERIAL_SPARK_AZURE_SCHEME", "abfss").strip().lower() or "abfss"
+    scheme = config.spark_azure_scheme
     if scheme not in SPARK_AZURE_SCHEMES:
         raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
                                  f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts; wasbs: Blob Storage "
                                  "accounts, HDInsight's default file system)")
-    return StorageResource(data_root=data_root(env), spark_storage=spark_storage,
+    return StorageResource(data_root=config.data_root, spark_storage=spark_storage,
                            spark_azure_scheme=scheme, **settings)
 
 
@@ -130,7 +104,7 @@ def deployment_of(env: Mapping[str, str]) -> str:
     credential setting is present (a user who gives both means Azure: asking for a third switch only gets in
     the way), else ``local``. An Azure URI without credentials stays ``local``, whose check then says what
     is missing."""
-    explicit = (env.get("AERIAL_DEPLOYMENT") or "").strip().lower()
+    explicit = AerialSettings.from_env(env).deployment
     if explicit:
         return explicit
     azure_uri = any(scheme_of(env.get(name, "")) in AZURE_SCHEMES for name in AZURE_URI_SETTINGS)
@@ -145,26 +119,25 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
     here: only whether they are set, to pick the kind of credential, whose value Dagster reads at run time.
     """
     check_uri_settings(env)
+    config = AerialSettings.from_env(env)  # every setting parsed and checked (aerial_assets/settings.py)
     deployment = deployment_of(env)
     if deployment not in DEPLOYMENTS:
         raise ConfigurationError(f"unknown AERIAL_DEPLOYMENT {deployment!r}: valid deployments: "
                                  f"{', '.join(sorted(DEPLOYMENTS))}")
-    storage = _azure_storage(env) if deployment == "azure" else _local_storage(env)
-    spark = SparkSettings.from_env(env)  # the same reading as make run's early start (spark/session.py)
+    storage = _azure_storage(config) if deployment == "azure" else _local_storage(env, config)
+    spark = SparkSettings.from_settings(config)  # the same reading as make run's early start (spark/session.py)
     return {
         "spark": SparkResource(master=spark.master, remote=spark.remote,
-                               remote_token=EnvVar("AERIAL_SPARK_TOKEN") if env.get("AERIAL_SPARK_TOKEN") else "",
-                               ship_code=_flag(env.get("AERIAL_SPARK_SHIP_CODE", "1")),
+                               remote_token=EnvVar("AERIAL_SPARK_TOKEN") if config.spark_token_set else "",
+                               ship_code=config.spark_ship_code,
                                driver_memory=spark.driver_memory, jars=spark.jars, storage=storage,
-                               featurize_engine=_engine(env.get("AERIAL_FEATURIZE_ENGINE", "")),
-                               verbose=spark.verbose,
-                               parallelism=_count("AERIAL_SPARK_PARALLELISM", env.get("AERIAL_SPARK_PARALLELISM", ""))),
+                               featurize_engine=config.featurize_engine, verbose=spark.verbose,
+                               parallelism=config.spark_parallelism),
         "storage": storage,
-        "training_tiles": TrainingTilesResource(uri=env.get("AERIAL_TRAINING_TILES", ""),
-                                                label_map=env.get("AERIAL_LABEL_MAP", "")),
-        "training_rasters": TrainingRastersResource(uri=env.get("AERIAL_TRAINING_RASTERS", "")),
-        "counties": CountyRegistryResource(uri=env.get("AERIAL_COUNTIES", "")),
-        "backbone_weights": BackboneWeightsResource(weights_dir=weights_setting(env)),
+        "training_tiles": TrainingTilesResource(uri=config.training_tiles, label_map=config.label_map),
+        "training_rasters": TrainingRastersResource(uri=config.training_rasters),
+        "counties": CountyRegistryResource(uri=config.counties),
+        "backbone_weights": BackboneWeightsResource(weights_dir=config.weights_dir),
     }
 
 

@@ -59,7 +59,7 @@ class SparkResource(LazyPySparkResource):
     Over Spark Connect the executors need this project's code (the functions that run in ``mapInPandas``):
     with ``ship_code`` (the default) a zip of the ``aerial_assets`` package is added to the session as a
     Python artifact (``addArtifacts(..., pyfile=True)``), which Spark puts on the Python workers' path for
-    this session only. The cluster still needs the third-party packages (see README, "Remote Spark").
+    this session only. The cluster still needs the third-party packages (docs/deployment/clusters.md).
     ``remote_token`` (an ``EnvVar``, e.g. a Databricks token) is appended to ``remote`` as ``;token=...`` so that
     no secret sits in the URL that Dagster records.
 
@@ -82,7 +82,7 @@ class SparkResource(LazyPySparkResource):
     driver_memory: str = DEFAULT_DRIVER_MEMORY
     jars: str = ""
     storage: "StorageResource | None" = None
-    featurize_engine: str = "onnxruntime"  # AERIAL_FEATURIZE_ENGINE: spark/featurization.ENGINES
+    featurize_engine: str = "onnxruntime"  # AERIAL_FEATURIZE_ENGINE: settings.ENGINES
     verbose: bool = False  # AERIAL_VERBOSE: a local driver logs with Spark's defaults, not spark/session.QUIET_LOG_CONFIG
 
     @classmethod
@@ -128,7 +128,7 @@ class SparkResource(LazyPySparkResource):
         if self.remote:
             check_connect_server(session, connect_endpoint(self.remote))
         if self.ship_code and not self.is_local:
-            # Over Connect, and on a cluster, the executors have the third-party packages (README) but not this
+            # Over Connect, and on a cluster, the executors have the third-party packages (docs/deployment/clusters.md) but not this
             # project: ship it. Local executors run this very interpreter and import it as the driver does.
             ship_package(session)
         if self.storage is not None:
@@ -253,7 +253,7 @@ class StorageResource(ConfigurableResource):
     connection string, or the account name with a key, a SAS token or nothing (``DefaultAzureCredential``).
     They also serve ``az://`` training tiles and rasters. ``spark_storage``: how Spark reaches Azure outputs
     (``staged``: through local folders, no hadoop-azure needed; ``direct``: Hadoop URLs Spark reads and writes
-    itself, see README). ``spark_azure_scheme`` (``AERIAL_SPARK_AZURE_SCHEME``): the scheme of those URLs,
+    itself, see docs/deployment/azure.md). ``spark_azure_scheme`` (``AERIAL_SPARK_AZURE_SCHEME``): the scheme of those URLs,
     ``abfss`` (ADLS Gen2 accounts) or ``wasbs`` (Blob Storage accounts, HDInsight's default file system); see
     :func:`aerial_assets.storage.azure.spark_url`.
     """
@@ -403,7 +403,7 @@ class CountyRegistryResource(ConfigurableResource):
         if store.exists(uri):
             return uri, store.read_text(uri)
         if self.uri:
-            raise CountyError(f"county registry {uri} not found: create it (see README, 'Adding a county')")
+            raise CountyError(f"county registry {uri} not found: create it (see docs/user-guide/counties.md)")
         return uri, None
 
     def load(self, storage: StorageResource) -> dict[str, County]:

@@ -173,7 +173,7 @@ def configuration_error(exc: Exception) -> int:
 
 
 EPILOG = """\
-settings (environment variables; README, "Your own data", lists them all):
+settings (environment variables; docs/reference/settings.md lists them all):
   AERIAL_TRAINING_TILES   labelled tiles <class>/<image> (local folder or az://...); unset: the demo set
   AERIAL_TRAINING_RASTERS training tiles from rasters: YAML {imagery: [tif], landcover: tif, legend: yaml}
   AERIAL_DATA_ROOT        where outputs go (default ./.aerial_data; az://container/prefix for Azure)
@@ -201,7 +201,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                         help="comma list of backbones to featurize with, instead of the preset's (default: "
                              "$AERIAL_BACKBONES or the preset's: " + "; ".join(
                                  f"{p.name}: {','.join(p.backbones)}" for p in PRESETS.values())
-                             + "; README, Backbones, lists them)")
+                             + "; docs/user-guide/presets.md lists them)")
     parser.add_argument("--algorithms", default=defaults.algorithms,
                         help="comma list of classifiers to train on each backbone, instead of the preset's (default: "
                              "$AERIAL_ALGORITHMS or the preset's: " + "; ".join(

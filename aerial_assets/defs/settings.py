@@ -1,27 +1,31 @@
-"""Every environment variable the project reads, read here (and by :func:`definitions.build_resources`, which
-takes its values from these functions), so a reader finds each setting, its default and its meaning in one
-place. Logic modules never read the environment: they take these values as arguments.
+"""The few settings read before the code location loads (``make ui``'s run guard, ``make run``'s argument parser),
+taken from :class:`aerial_assets.settings.AerialSettings`, where every setting is declared.
 
-Light on purpose (no Dagster, Spark or asset import): ``make ui``'s run guard and ``make run``'s argument
-parser read their defaults from here before anything heavy is imported.
+Light on purpose (no Dagster, Spark or asset import): they run before anything heavy is imported.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DATA_ROOT = "AERIAL_DATA_ROOT"
-DEFAULT_DATA_ROOT = ".aerial_data"
-WEIGHTS_DIR = "AERIAL_WEIGHTS_DIR"
+from aerial_assets.settings import DEFAULT_DATA_ROOT, AerialSettings
+
+__all__ = ["DEFAULT_DATA_ROOT", "RunDefaults", "data_root", "weights_setting"]
 
 
 def data_root(env: Mapping[str, str]) -> str:
     """``AERIAL_DATA_ROOT``: where every output goes (a folder, or an ``az://`` / ``abfss://`` URI)."""
-    return env.get(DATA_ROOT) or DEFAULT_DATA_ROOT
+    return AerialSettings.from_env(_only(env, "AERIAL_DATA_ROOT")).data_root
 
 
 def weights_setting(env: Mapping[str, str]) -> str:
     """``AERIAL_WEIGHTS_DIR``: the folder of user-supplied backbone weights ('' = under the data root)."""
-    return env.get(WEIGHTS_DIR, "")
+    return AerialSettings.from_env(_only(env, "AERIAL_WEIGHTS_DIR")).weights_dir
+
+
+def _only(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """One variable of ``env``: a reader of one setting must not fail on another one's bad value (the code location
+    reports that, when it loads)."""
+    return {name: env[name]} if name in env else {}
 
 
 @dataclass(frozen=True)
@@ -35,4 +39,5 @@ class RunDefaults:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RunDefaults":
-        return cls(env.get("AERIAL_PRESET"), env.get("AERIAL_BACKBONES"), env.get("AERIAL_ALGORITHMS"))
+        settings = AerialSettings.from_env(env)
+        return cls(settings.preset, settings.backbones, settings.algorithms)

@@ -53,10 +53,10 @@ from aerial_assets.safety.yaml_files import YamlLimits, load_yaml
 KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
 VINTAGE_SEPARATOR = "@"
 FIRST_YEAR, LAST_YEAR = 1900, 2100
-README = "see README, 'Adding a county'"
+README = "see docs/user-guide/counties.md"
 # A registry of all 3,143 US counties with ten vintages of two rasters each is 3.0 MB and parses in 1.6 s (this 2-core
 # machine); past 8 MB it is not a registry but an accident, which the sensor would parse every minute. Documented in
-# README ("Adding a county").
+# docs/user-guide/counties.md.
 REGISTRY_MAX_BYTES = 8_000_000
 REGISTRY_LIMITS = YamlLimits(max_bytes=REGISTRY_MAX_BYTES, max_nodes=2_000_000, max_depth=32)
 

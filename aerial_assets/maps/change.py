@@ -24,7 +24,7 @@ def choose_baseline(registry: dict[str, County], county: County, wanted: str = "
     earlier = earlier_vintages(registry, county)
     if not earlier:
         raise CountyError(f"county {county.key} has no earlier vintage to compare with: register the area with "
-                          "'vintages:' (see README) or set the baseline config")
+                          "'vintages:' (see docs/user-guide/counties.md) or set the baseline config")
     return earlier[-1].key
 
 

@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 
+from aerial_assets.settings import AerialSettings
 from aerial_assets.spark import PROJECT_CACHE
 
 CACHE_DIR = os.path.join(PROJECT_CACHE, "jvm")
@@ -75,7 +76,7 @@ def driver_java_options(env: Mapping[str, str] | None = None, folder: str = CACH
     """The driver's JVM flags that map the archive; empty when :func:`build` has not made one for this setup, or
     when ``AERIAL_JVM_ARCHIVE=off`` (to measure without it, or to rule it out)."""
     env = os.environ if env is None else env
-    if env.get("AERIAL_JVM_ARCHIVE", "").strip().lower() == "off":
+    if not AerialSettings.from_env({k: v for k, v in env.items() if k == "AERIAL_JVM_ARCHIVE"}).jvm_archive:
         return ""
     path = archive_path(env, folder)
     return f"-XX:SharedArchiveFile={path} {QUIET}" if os.path.isfile(path) else ""

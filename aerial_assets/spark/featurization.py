@@ -21,9 +21,6 @@ from aerial_assets.spark.part_files import write_part
 from aerial_assets.storage.core import raster_opener, storage_for
 from aerial_assets.tables import FEATURES, PASSTHROUGH, SPLITS, WINDOW_FEATURES, TileStatus
 
-#: Where the backbone graphs run (``AERIAL_FEATURIZE_ENGINE``): onnxruntime in the Python workers (this module, the
-#: default and the faster), or SynapseML's ONNXModel in the JVM executors (:mod:`.synapseml_featurization`).
-ENGINES = ("onnxruntime", "synapseml")
 FEATURE_SCHEMA = FEATURES.ddl
 WINDOW_FEATURE_SCHEMA = WINDOW_FEATURES.ddl
 #: What a task that wrote its feature file tells the driver: the file, its rows, usable rows per split, the others.

@@ -35,7 +35,7 @@ def task_slots(session, setting: int = 0) -> int:
     """How many tasks the cluster runs at once: ``setting`` (``AERIAL_SPARK_PARALLELISM``) when positive; else
     the session's default parallelism (classic sessions: total executor cores, at least 2 on a cluster); over
     Spark Connect, where the client cannot see the cluster, ``spark.default.parallelism`` if the server sets it,
-    else 2 (README: set ``AERIAL_SPARK_PARALLELISM`` to the cluster's cores)."""
+    else 2 (docs: set ``AERIAL_SPARK_PARALLELISM`` to the cluster's cores)."""
     if setting > 0:
         return setting
     if not is_connect(session):

@@ -45,7 +45,7 @@ def bundled_jar_version(name: str) -> str | None:
 
 
 def install_command(version: str) -> str:
-    """How to get a client of ``version``'s line (README: *Spark lines*)."""
+    """How to get a client of ``version``'s line (docs/deployment/spark-lines.md)."""
     return f"make install PYSPARK={version} (then make run PYSPARK={version}), or pip install 'pyspark[connect]=={version}'"
 
 

@@ -18,14 +18,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from aerial_assets.settings import DEFAULT_DRIVER_MEMORY, DEFAULT_MASTER, AerialSettings
 from aerial_assets.spark import PROJECT_CACHE
 from aerial_assets.spark.class_archive import driver_java_options, spark_conf_dir
 from aerial_assets.spark.lines import bundled_jar_version
 from aerial_assets.spark.synapseml import synapseml_jars
 
 APP_NAME = "aerial_assets"
-DEFAULT_MASTER = "local[2]"
-DEFAULT_DRIVER_MEMORY = "4g"
 #: G1 grows the heap towards -Xmx rather than collect, and keeps what it took. Allowing GC up to 1/5 of the time
 #: (GCTimeRatio=4) before growing, giving back free heap above 30 % and collecting after 3 s idle: scoring 20,000
 #: tiles peaked at 2.73 GiB for the whole process tree instead of 3.69 GiB (Spark JVM 1.57 instead of 2.01 GiB), at
@@ -65,15 +64,13 @@ class SparkSettings:
     verbose: bool = False  # AERIAL_VERBOSE: Spark's own log settings instead of QUIET_LOG_CONFIG
 
     @classmethod
+    def from_settings(cls, settings: AerialSettings) -> SparkSettings:
+        return cls(master=settings.spark_master, remote=settings.spark_remote,
+                   driver_memory=settings.spark_driver_memory, jars=settings.spark_jars, verbose=settings.verbose)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SparkSettings:
-        return cls(master=env.get("AERIAL_SPARK_MASTER", DEFAULT_MASTER), remote=env.get("SPARK_REMOTE", ""),
-                   driver_memory=env.get("AERIAL_SPARK_DRIVER_MEMORY", DEFAULT_DRIVER_MEMORY),
-                   jars=env.get("AERIAL_SPARK_JARS", ""), verbose=is_verbose(env))
-
-
-def is_verbose(env: Mapping[str, str]) -> bool:
-    """``AERIAL_VERBOSE``: set and not 0/false/no/off."""
-    return env.get("AERIAL_VERBOSE", "").strip().lower() not in ("", "0", "false", "no", "off")
+        return cls.from_settings(AerialSettings.from_env(env))
 
 
 #: The local driver's log4j2 configuration: warnings and errors, without the start-up notices a user cannot act on.

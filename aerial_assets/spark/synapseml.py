@@ -22,7 +22,7 @@ from aerial_assets.spark.lines import bundled_jar_version
 JARS_DIR = os.path.join(PROJECT_CACHE, "synapseml-jars")
 LIGHTGBM_CLASS = "com.microsoft.azure.synapse.ml.lightgbm.LightGBMClassifier"
 ONNX_MODEL_CLASS = "com.microsoft.azure.synapse.ml.onnx.ONNXModel"
-#: What a cluster without SynapseML puts on ``spark.jars.packages`` (README, "Spark lines"): the Scala 2.12 build.
+#: What a cluster without SynapseML puts on ``spark.jars.packages`` (docs/deployment/spark-lines.md): the Scala 2.12 build.
 PACKAGES = ("com.microsoft.azure:synapseml-core_2.12:1.1.3,com.microsoft.azure:synapseml-lightgbm_2.12:1.1.3,"
             "com.microsoft.azure:synapseml-deep-learning_2.12:1.1.0")
 
@@ -65,7 +65,7 @@ def require(session, what: str, class_name: str) -> None:
         why = f"this Spark session cannot load {class_name}"
         fix = ("SynapseML is published for the Spark 3.5 line (Scala 2.12) only: make install PYSPARK=3.5.9 && make "
                "jars PYSPARK=3.5.9, then make run PYSPARK=3.5.9; on a cluster, install SynapseML (spark.jars.packages "
-               f"{PACKAGES.split(',')[0]},...; README, Spark lines)")
+               f"{PACKAGES.split(',')[0]},...; docs/deployment/spark-lines.md)")
     raise ConfigurationError(f"{what} needs SynapseML, but {why}: {fix}")
 
 

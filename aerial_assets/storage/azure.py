@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from aerial_assets.errors import ConfigurationError, StorageError
+from aerial_assets.settings import SPARK_AZURE_SCHEMES, SPARK_MODES
 from aerial_assets.storage.core import AZURE_SCHEMES, FileEntry, Storage, file_url, join
 
 ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
@@ -78,8 +79,6 @@ ENV_ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
 ENV_ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
 ENV_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
 ENV_BLOB_ENDPOINT = "AZURE_STORAGE_BLOB_ENDPOINT"
-SPARK_MODES = ("staged", "direct")
-SPARK_AZURE_SCHEMES = ("abfss", "wasbs")  # AERIAL_SPARK_AZURE_SCHEME, for direct mode (spark_url)
 ABFS = "org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem"
 HADOOP_AZURE_PACKAGES = ("org.apache.hadoop:hadoop-azure:{hadoop}", "org.hdrhistogram:HdrHistogram:2.1.12")
 JOURNAL = ".aerial-commits"

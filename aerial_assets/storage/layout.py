@@ -1,24 +1,8 @@
 """The documented output layout under the data root (``AERIAL_DATA_ROOT``).
 
 Every asset partition owns exactly one folder, written atomically as a whole; downstream assets
-find their inputs here and nowhere else. README.md documents this tree; keep them in step.
-
-```
-<root>/raster_labeled_tiles/                tiles/<class>/<tile_id>.png, tiles.csv, summary.json (AERIAL_TRAINING_RASTERS)
-<root>/labeled_tiles/                       catalog.parquet, quarantine.csv, summary.json
-<root>/backbone_models/<backbone>/          model.onnx, backbone.json
-<root>/tile_features/<backbone>/            features.parquet/, quarantine.csv
-<root>/land_use_classifiers/<backbone>/<algorithm>/   pipeline_model/, classifier.json
-<root>/classifier_metrics/<backbone>/<algorithm>/     metrics.json, confusion.png
-<root>/model_leaderboard/                   leaderboard.csv
-<root>/champion_model/                      model.onnx, pipeline_model/, champion.json
-<root>/county_tiles/<county>/               tiles.parquet/, summary.json
-<root>/county_predictions/<county>/         predictions.parquet/ (GeoParquet), predictions.stac.json, summary.json
-<root>/county_land_use_map/<county>/        land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, summary.json
-<root>/county_map_agreement/<county>/       agreement.json, confusion_raw.png, confusion_smoothed.png
-<root>/county_land_use_change/<county>/     transitions.parquet/ (Parquet dataset), transition_matrix.csv, change.png, change.tif, change.html
-<root>/demo/                                generated demo imagery (only when no data is configured)
-```
+find their inputs here and nowhere else. :data:`OUTPUT_LAYOUT` is the documented tree (the docs' output layout
+page is generated from it, and a test checks that every folder :class:`Layout` names is in it).
 """
 
 from __future__ import annotations
@@ -26,6 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aerial_assets.storage.core import join
+
+#: The documented tree under the data root: (folder, what it holds). Paths are part of the public interface.
+OUTPUT_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("raster_labeled_tiles/", "tiles/<class>/*.png + tiles/tile_positions.csv, tiles.csv, summary.json "
+                              "(with AERIAL_TRAINING_RASTERS)"),
+    ("labeled_tiles/", "catalog.parquet, quarantine.csv, summary.json, label_map.json"),
+    ("backbone_models/<backbone>/", "model.onnx, backbone.json"),
+    ("tile_features/<backbone>/", "features.parquet/, quarantine.csv, summary.json"),
+    ("land_use_classifiers/<backbone>/<algorithm>/", "pipeline_model/, classifier.json"),
+    ("classifier_metrics/<backbone>/<algorithm>/", "metrics.json, confusion.png, <algorithm>_predictions_test_set.csv"),
+    ("model_leaderboard/", "leaderboard.csv"),
+    ("champion_model/", "model.onnx, pipeline_model/, champion.json"),
+    ("county_tiles/<county>/", "tiles.parquet/, summary.json"),
+    ("county_predictions/<county>/", "predictions.parquet/ (GeoParquet), predictions.stac.json, quarantine.csv, "
+                                     "summary.json"),
+    ("county_land_use_map/<county>/", "land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, "
+                                      "summary.json"),
+    ("county_land_use_change/<county>/", "transitions.parquet/ (a Parquet dataset written by Spark), "
+                                         "transition_matrix.csv, change.png, change.tif, change.html"),
+    ("county_map_agreement/<county>/", "agreement.json, confusion_raw.png, confusion_smoothed.png (with a "
+                                       "registered reference)"),
+    ("demo/", "generated demo imagery (only when no data is configured)"),
+    ("dagster_home/", "Dagster's run history for make run / make ui (local even with an Azure data root)"),
+    ("counties.yaml", "(optional) your county registry"),
+)
 
 # The files one asset hands to another; the writer names them with these, the readers through Layout's methods.
 CATALOG = "catalog.parquet"

@@ -3,7 +3,7 @@
 Why it is here: on pooled CNN features (thousands of correlated dimensions, a few hundred tiles a class) a
 shared-covariance Gaussian model with a shrunk covariance is a strong, fast classifier: on AID-30 (50/50 split,
 the multi-level triple, every view a training row) it reached 95.2 % where logistic regression reached 94.2 %
-(README, "Accuracy"). Spark ML has no such classifier (its ``LDA`` is the topic model) and scikit-learn's
+(docs/decisions/0002-linear-discriminant.md). Spark ML has no such classifier (its ``LDA`` is the topic model) and scikit-learn's
 ``LinearDiscriminantAnalysis`` needs every row on one machine, so the fit is written here on Spark's DataFrame
 API (``mapInPandas`` / ``applyInPandas``: it runs the same on a classic session, a cluster and Spark Connect).
 

@@ -21,7 +21,7 @@ DEFAULT_PRESET = "accurate"
 class Preset:
     """Backbones featurized, classifiers trained on each, views computed per tile, and per-algorithm classifier
     settings (``land_use_classifiers`` config; an algorithm absent from the mapping uses the asset's defaults).
-    ``cost`` says what the preset costs, as measured (README, "Presets")."""
+    ``cost`` says what the preset costs, as measured (docs/user-guide/presets.md)."""
 
     name: str
     backbones: tuple[str, ...]

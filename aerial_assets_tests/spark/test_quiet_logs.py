@@ -22,19 +22,31 @@ settings = SparkSettings.from_env(os.environ)
 prepare_launch(settings.master)
 spark = SparkSession.builder.config(map=session_conf(settings)).getOrCreate()
 print("rows", spark.range(1000).repartition(4).count(), flush=True)
+# logistic regression on a separable set (6 classes, 200 rows of 6,000 features) with weak L2 regularisation: breeze's
+# line search reaches the floating-point floor of the log loss and says so at ERROR level on both Spark lines
+import numpy as np
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.linalg import Vectors
+rng = np.random.default_rng(0)
+labels = np.arange(200) % 6
+x = rng.standard_normal((6, 6000))[labels] + rng.standard_normal((200, 6000))
+x = (x - x.mean(0)) / x.std(0)
+frame = spark.createDataFrame([(Vectors.dense(r), float(c)) for r, c in zip(x, labels)], ["features", "label"])
+print("fitted", LogisticRegression(regParam=0.001, family="multinomial").fit(frame).numClasses, flush=True)
 jvm = spark.sparkContext._jvm
 jvm.org.apache.logging.log4j.LogManager.getLogger("aerial_assets.check").warn("a warning users must see")
 spark.stop()
 """
 NOTICES = ("Using Spark's default log4j profile", "NativeCodeLoader", "resolves to a loopback address",
-           "Set SPARK_LOCAL_IP")
+           "Set SPARK_LOCAL_IP", "Line search failed", "LBFGS")
 
 
 def _driver_log(**extra: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AERIAL_", "SPARK_LOCAL_IP"))}
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**env, "PYSPARK_PYTHON": sys.executable, **extra})
-    assert done.returncode == 0 and "rows 1000" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.returncode == 0 and "rows 1000" in done.stdout and "fitted 6" in done.stdout, \
+        done.stdout[-2000:] + done.stderr[-4000:]
     return done.stderr
 
 
@@ -49,4 +61,5 @@ def test_aerial_verbose_gives_sparks_own_log_back():
     # a notice the quiet log leaves out, which Spark's own settings print on both lines (3.5 does not name its
     # default profile when pyspark starts the driver; 4.x does)
     assert "NativeCodeLoader" in verbose, verbose
+    assert "Line search failed" in verbose, verbose  # the fit in SCRIPT does reach the floor the quiet log hides
     assert "a warning users must see" in verbose

@@ -28,13 +28,13 @@ def test_the_default_is_the_accurate_preset_combined_backbone_and_rotated_views(
     assert DEFAULT_PRESET == "accurate" and build_parser().parse_args([]).preset in PRESETS
     accurate = get_preset(DEFAULT_PRESET)
     assert any(zoo_entry(b).kind == "combined" for b in accurate.backbones)
-    # multi-level features of every part: +1.1 to +1.4 points on AID for the linear model (README, Backbones)
+    # multi-level features of every part: +1.1 to +1.4 points on AID for the linear model (docs/user-guide/presets.md)
     assert all(zoo_entry(p).kind == "multilevel" for b in accurate.backbones for p in zoo_entry(b).parts)
     assert accurate.feature_views == 8
     config = merged_run_config(accurate, "linear_discriminant", {})
     assert config["ops"]["tile_features"]["config"] == {"views": 8}
     assert config["ops"]["land_use_classifiers"]["config"] == {"views": 0, "augmentation": "augment"}
-    # the shrinkage discriminant on every view: AID 95.2 % against 94.2 % for logistic regression (README)
+    # the shrinkage discriminant on every view: AID 95.2 % against 94.2 % for logistic regression (docs/user-guide/presets.md)
     assert accurate.algorithms[0] == "linear_discriminant"
     assert get_preset("fast").feature_views == 1 and get_preset("fast").backbones == ("mobilenet_v2",
                                                                                     "efficientnet_lite0")

@@ -40,6 +40,16 @@ def spark_table_schema(schema, descriptions: dict[str, str] | None = None):
                                             description=described.get(f.name)) for f in schema.fields])
 
 
+def declared_columns(fields: tuple[tuple[str, str], ...], descriptions: dict[str, str] | None = None):
+    """A Dagster ``TableSchema`` of a table's columns known before any run (``tables.TableSchema`` fields): declared
+    on the asset, so the UI and the generated reference show them before the first materialization."""
+    from dagster import TableColumn, TableSchema
+
+    described = descriptions or {}
+    return TableSchema(columns=[TableColumn(name=name, type=kind, description=described.get(name))
+                                for name, kind in fields])
+
+
 def _cell(value: Any, digits: int) -> Any:
     if value is None or (isinstance(value, float) and value != value):
         return None

@@ -18,7 +18,7 @@ from aerial_assets.records import AgreementRecord, PredictionsSummary
 from aerial_assets.storage.core import join
 
 NO_REFERENCE = ("no reference raster registered: add 'reference: {raster: <land-cover GeoTIFF>, legend: "
-                "<legend YAML>}' to the county's registry entry (see README, 'Map agreement')")
+                "<legend YAML>}' to the county's registry entry (see docs/user-guide/counties.md, reference land cover)")
 
 
 @asset(

@@ -10,7 +10,7 @@ from dagster import AssetDep, AssetExecutionContext, Config, MaterializeResult, 
 from pydantic import Field
 
 from aerial_assets.backbones.zoo import COMBINATION, ZooEntry, zoo_entry
-from aerial_assets.defs.assets._io import metadata_table, spark_table_schema
+from aerial_assets.defs.assets._io import declared_columns, metadata_table, spark_table_schema
 from aerial_assets.defs.partitions import backbone_partitions, same_partition
 from aerial_assets.defs.resources import SparkResource, StorageResource
 from aerial_assets.records import BackboneRecord, FeaturesSummary, ViewCount
@@ -29,6 +29,7 @@ from aerial_assets.spark.synapseml import ONNX_MODEL_CLASS, require
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, QUARANTINE
 from aerial_assets.storage.manifest import verify, write_manifest
+from aerial_assets.tables import FEATURES as FEATURES_TABLE
 from aerial_assets.tables import SPLITS, TileStatus
 
 # What the UI's column view says of features.parquet (dagster/column_schema).
@@ -62,6 +63,7 @@ class FeaturizeConfig(Config):
     partitions_def=backbone_partitions,
     deps=["labeled_tiles", AssetDep("backbone_models", partition_mapping=same_partition)],
     kinds={"spark", "onnx", "parquet"},
+    metadata={"dagster/column_schema": declared_columns(FEATURES_TABLE.fields, FEATURE_COLUMNS)},
 )
 def tile_features(
     context: AssetExecutionContext, config: FeaturizeConfig, spark: SparkResource, storage: StorageResource

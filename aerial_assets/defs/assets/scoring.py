@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from aerial_assets.defs.assets._io import run_per_county, spark_table_schema
+from aerial_assets.defs.assets._io import declared_columns, run_per_county, spark_table_schema
 from aerial_assets.defs.assets.features import FeaturizeConfig
 from aerial_assets.defs.partitions import county_partitions, every_partition, same_partition
 from aerial_assets.defs.resources import CountyRegistryResource, SparkResource, StorageResource
@@ -48,6 +48,7 @@ from aerial_assets.storage.core import is_local, join
 from aerial_assets.storage.layout import MODEL, PIPELINE, PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import PASSTHROUGH, TileStatus
+from aerial_assets.tables import TILES as TILES_TABLE
 from aerial_assets.training.classifiers import load_pipeline, with_vectors
 
 
@@ -118,6 +119,7 @@ def _folder_tiles(spark: SparkResource, storage: StorageResource, county: County
     partitions_def=county_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"spark", "rasterio", "parquet"},
+    metadata={"dagster/column_schema": declared_columns(TILES_TABLE.fields)},
 )
 def county_tiles(
     context: AssetExecutionContext,
