@@ -20,15 +20,18 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from dagster import (
     AssetChecksDefinition,
     AssetSpec,
+    BetaWarning,
     Definitions,
     DynamicPartitionsDefinition,
     MultiPartitionsDefinition,
+    PreviewWarning,
     StaticPartitionsDefinition,
     TableSchema,
 )
@@ -236,6 +239,8 @@ def stale_files(repo: Path = REPO) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=BetaWarning)  # the pinned Dagster's notices about its own APIs
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     parser = argparse.ArgumentParser(description="Generate the docs' reference pages from the code.")
     parser.add_argument("--check", action="store_true", help="write nothing; fail when a page is stale")
     args = parser.parse_args(argv)
