@@ -127,6 +127,6 @@ def test_make_docs_builds_the_site_strictly_from_a_clean_clone(tmp_path):
     done = subprocess.run(["make", "-o", f"{venv}/.installed", "docs", f"VENV={venv}"], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (clone / "site" / "index.html").exists() and (clone / "site" / "reference" / "assets" / "index.html").exists()
+    assert (clone / "site" / "index.html").exists() and (clone / "site" / "reference" / "assets.html").exists()
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
     assert status.stdout.strip() == "", f"make docs changed committed files: {status.stdout}"
