@@ -281,5 +281,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_main("bench-features", main))
+if __name__ == "__main__":  # an --engine-row process is one row of the parent's table: no result file of its own
+    sys.exit(main() if "--engine-row" in sys.argv else run_main("bench-features", main))
