@@ -33,12 +33,15 @@ x = rng.standard_normal((6, 6000))[labels] + rng.standard_normal((200, 6000))
 x = (x - x.mean(0)) / x.std(0)
 frame = spark.createDataFrame([(Vectors.dense(r), float(c)) for r, c in zip(x, labels)], ["features", "label"])
 print("fitted", LogisticRegression(regParam=0.001, family="multinomial").fit(frame).numClasses, flush=True)
+# an MLP of 6,000 x 256 weights: its tasks carry 12 MB, which Spark notes as a "very large" task
+from pyspark.ml.classification import MultilayerPerceptronClassifier
+MultilayerPerceptronClassifier(layers=[6000, 256, 6], maxIter=1, seed=0).fit(frame)
 jvm = spark.sparkContext._jvm
 jvm.org.apache.logging.log4j.LogManager.getLogger("aerial_assets.check").warn("a warning users must see")
 spark.stop()
 """
 NOTICES = ("Using Spark's default log4j profile", "NativeCodeLoader", "resolves to a loopback address",
-           "Set SPARK_LOCAL_IP", "Line search failed", "LBFGS")
+           "Set SPARK_LOCAL_IP", "Line search failed", "LBFGS", "task of very large size")
 
 
 def _driver_log(**extra: str) -> str:
@@ -62,4 +65,5 @@ def test_aerial_verbose_gives_sparks_own_log_back():
     # default profile when pyspark starts the driver; 4.x does)
     assert "NativeCodeLoader" in verbose, verbose
     assert "Line search failed" in verbose, verbose  # the fit in SCRIPT does reach the floor the quiet log hides
+    assert "task of very large size" in verbose, verbose  # and the MLP's tasks are that large
     assert "a warning users must see" in verbose
