@@ -15,6 +15,7 @@ read their defaults from here before anything heavy is imported.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -30,6 +31,10 @@ DEFAULT_DRIVER_MEMORY = "4g"
 ENGINES = ("onnxruntime", "synapseml")
 SPARK_MODES = ("staged", "direct")
 SPARK_AZURE_SCHEMES = ("abfss", "wasbs")
+
+#: Set while :meth:`AerialSettings.from_env` builds: the mapping it was given is the whole environment, and this
+#: process's variables must not fill the settings it leaves unset.
+_GIVEN_ONLY: ContextVar[bool] = ContextVar("aerial_settings_given_only", default=False)
 
 #: The sections of the settings reference, in order: each field's ``json_schema_extra["section"]``.
 SECTIONS = ("Data", "Training", "Spark", "Azure storage", "Logs and start-up")
@@ -179,13 +184,20 @@ class AerialSettings(BaseSettings):
         return value
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """This process's environment, or under :meth:`from_env` only the mapping given (no .env, no secrets dir)."""
+        return (init_settings,) if _GIVEN_ONLY.get() else (init_settings, env_settings)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AerialSettings:
         """The settings of ``env`` (variables set to blanks count as unset), or a :class:`ConfigurationError` naming
         the first bad variable and its value (never a secret's)."""
         names = {info.validation_alias for info in cls.model_fields.values()}
         values = {name: value for name, value in env.items() if name in names and str(value).strip()}
+        token = _GIVEN_ONLY.set(True)
         try:
-            return cls.model_validate(values)
+            return cls(**values)
         except ValidationError as exc:
             error = exc.errors()[0]
             name = error["loc"][0]
@@ -194,6 +206,8 @@ class AerialSettings(BaseSettings):
             message = "is not a yes/no value: use 1 or 0 (true/false, on/off)" if error["type"] == "bool_parsing" \
                 else error["msg"].removeprefix("Value error, ")
             raise ConfigurationError(f"{name}={shown} {message}") from None
+        finally:
+            _GIVEN_ONLY.reset(token)
 
     @property
     def spark_token_set(self) -> bool:

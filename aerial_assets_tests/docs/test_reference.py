@@ -80,7 +80,10 @@ def test_the_cli_page_has_every_public_make_target_and_the_runs_help():
     assert "--preset" in page and "exit status" in page
 
 
-def test_a_bad_setting_is_one_line_naming_it_and_a_secret_is_never_shown():
+def test_a_bad_setting_is_one_line_naming_it_and_a_secret_is_never_shown(monkeypatch):
+    # from_env reads the mapping it is given and nothing else: not this process's environment
+    monkeypatch.setenv("AERIAL_DATA_ROOT", "/elsewhere")
+    monkeypatch.setenv("AERIAL_SPARK_MASTER", "yarn")
     with pytest.raises(Exception, match=r"AERIAL_SPARK_PARALLELISM='many' is not a whole number"):
         AerialSettings.from_env({"AERIAL_SPARK_PARALLELISM": "many"})
     with pytest.raises(Exception, match=r"AERIAL_VERBOSE='sometimes' is not a yes/no value"):
@@ -89,6 +92,8 @@ def test_a_bad_setting_is_one_line_naming_it_and_a_secret_is_never_shown():
                                         "AERIAL_JVM_ARCHIVE": "off", "AERIAL_DATA_ROOT": "  "})
     assert "c2VjcmV0a2V5" not in repr(settings) and settings.azure_account_key.get_secret_value() == "c2VjcmV0a2V5"
     assert settings.spark_parallelism == 8 and settings.jvm_archive is False and settings.data_root == ".aerial_data"
+    assert settings.spark_master == "local[2]"
+    assert AerialSettings().data_root == "/elsewhere" and AerialSettings().spark_master == "yarn"  # the process's own
 
 
 def test_readme_is_a_front_page():
