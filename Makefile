@@ -21,13 +21,14 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 DAGSTER_HOME ?= $(AERIAL_DATA_ROOT)/dagster_home
 UI_PORT ?= 3000
 DOCS_PORT ?= 8000
+MLFLOW_PORT ?= 5000
 RUN_ARGS ?=
 # make test runs the test files on 2 pytest-xdist workers, a file's tests together (they share its fixtures): most of
 # a Spark, server or browser test is spent waiting on another process, so two at once fit 2 cores (docs/development.md).
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: docs docs-serve docs-screenshots install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
+.PHONY: mlflow-ui docs docs-serve docs-screenshots install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
 
 install: $(STAMP)  ## create the venv and install everything (make demo and make test do it when needed)
 
@@ -66,6 +67,9 @@ ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:$(UI_PORT)
 	# Creates the home (with dagster.yaml) if needed, fails runs whose process is gone, removes their temporaries.
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/python -m aerial_assets.defs.run_guard
 	DAGSTER_HOME="$(DAGSTER_HOME)" $(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+mlflow-ui: $(STAMP)  ## MLflow's UI on http://127.0.0.1:$(MLFLOW_PORT): a run per classifier, the registered champion (embedded store)
+	$(BIN)/python -m aerial_assets.tracking.ui --port $(MLFLOW_PORT)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check aerial_assets aerial_assets_tests

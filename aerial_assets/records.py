@@ -237,6 +237,7 @@ class MetricsRecord(SideFile):
     params: dict[str, Any] = Field(default_factory=dict)
     upstream: FeaturesIdentity | None = None
     calibration: dict[str, Any] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None  # the MLflow run of this evaluation (None with AERIAL_MLFLOW=0)
 
 
 class ChampionRecord(SideFile):
@@ -260,6 +261,7 @@ class ChampionRecord(SideFile):
     backbone_record: BackboneRecord
     upstream: FeaturesIdentity | None = None
     left_out: dict[str, str] = Field(default_factory=dict)
+    mlflow_model: str | None = None  # "<registered name>/<version>" of this champion (None with AERIAL_MLFLOW=0)
 
 
 # --- counties and maps ------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ SPARK_AZURE_SCHEMES = ("abfss", "wasbs")
 _GIVEN_ONLY: ContextVar[bool] = ContextVar("aerial_settings_given_only", default=False)
 
 #: The sections of the settings reference, in order: each field's ``json_schema_extra["section"]``.
-SECTIONS = ("Data", "Training", "Spark", "Azure storage", "Logs and start-up")
+SECTIONS = ("Data", "Training", "Spark", "Azure storage", "MLflow", "Logs and start-up")
 
 
 def _field(env: str, default, section: str, doc: str, default_doc: str | None = None):
@@ -151,6 +151,25 @@ class AerialSettings(BaseSettings):
         "AERIAL_SPARK_AZURE_SCHEME", "abfss", "Azure storage",
         "`direct`: the URL scheme Spark gets, `abfss` (ADLS Gen2 accounts) or `wasbs` (Blob Storage accounts, "
         "HDInsight's default file system).")
+
+    # MLflow
+    mlflow: bool = _field(
+        "AERIAL_MLFLOW", True, "MLflow",
+        "`0`: no MLflow runs and no registered model (the leaderboard, metadata and champion bundle are the same).",
+        "`1`")
+    mlflow_tracking_uri: str = _field(
+        "MLFLOW_TRACKING_URI", "", "MLflow",
+        "Where runs and models go: an MLflow server (`http://host:5000`), `databricks`, an Azure ML workspace's "
+        "`azureml://` URI. MLflow's own variables (`MLFLOW_TRACKING_TOKEN`, `DATABRICKS_HOST`, ...) carry its "
+        "credentials.", "unset: the embedded store, `$AERIAL_DATA_ROOT/mlflow`")
+    mlflow_experiment: str = _field(
+        "AERIAL_MLFLOW_EXPERIMENT", "", "MLflow",
+        "The experiment of the classifier runs (Databricks wants a workspace path, `/Users/<you>/aerial_assets`).",
+        "`aerial_assets`; with a tracking server, `aerial_assets:<data root>`")
+    mlflow_model_name: str = _field(
+        "AERIAL_MLFLOW_MODEL_NAME", "aerial_assets_land_use", "MLflow",
+        "The registered model `champion_model` adds a version to (alias `champion`); Unity Catalog wants "
+        "`catalog.schema.name`.")
 
     # Logs and start-up
     verbose: bool = _field(

@@ -38,7 +38,27 @@ def test_no_top_level_module_besides_errors_records_tables_and_settings():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert set(top) <= {"__init__.py", "errors.py", "records.py", "tables.py", "settings.py"}
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == {
-        "backbones", "defs", "imagery", "maps", "safety", "spark", "storage", "training"}
+        "backbones", "defs", "imagery", "maps", "safety", "serving", "spark", "storage", "tracking", "training"}
+
+
+def test_the_served_model_ships_every_module_it_imports_and_nothing_of_spark_or_dagster():
+    """The MLflow model carries ``pyfunc.CODE_FILES`` and nothing else of the package: each of them may import only
+    the others and the model's pip requirements (a new import elsewhere would break serving outside this project)."""
+    import sys
+
+    from aerial_assets.serving.pyfunc import CODE_FILES
+
+    shipped = {f"aerial_assets.{f.removesuffix('.py').removesuffix('/__init__').replace('/', '.')}"
+               for f in CODE_FILES} | {"aerial_assets"}
+    allowed = {"numpy", "pandas", "PIL", "onnxruntime", "tifffile", "mlflow", "pyarrow", "aerial_assets"}
+    for relative in CODE_FILES:
+        tree = ast.parse((PACKAGE / relative).read_text())
+        roots = _imported_roots(PACKAGE / relative) - set(sys.stdlib_module_names) - {"__future__"}
+        assert roots <= allowed, f"{relative} imports {roots - allowed}"
+        ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(
+            "aerial_assets")} | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                                 if a.name.startswith("aerial_assets")}
+        assert ours <= shipped, f"{relative} imports {ours - shipped}, which the model does not carry"
 
 
 def test_a_dagster_home_from_before_the_move_is_pointed_at_the_new_modules(tmp_path):

@@ -22,6 +22,7 @@ from aerial_assets.defs.automation import county_job, county_registry_sensor, re
 from aerial_assets.defs.resources import (
     BackboneWeightsResource,
     CountyRegistryResource,
+    MlflowResource,
     SparkResource,
     StorageResource,
     TrainingRastersResource,
@@ -29,7 +30,7 @@ from aerial_assets.defs.resources import (
 )
 from aerial_assets.errors import ConfigurationError
 from aerial_assets.safety.redaction import has_secret, redact
-from aerial_assets.settings import SPARK_AZURE_SCHEMES, SPARK_MODES, AerialSettings
+from aerial_assets.settings import DEFAULT_DATA_ROOT, SPARK_AZURE_SCHEMES, SPARK_MODES, AerialSettings
 from aerial_assets.spark.session import SparkSettings
 from aerial_assets.storage.azure import (
     ENV_ACCOUNT_KEY,
@@ -39,6 +40,7 @@ from aerial_assets.storage.azure import (
     ENV_SAS_TOKEN,
 )
 from aerial_assets.storage.core import AZURE_SCHEMES, scheme_of
+from aerial_assets.tracking.mlflow_store import DEFAULT_EXPERIMENT, embedded_folder
 
 ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement, raster_labels]
 
@@ -138,7 +140,20 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         "training_rasters": TrainingRastersResource(uri=config.training_rasters),
         "counties": CountyRegistryResource(uri=config.counties),
         "backbone_weights": BackboneWeightsResource(weights_dir=config.weights_dir),
+        "mlflow": _mlflow(config),
     }
+
+
+def _mlflow(config: AerialSettings) -> MlflowResource:
+    """The tracking store: a server through an ``EnvVar`` (``MLFLOW_TRACKING_URI``), else the embedded one under the
+    data root (under ./.aerial_data with an Azure data root, as the Dagster home); one experiment per data root."""
+    root = config.data_root
+    embedded = embedded_folder(root, DEFAULT_DATA_ROOT)
+    server = bool(config.mlflow_tracking_uri)
+    experiment = config.mlflow_experiment or (f"{DEFAULT_EXPERIMENT}:{root}" if server else DEFAULT_EXPERIMENT)
+    return MlflowResource(enabled=config.mlflow, embedded_dir=embedded, experiment=experiment,
+                          tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if server else "",
+                          model_name=config.mlflow_model_name)
 
 
 def build_defs(env: Mapping[str, str]) -> Definitions:

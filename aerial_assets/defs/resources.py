@@ -474,3 +474,38 @@ class TrainingRastersResource(ConfigurableResource):
         if not store.exists(self.uri):
             raise ConfigurationError(f"training rasters spec {self.uri} not found (AERIAL_TRAINING_RASTERS)")
         return parse_spec(store.read_text(self.uri), self.uri)
+
+
+class MlflowResource(ConfigurableResource):
+    """Where the classifier runs and the champion's registered versions go (:mod:`aerial_assets.tracking`).
+
+    ``tracking_uri`` is an ``EnvVar`` (``MLFLOW_TRACKING_URI``) when set, so a URI carrying a token never reaches
+    Dagster's records; empty means the embedded store in ``embedded_dir`` (``$AERIAL_DATA_ROOT/mlflow``, local even
+    with an Azure data root, like the Dagster home). ``enabled`` false (``AERIAL_MLFLOW=0``): nothing is logged.
+    """
+
+    enabled: bool = True
+    tracking_uri: str = ""
+    embedded_dir: str = ""
+    experiment: str = ""
+    model_name: str = ""
+
+    def target(self):
+        """The :class:`~aerial_assets.tracking.mlflow_store.Target`, or None when MLflow is off."""
+        from aerial_assets.tracking.mlflow_store import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, Target, embedded_target
+
+        if not self.enabled:
+            return None
+        uri = _value(self.tracking_uri)
+        name = self.model_name or DEFAULT_MODEL_NAME
+        if not uri:
+            return embedded_target(self.embedded_dir, self.experiment or DEFAULT_EXPERIMENT, name)
+        return Target(uri, self.experiment or DEFAULT_EXPERIMENT, name)
+
+    def check(self) -> None:
+        """One line when a tracking server does not answer (``make run`` calls it before the first step)."""
+        from aerial_assets.tracking.mlflow_store import check_reachable
+
+        target = self.target()
+        if target is not None:
+            check_reachable(target)

@@ -34,6 +34,7 @@ from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
 from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
+from aerial_assets.records import ChampionRecord  # noqa: E402
 from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
 from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
@@ -284,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make run: {redact(exc)}", file=sys.stderr, flush=True)
         return 2
     try:  # the Spark line, the label map, the registry and its tile summaries: before an hour of training
+        resources["mlflow"].check()  # an MLflow server that does not answer: before any step logs to it
         remote = SparkSettings.from_env(env).remote
         if remote:
             check_connect_ml(connect_endpoint(remote))
@@ -346,6 +348,9 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
         change = join(layout.county_change(key), "change.png")
         if store.exists(change):
             print(f"Change map of {key}: {change}")
+    mlflow_line = _mlflow_line(resources["mlflow"], store, layout)
+    if mlflow_line:
+        print(mlflow_line)
     print(f"Outputs under {layout.root}; run history in {home} (make ui)")
     if runner.failed_checks:
         print(f"{len(runner.failed_checks)} asset check(s) did not pass:", file=sys.stderr)
@@ -357,6 +362,22 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
             print(f"  - {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _mlflow_line(mlflow, store, layout) -> str:
+    """Where the MLflow runs and the registered champion are (empty with AERIAL_MLFLOW=0)."""
+    from aerial_assets.tracking.mlflow_store import public_address
+
+    target = mlflow.target()
+    if target is None:
+        return ""
+    where = "make mlflow-ui" if target.embedded else public_address(target.tracking_uri)
+    line = f"MLflow: experiment {target.experiment} ({where})"
+    if store.exists(ChampionRecord.uri(layout.champion())):
+        registered = ChampionRecord.read(store, layout.champion()).mlflow_model
+        if registered:
+            line += f"; champion registered as models:/{target.model_name}@champion ({registered})"
+    return line
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ OUTPUT_LAYOUT: tuple[tuple[str, str], ...] = (
     ("county_map_agreement/<county>/", "agreement.json, confusion_raw.png, confusion_smoothed.png (with a "
                                        "registered reference)"),
     ("demo/", "generated demo imagery (only when no data is configured)"),
+    ("mlflow/", "MLflow's embedded tracking store: mlflow.db (SQLite) and artifacts/, opened by make mlflow-ui "
+                "(local even with an Azure data root; unused when MLFLOW_TRACKING_URI is set)"),
     ("dagster_home/", "Dagster's run history for make run / make ui (local even with an Azure data root)"),
     ("counties.yaml", "(optional) your county registry"),
 )
@@ -45,6 +47,7 @@ LEADERBOARD = "leaderboard.csv"
 TILES = "tiles.parquet"
 PREDICTIONS = "predictions.parquet"
 QUARANTINE = "quarantine.csv"
+MLFLOW_DIR = "mlflow"
 
 
 @dataclass(frozen=True)

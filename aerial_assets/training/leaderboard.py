@@ -11,7 +11,8 @@ from aerial_assets.storage.layout import Layout
 from aerial_assets.training.provenance import FeaturesIdentity, catalog_sha, provenance_problem
 
 LEADERBOARD_COLUMNS = ["backbone", "algorithm", "accuracy", "macro_f1", "n_train", "n_test", "fit_seconds"]
-EXTRA_COLUMNS = ["views", "augmentation", "val_accuracy", "val_macro_f1", "n_validation", "ece", "model_id"]
+EXTRA_COLUMNS = ["views", "augmentation", "val_accuracy", "val_macro_f1", "n_validation", "ece", "model_id",
+                 "mlflow_run_id"]
 PROVENANCE_COLUMNS = ["catalog_sha256", "features_sha256"]
 
 
@@ -37,6 +38,7 @@ def leaderboard_frame(store: Storage, layout: Layout, keys: list[tuple[str, str]
             "fit_seconds": m.fit_seconds, "views": m.views, "augmentation": m.augmentation,
             "val_accuracy": m.validation.accuracy, "val_macro_f1": m.validation.macro_f1,
             "n_validation": sum(m.validation.support), "ece": m.calibration.get("ece"), "model_id": m.model_id,
+            "mlflow_run_id": m.mlflow_run_id,
             **(m.upstream.model_dump() if m.upstream else {}),
         })
     frame = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS + EXTRA_COLUMNS + PROVENANCE_COLUMNS)

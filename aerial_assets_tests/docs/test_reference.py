@@ -16,6 +16,7 @@ from dagster import Definitions, asset
 from aerial_assets.defs import reference
 from aerial_assets.settings import AerialSettings, settings_fields
 from aerial_assets.storage.layout import OUTPUT_LAYOUT, Layout
+from aerial_assets_tests.sockets import answer, free_port, listening_addresses
 from benchmarks import results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,40 +138,18 @@ def test_make_docs_builds_the_site_strictly_from_a_clean_clone(tmp_path):
     assert status.stdout.strip() == "", f"make docs changed committed files: {status.stdout}"
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses (kernel hex) of the sockets listening on ``port``, from /proc/net/tcp and tcp6."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:
-                found.add(address)
-    return found
-
-
 @pytest.mark.slow
 def test_make_docs_serve_serves_the_site_on_loopback_only():
     import signal
-    import socket
-    import time
-    import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     venv = Path(sys.prefix)
     server = subprocess.Popen(["make", "-o", f"{venv}/.installed", "docs-serve", f"VENV={venv}", f"DOCS_PORT={port}"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline, page = time.monotonic() + 120, ""
-        while time.monotonic() < deadline and not page:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-            except OSError:
-                time.sleep(1)
+        page = answer(f"http://127.0.0.1:{port}/")
         assert "aerial_assets" in page, "the docs server did not answer on 127.0.0.1"
-        assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only: no 0.0.0.0, no IPv6
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only: no 0.0.0.0, no IPv6
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # make and mkdocs, by the process group this test started
         server.wait(timeout=30)

@@ -25,17 +25,21 @@ from dagster import (
 
 from aerial_assets.defs.assets._io import metadata_table, table_schema
 from aerial_assets.defs.partitions import by_backbone, classifier_partitions, every_partition, same_partition
-from aerial_assets.defs.resources import SparkResource, StorageResource
+from aerial_assets.defs.resources import MlflowResource, SparkResource, StorageResource
 from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
 from aerial_assets.records import BackboneRecord, ChampionRecord, ClassifierRecord, MetricsRecord, ReportRecord
 from aerial_assets.safety import csv_files
+from aerial_assets.serving.spark_models import EXPORTABLE
 from aerial_assets.spark.jobs import executor_cores
 from aerial_assets.spark.synapseml import LIGHTGBM_CLASS, require
 from aerial_assets.storage.core import join
 from aerial_assets.storage.layout import FEATURES, LEADERBOARD, MODEL, PIPELINE
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import TileStatus
+from aerial_assets.tracking.champion import register_champion
+from aerial_assets.tracking.classifier_runs import run_metrics, run_params, run_tags
+from aerial_assets.tracking.mlflow_store import log_run, quiet
 from aerial_assets.training.classifiers import (
     SYNAPSEML_ALGORITHMS,
     ClassifierParams,
@@ -169,10 +173,14 @@ def _report_metadata(prefix: str, rep: ClassificationReport) -> dict[str, object
           AssetDep("tile_features", partition_mapping=by_backbone)],
     kinds={"spark"},
 )
-def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource) -> MaterializeResult:
+def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, storage: StorageResource,
+                       mlflow: MlflowResource) -> MaterializeResult:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix on the held-out test split
     (and on the validation split, which alone is used to pick the champion). Numbers are metadata, so the UI
-    plots them across runs. Refuses a classifier that was not trained on the current features."""
+    plots them across runs. Refuses a classifier that was not trained on the current features.
+
+    Each materialization is also a new MLflow run (params, the same metrics, the confusion matrix, the per-class
+    report and the test predictions as artifacts), linked from the metadata (``mlflow_run``)."""
     backbone, algorithm = _keys(context)
     layout, store = storage.layout, storage.storage
     upstream = current_features(store, layout, backbone)
@@ -211,10 +219,22 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
         validation=ReportRecord(**validation.to_dict()), views=views, augmentation=info.augmentation,
         params=info.params, upstream=upstream, calibration=calib.to_dict(),
     )
+    csv_text = csv_files.to_csv(predictions)
+    run = None
+    if (target := mlflow.target()) is not None:  # before the outputs: the record names its run
+        with quiet():
+            run = log_run(target, run_name=f"{backbone}|{algorithm}", params=run_params(info),
+                          metrics=run_metrics(record),
+                          tags=run_tags(record, context.run_id, "classifier_metrics", f"{backbone}|{algorithm}"),
+                          files={"confusion.png": png, csv_name: csv_text.encode(),
+                                 "metrics.json": record.to_json().encode(),
+                                 "per_class.md": test.per_class_markdown().encode()})
+        record = record.model_copy(update={"mlflow_run_id": run.run_id})
+        context.log.info(f"MLflow run {run.run_id} in experiment {target.experiment}: {run.url}")
     with store.atomic_dir(out) as tmp:
         record.write(storage.storage, tmp)
         storage.storage.write_bytes(join(tmp, "confusion.png"), png)
-        storage.storage.write_text(join(tmp, csv_name), csv_files.to_csv(predictions))
+        storage.storage.write_text(join(tmp, csv_name), csv_text)
     return MaterializeResult(
         metadata={
             "model_id": info.model_id,
@@ -228,6 +248,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             "per_class": MetadataValue.md(test.per_class_markdown()),
             "test_predictions": MetadataValue.path(join(out, csv_name)),
             "confusion_matrix": MetadataValue.md(markdown_image(png, f"confusion matrix {backbone} {algorithm}")),
+            **({} if run is None else {"mlflow_run_id": run.run_id, "mlflow_run": MetadataValue.url(run.url)}),
         }
     )
 
@@ -283,13 +304,17 @@ def model_leaderboard(context: AssetExecutionContext, storage: StorageResource) 
              AssetDep("land_use_classifiers", partition_mapping=every_partition),
              AssetDep("tile_features", partition_mapping=every_partition),
              AssetDep("backbone_models", partition_mapping=every_partition)])
-def champion_model(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
+def champion_model(context: AssetExecutionContext, storage: StorageResource, mlflow: MlflowResource
+                   ) -> MaterializeResult:
     """The model that scores counties: best validation macro-F1 on the leaderboard (the test split stays a
     final report only). A self-contained bundle: the backbone's ONNX graph plus the fitted classifier.
 
     Each leaderboard row is checked again against what is stored now (the leaderboard may predate a
     retraining or a new catalog): only rows whose model is still stored and belongs to the current upstream
-    can win, so ``champion.json`` always names the model it bundles; rows left out are in the metadata."""
+    can win, so ``champion.json`` always names the model it bundles; rows left out are in the metadata.
+
+    With MLflow on, the champion is also registered (``AERIAL_MLFLOW_MODEL_NAME``, alias ``champion``) as a pyfunc
+    that needs neither Spark nor Dagster: encoded images in, label and class probabilities out."""
     layout, store = storage.layout, storage.storage
     frame = csv_files.read_csv(store.read_text(layout.leaderboard_csv()), dtype={"model_id": str})
     catalog = catalog_sha(store, layout)
@@ -326,6 +351,9 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
     )
     out = layout.champion()
     verify(store, clf_dir, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")  # never bundle a broken copy
+    registered, mlflow_note = _register(context, mlflow, storage, record)
+    if registered is not None:
+        record = record.model_copy(update={"mlflow_model": f"{registered.name}/{registered.version}"})
     with store.atomic_dir(out) as tmp:
         store_tmp = storage.storage
         store_tmp.copy_tree(layout.backbone_onnx(backbone), join(tmp, MODEL))
@@ -345,8 +373,34 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource) -> 
             "bundle": MetadataValue.path(out),
             "n_left_out": len(left_out),
             "left_out": _left_out_table(left_out),
+            **mlflow_note,
         }
     )
+
+
+def _register(context: AssetExecutionContext, mlflow: MlflowResource, storage: StorageResource,
+              record: ChampionRecord):
+    """Register the champion in MLflow, when MLflow is on and the algorithm can be served without Spark; the
+    metadata says which version, or why none."""
+    target = mlflow.target()
+    if target is None:
+        return None, {}
+    if record.algorithm not in EXPORTABLE:
+        why = (f"not registered: a {record.algorithm} champion cannot be exported without Spark (served algorithms: "
+               f"{', '.join(EXPORTABLE)})")
+        context.log.warning(f"MLflow: {why}")
+        return None, {"mlflow_model": why}
+    layout, store = storage.layout, storage.storage
+    tests = csv_files.read_csv(store.read_text(join(layout.classifier_metrics(record.backbone, record.algorithm),
+                                                    f"{record.algorithm}_predictions_test_set.csv")))
+    examples = [storage.for_uri(uri).read_bytes(uri) for uri in tests["filepath"].dropna().head(2)]
+    with quiet():
+        registered = register_champion(target, store, layout.backbone_onnx(record.backbone),
+                                       layout.classifier_pipeline(record.backbone, record.algorithm), record,
+                                       examples, {"dagster.run_id": context.run_id, "dagster.asset": "champion_model"})
+    context.log.info(f"MLflow: registered {registered.name} version {registered.version} (alias champion)")
+    return registered, {"mlflow_model": f"{registered.name}/{registered.version}",
+                        "mlflow_run": MetadataValue.url(registered.run.url)}
 
 
 class AccuracyFloorConfig(Config):
