@@ -38,9 +38,11 @@ from aerial_assets.storage.azure import (
     ENV_BLOB_ENDPOINT,
     ENV_CONNECTION_STRING,
     ENV_SAS_TOKEN,
+    AzureCredentials,
 )
-from aerial_assets.storage.core import AZURE_SCHEMES, scheme_of
-from aerial_assets.tracking.mlflow_store import DEFAULT_EXPERIMENT, embedded_folder
+from aerial_assets.storage.azure import parse as parse_azure_uri
+from aerial_assets.storage.core import AZURE_SCHEMES, is_local, scheme_of
+from aerial_assets.tracking.mlflow_store import DEFAULT_EXPERIMENT, azure_artifact_root, embedded_folder
 
 ASSET_MODULES = [tiles, backbones, features, training, scoring, maps, agreement, raster_labels]
 
@@ -140,18 +142,28 @@ def build_resources(env: Mapping[str, str]) -> dict[str, object]:
         "training_rasters": TrainingRastersResource(uri=config.training_rasters),
         "counties": CountyRegistryResource(uri=config.counties),
         "backbone_weights": BackboneWeightsResource(weights_dir=config.weights_dir),
-        "mlflow": _mlflow(config),
+        "mlflow": _mlflow(config, env, deployment),
     }
 
 
-def _mlflow(config: AerialSettings) -> MlflowResource:
+def _mlflow(config: AerialSettings, env: Mapping[str, str], deployment: str) -> MlflowResource:
     """The tracking store: a server through an ``EnvVar`` (``MLFLOW_TRACKING_URI``), else the embedded one under the
-    data root (under ./.aerial_data with an Azure data root, as the Dagster home); one experiment per data root."""
+    data root. With an Azure data root its SQLite file stays local (./.aerial_data/mlflow, as the Dagster home) and
+    its artifacts go to ``<data root>/mlflow/artifacts`` when the credential is one MLflow's Azure store reads (a
+    connection string, or DefaultAzureCredential); with a key or a SAS token they stay beside the database. One
+    experiment per data root: ``aerial_assets`` in a local root's own store, ``aerial_assets:<root>`` elsewhere."""
     root = config.data_root
-    embedded = embedded_folder(root, DEFAULT_DATA_ROOT)
     server = bool(config.mlflow_tracking_uri)
-    experiment = config.mlflow_experiment or (f"{DEFAULT_EXPERIMENT}:{root}" if server else DEFAULT_EXPERIMENT)
-    return MlflowResource(enabled=config.mlflow, embedded_dir=embedded, experiment=experiment,
+    artifacts = ""
+    if deployment == "azure" and not is_local(root):
+        credentials = AzureCredentials.from_env(env)  # the kind and the account only: no secret is kept here
+        if credentials.kind in ("connection string", "DefaultAzureCredential"):
+            path = parse_azure_uri(root)
+            artifacts = azure_artifact_root(path.account or credentials.account, path.container, path.key)
+    shared = server or not is_local(root)
+    experiment = config.mlflow_experiment or (f"{DEFAULT_EXPERIMENT}:{root}" if shared else DEFAULT_EXPERIMENT)
+    return MlflowResource(enabled=config.mlflow, embedded_dir=embedded_folder(root, DEFAULT_DATA_ROOT),
+                          artifact_root=artifacts, experiment=experiment,
                           tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if server else "",
                           model_name=config.mlflow_model_name)
 

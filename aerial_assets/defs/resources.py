@@ -481,12 +481,14 @@ class MlflowResource(ConfigurableResource):
 
     ``tracking_uri`` is an ``EnvVar`` (``MLFLOW_TRACKING_URI``) when set, so a URI carrying a token never reaches
     Dagster's records; empty means the embedded store in ``embedded_dir`` (``$AERIAL_DATA_ROOT/mlflow``, local even
-    with an Azure data root, like the Dagster home). ``enabled`` false (``AERIAL_MLFLOW=0``): nothing is logged.
+    with an Azure data root, like the Dagster home, whose artifacts then go to the data root: ``artifact_root``).
+    ``enabled`` false (``AERIAL_MLFLOW=0``): nothing is logged.
     """
 
     enabled: bool = True
     tracking_uri: str = ""
     embedded_dir: str = ""
+    artifact_root: str = ""  # the embedded store's artifacts elsewhere than embedded_dir (an Azure data root's)
     experiment: str = ""
     model_name: str = ""
 
@@ -499,7 +501,7 @@ class MlflowResource(ConfigurableResource):
         uri = _value(self.tracking_uri)
         name = self.model_name or DEFAULT_MODEL_NAME
         if not uri:
-            return embedded_target(self.embedded_dir, self.experiment or DEFAULT_EXPERIMENT, name)
+            return embedded_target(self.embedded_dir, self.experiment or DEFAULT_EXPERIMENT, name, self.artifact_root)
         return Target(uri, self.experiment or DEFAULT_EXPERIMENT, name)
 
     def check(self) -> None:

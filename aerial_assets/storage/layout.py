@@ -32,8 +32,9 @@ OUTPUT_LAYOUT: tuple[tuple[str, str], ...] = (
     ("county_map_agreement/<county>/", "agreement.json, confusion_raw.png, confusion_smoothed.png (with a "
                                        "registered reference)"),
     ("demo/", "generated demo imagery (only when no data is configured)"),
-    ("mlflow/", "MLflow's embedded tracking store: mlflow.db (SQLite) and artifacts/, opened by make mlflow-ui "
-                "(local even with an Azure data root; unused when MLFLOW_TRACKING_URI is set)"),
+    ("mlflow/", "MLflow's embedded tracking store, opened by make mlflow-ui: mlflow.db (SQLite) and artifacts/; with "
+                "an Azure data root only artifacts/ (the database stays in ./.aerial_data/mlflow); unused when "
+                "MLFLOW_TRACKING_URI is set"),
     ("dagster_home/", "Dagster's run history for make run / make ui (local even with an Azure data root)"),
     ("counties.yaml", "(optional) your county registry"),
 )

@@ -55,11 +55,20 @@ def embedded_folder(data_root: str, fallback_root: str) -> str:
 
 
 def embedded_target(folder: str, experiment: str = DEFAULT_EXPERIMENT,
-                    model_name: str = DEFAULT_MODEL_NAME) -> Target:
-    """The SQLite store and artifacts folder under a local ``folder`` (``$AERIAL_DATA_ROOT/mlflow``)."""
+                    model_name: str = DEFAULT_MODEL_NAME, artifact_root: str = "") -> Target:
+    """The SQLite store under a local ``folder`` (``$AERIAL_DATA_ROOT/mlflow``), with the artifacts in its
+    ``artifacts/`` or at ``artifact_root`` (an Azure data root's :func:`azure_artifact_root`)."""
     folder = os.path.abspath(folder)
     return Target(f"sqlite:///{folder}/{DB_FILE}", experiment, model_name,
-                  artifact_root=f"file://{folder}/{ARTIFACTS}")
+                  artifact_root=artifact_root or f"file://{folder}/{ARTIFACTS}")
+
+
+def azure_artifact_root(account: str, container: str, key: str) -> str:
+    """``<data root>/mlflow/artifacts`` as the URI MLflow's Azure Blob artifact store reads and writes
+    (``wasbs://container@account.blob.core.windows.net/...``; MLflow takes the credential from
+    ``AZURE_STORAGE_CONNECTION_STRING`` or ``DefaultAzureCredential``)."""
+    path = "/".join(p for p in (key.strip("/"), MLFLOW_DIR, ARTIFACTS) if p)
+    return f"wasbs://{container}@{account}.blob.core.windows.net/{path}"
 
 
 @dataclass(frozen=True)

@@ -192,5 +192,13 @@ def test_mlflow_off_and_server_settings():
     assert off.target() is None
     embedded = build_defs({"AERIAL_DATA_ROOT": "/tmp/x"}).resources["mlflow"].target()
     assert embedded.tracking_uri == "sqlite:////tmp/x/mlflow/mlflow.db" and embedded.experiment == "aerial_assets"
-    azure = build_defs({"AERIAL_DATA_ROOT": "az://c/p", "AZURE_STORAGE_ACCOUNT_NAME": "a"}).resources["mlflow"]
-    assert azure.target().tracking_uri == f"sqlite:///{os.path.abspath('.aerial_data')}/mlflow/mlflow.db"
+    # an Azure data root: the database local (SQLite), the artifacts in the data root where MLflow's Azure store can
+    # authenticate (DefaultAzureCredential here; a connection string in test_azure's whole graph), else beside it
+    azure = build_defs({"AERIAL_DATA_ROOT": "az://data/run1", "AZURE_STORAGE_ACCOUNT_NAME": "acct"}
+                       ).resources["mlflow"].target()
+    assert azure.tracking_uri == f"sqlite:///{os.path.abspath('.aerial_data')}/mlflow/mlflow.db"
+    assert azure.artifact_root == "wasbs://data@acct.blob.core.windows.net/run1/mlflow/artifacts"
+    assert azure.experiment == "aerial_assets:az://data/run1"  # the local database may serve several data roots
+    keyed = build_defs({"AERIAL_DATA_ROOT": "az://data/run1", "AZURE_STORAGE_ACCOUNT_NAME": "acct",
+                        "AZURE_STORAGE_ACCOUNT_KEY": "a2V5a2V5a2V5"}).resources["mlflow"].target()
+    assert keyed.artifact_root.startswith("file://") and "a2V5" not in repr(keyed)

@@ -521,11 +521,28 @@ def test_whole_graph_with_tiles_rasters_and_outputs_in_azurite(azurite, tiny_til
     every = [e.relative_path for e in store.list_files("az://aerial")]
     assert not [p for p in every if ".tmp-" in p]  # every temporary prefix committed or removed
     assert not any(azurite.store()._fs().find(f"aerial/{azure_storage.JOURNAL}"))  # every commit finished
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dagster_home"]  # no local output
+    # no local output: the run history only (Dagster's home, MLflow's SQLite database)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".aerial_data", "dagster_home"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / ".aerial_data").rglob("*") if p.is_file()) == [
+        ".aerial_data/mlflow/mlflow.db"]
+    # MLflow's artifacts in the data root: the classifier's run and the registered champion
+    artifacts = [e.relative_path for e in store.list_files("az://aerial/run/mlflow/artifacts")]
+    assert any(p.endswith("/artifacts/confusion.png") for p in artifacts)
+    assert any(p.endswith("/artifacts/model/MLmodel") for p in artifacts)
+    tile = next(p for p in sorted(Path(tiny_tiles).rglob("*.png")))
+    served = subprocess.run([sys.executable, "-c", (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/.aerial_data/mlflow/mlflow.db')\n"
+        "model = mlflow.pyfunc.load_model('models:/aerial_assets_land_use@champion')\n"
+        f"print(model.predict(pd.DataFrame({{'image': [open('{tile}', 'rb').read()]}}))['label'][0])")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]  # the model read back from Azurite's blobs
+    assert served.stdout.strip().splitlines()[-1] in champion["classes"]
 
     # the key appears nowhere: event log, compute logs, the run's output, the outputs themselves
     secrets = [azurite.key.encode(), azurite.key.rstrip("=").encode()]
     assert not _find_secret(home, secrets)
+    assert not _find_secret(tmp_path / ".aerial_data", secrets)  # MLflow's database
     assert not [s for s in secrets if s in (done.stdout + done.stderr).encode()]
     assert not [e.uri for e in store.list_files("az://aerial/run") if any(s in store.read_bytes(e.uri) for s in secrets)]
 
