@@ -82,3 +82,91 @@ def test_a_dagster_home_from_before_the_move_is_pointed_at_the_new_modules(tmp_p
     prepare_home({"DAGSTER_HOME": str(own)})
     assert (own / "dagster.yaml").read_text() == "compute_logs:\n  module: aerial_assets.defs.compute_logs\n"
     assert hasattr(run_guard, "AerialRunLauncher")  # the class the yaml names, at its new module
+
+
+#: The layers of the package, lowest first: a package may import its own layer and the ones below, never above. The
+#: foundation (the contracts, input safety and the storage layer) is what every other package stands on.
+LAYERS = (
+    {"errors", "tables", "settings", "records", "safety", "storage"},
+    {"imagery", "backbones"},
+    {"spark"},
+    {"training", "maps", "serving"},
+    {"tracking"},
+    {"defs"},
+)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of the package -> the package's modules it imports, at the top or inside a function (a lazy
+    import is a dependency too: it only moves the failure to run time)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ["aerial_assets", *path.relative_to(PACKAGE).with_suffix("").parts]
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target not in (name, "aerial_assets"):
+                    graph[name].add(target)
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph = _module_graph()
+    assert len(graph) > 80
+    cycles, done, path = [], set(), []
+
+    def visit(module: str) -> None:
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
+    assert cycles == []
+
+
+def test_no_package_imports_a_layer_above_its_own():
+    layer = {package: i for i, packages in enumerate(LAYERS) for package in packages}
+    graph = _module_graph()
+    packages = {m.split(".")[1] for m in graph if m.count(".") >= 1}
+    assert packages == set(layer), "every package (and top-level module) belongs to a layer"
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                    if layer[t.split(".")[1]] > layer[m.split(".")[1]])
+    assert upward == []
+
+
+def test_private_dagster_modules_only_where_dagster_has_no_public_api():
+    """``dagster._*`` breaks on upgrades. The one place left is the run launcher (``defs/run_guard.py``): Dagster
+    exports no public base class, context or health result for a launcher that reports a dead run worker."""
+    tests = PACKAGE.parent / "aerial_assets_tests"
+    files = [*PACKAGE.rglob("*.py"), *tests.rglob("*.py"), *(PACKAGE.parent / "benchmarks").rglob("*.py")]
+    private = sorted(str(p.relative_to(PACKAGE.parent)) for p in files
+                     if any(root.startswith("dagster._") for root in _imported_modules(p)))
+    assert private == ["aerial_assets/defs/run_guard.py"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names

@@ -32,7 +32,8 @@ from aerial_assets.errors import ConfigurationError
 from aerial_assets.safety.redaction import has_secret, redact
 from aerial_assets.settings import DEFAULT_DATA_ROOT, SPARK_AZURE_SCHEMES, SPARK_MODES, AerialSettings
 from aerial_assets.spark.session import SparkSettings
-from aerial_assets.storage.azure import (
+from aerial_assets.storage.azure import parse as parse_azure_uri
+from aerial_assets.storage.azure_credentials import (
     ENV_ACCOUNT_KEY,
     ENV_ACCOUNT_NAME,
     ENV_BLOB_ENDPOINT,
@@ -40,7 +41,6 @@ from aerial_assets.storage.azure import (
     ENV_SAS_TOKEN,
     AzureCredentials,
 )
-from aerial_assets.storage.azure import parse as parse_azure_uri
 from aerial_assets.storage.core import AZURE_SCHEMES, is_local, scheme_of
 from aerial_assets.tracking.mlflow_store import DEFAULT_EXPERIMENT, azure_artifact_root, embedded_folder
 

@@ -16,8 +16,9 @@ from aerial_assets.errors import ConfigurationError, CountyError
 from aerial_assets.imagery import demo_data
 from aerial_assets.imagery.counties import County, parse_registry, resolve_county
 from aerial_assets.imagery.label_map import LabelMap, parse_label_map
-from aerial_assets.spark.jobs import is_connect, task_slots
+from aerial_assets.spark.jobs import task_slots
 from aerial_assets.spark.lines import check_connect_ml, check_connect_server, check_standalone_master
+from aerial_assets.spark.remote import check_reachable, connect_endpoint, ship_package
 from aerial_assets.spark.session import (
     APP_NAME,
     DEFAULT_DRIVER_MEMORY,
@@ -30,6 +31,7 @@ from aerial_assets.spark.session import (
     spark_defaults,
     wait_for_early_start,
 )
+from aerial_assets.storage.backends import storage_for
 from aerial_assets.storage.core import (
     AZURE_SCHEMES,
     LocalStorage,
@@ -38,7 +40,6 @@ from aerial_assets.storage.core import (
     join,
     local_path,
     scheme_of,
-    storage_for,
 )
 from aerial_assets.storage.layout import Layout
 
@@ -155,88 +156,6 @@ class SparkResource(LazyPySparkResource):
         return task_slots(self.session, self.parallelism)
 
 
-def _host_port(remote: str) -> tuple[str, int]:
-    target = remote.split("://", 1)[-1].split("/", 1)[0].split(";", 1)[0]
-    host, _, port = target.rpartition(":")
-    return (host or target).strip("[]"), int(port) if port.isdigit() else 15002
-
-
-def connect_endpoint(remote: str) -> str:
-    """``sc://host:port`` of a Connect URL, without its path or parameters (where a token would be)."""
-    host, port = _host_port(remote)
-    return f"sc://{host}:{port}"
-
-
-def check_reachable(remote: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, in one line naming the endpoint, when a Spark Connect server does not answer: the gRPC client
-    would otherwise retry for many minutes (and hang on SIGTERM). The token is never part of the message."""
-    import socket
-
-    host, port = _host_port(remote)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return
-    except OSError as exc:
-        raise ConfigurationError(
-            f"the Spark Connect server at sc://{host}:{port} (SPARK_REMOTE) is unreachable: {exc}. Start it "
-            "(sbin/start-connect-server.sh) or fix SPARK_REMOTE") from None
-
-
-_SHIPPED: set[tuple[str, str]] = set()
-
-
-def package_zip() -> str:
-    """A zip of the ``aerial_assets`` package's modules, built once per content (its name carries a hash)."""
-    import hashlib
-    import tempfile
-    import zipfile
-
-    import aerial_assets
-
-    package = os.path.dirname(os.path.abspath(aerial_assets.__file__))
-    files = []
-    for dirpath, dirnames, filenames in os.walk(package):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
-    digest = hashlib.sha256()
-    for full in files:
-        digest.update(os.path.relpath(full, package).encode())
-        with open(full, "rb") as handle:
-            digest.update(handle.read())
-    path = os.path.join(tempfile.gettempdir(), f"aerial_assets-{digest.hexdigest()[:16]}.zip")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-            for full in files:
-                name = os.path.join("aerial_assets", os.path.relpath(full, package)).replace(os.sep, "/")
-                info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with open(full, "rb") as handle:
-                    archive.writestr(info, handle.read())
-        os.replace(tmp, path)
-    return path
-
-
-def ship_package(session) -> str:
-    """Add the package zip to a session's executors (once per session and content); returns its path.
-
-    Spark Connect: ``addArtifacts(pyfile=True)``, on the path of this session's Python workers only. A classic
-    session on a cluster: ``SparkContext.addPyFile``, on the path of every Python worker of the application.
-    """
-    path = package_zip()
-    if is_connect(session):
-        key = (str(getattr(session, "session_id", id(session))), path)
-        if key not in _SHIPPED:
-            session.addArtifacts(path, pyfile=True)
-            _SHIPPED.add(key)
-        return path
-    key = (session.sparkContext.applicationId, path)
-    if key not in _SHIPPED:
-        session.sparkContext.addPyFile(path)
-        _SHIPPED.add(key)
-    return path
-
-
 def _value(setting: Any) -> str:
     """A setting's value: resolved by Dagster inside a run, read here from an ``EnvVar`` outside one."""
     if isinstance(setting, EnvVar):
@@ -271,7 +190,7 @@ class StorageResource(ConfigurableResource):
     _inputs: Storage | None = PrivateAttr(default=None)
 
     def azure_credentials(self):
-        from aerial_assets.storage.azure import AzureCredentials
+        from aerial_assets.storage.azure_credentials import AzureCredentials
 
         return AzureCredentials(
             account_name=_value(self.azure_account_name), blob_endpoint=_value(self.azure_blob_endpoint),
@@ -299,7 +218,7 @@ class StorageResource(ConfigurableResource):
         """
         if (_value(self.spark_storage) or "staged") != "direct" or not self._uses_azure():
             return False
-        from aerial_assets.storage.azure import configure_spark_session
+        from aerial_assets.spark.hadoop_azure import configure_spark_session
 
         return configure_spark_session(session, self.azure_credentials(), self.spark_azure_scheme)
 

@@ -22,7 +22,6 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, Mu
 from aerial_assets.backbones.zoo import zoo_entry  # noqa: E402
 from aerial_assets.defs.definitions import build_defs  # noqa: E402
 from aerial_assets.defs.partitions import county_partitions  # noqa: E402
-from aerial_assets.defs.resources import connect_endpoint  # noqa: E402
 from aerial_assets.defs.run_guard import (  # noqa: E402
     RunGuard,
     RunRefused,
@@ -39,6 +38,7 @@ from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
 from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
 from aerial_assets.spark.lines import check_connect_ml  # noqa: E402
+from aerial_assets.spark.remote import connect_endpoint  # noqa: E402
 from aerial_assets.spark.session import SparkSettings, start_early, stop_classic_session  # noqa: E402
 from aerial_assets.storage.core import is_local, join, local_path  # noqa: E402
 from aerial_assets.training.classifiers import check_algorithm  # noqa: E402
@@ -238,7 +238,7 @@ def load_run_config(path: str | None) -> dict[str, object]:
 
 def check_run_config(defs: Definitions, run_config: Mapping[str, object]) -> None:
     """Reject a run config that names an unknown asset or a setting the asset does not take, before any run."""
-    from dagster._config import process_config
+    from dagster import DagsterInvalidConfigError, validate_run_config
 
     job = defs.resolve_implicit_global_asset_job_def()
     ops = (run_config or {}).get("ops", {}) or {}
@@ -247,10 +247,11 @@ def check_run_config(defs: Definitions, run_config: Mapping[str, object]) -> Non
     if unknown:
         raise ConfigurationError(f"--config names unknown assets: {', '.join(unknown)}; the assets are: "
                                  f"{', '.join(sorted(known))}")
-    result = process_config(job.run_config_schema.config_type, {"ops": dict(ops)})
-    if not result.success:
-        first = result.errors[0]
-        raise ConfigurationError(f"--config: {' '.join(first.message.split())}")
+    try:
+        validate_run_config(job, {"ops": dict(ops)})
+    except DagsterInvalidConfigError as exc:
+        first = exc.errors[0].message if exc.errors else str(exc)
+        raise ConfigurationError(f"--config: {' '.join(first.split())}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -314,7 +314,8 @@ def inspect_frames(expected_size: int):
     its hash too (it can still be a copy of another)."""
     from aerial_assets.errors import StorageError
     from aerial_assets.imagery.decode import ImageDecodeError, inspect
-    from aerial_assets.storage.core import is_local, storage_for
+    from aerial_assets.storage.backends import storage_for
+    from aerial_assets.storage.core import is_local
 
     def run(frames):
         for frame in frames:

@@ -362,7 +362,7 @@ def resolve_county(county: County) -> County:
     """
     if county.stac is None or county.rasters:
         return county
-    from aerial_assets.maps.stac import rasters_from_stac
+    from aerial_assets.imagery.stac_catalogs import rasters_from_stac
 
     where = f"county {county.key!r} (stac: {county.stac})"
     try:

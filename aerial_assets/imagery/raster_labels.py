@@ -31,7 +31,8 @@ from aerial_assets.errors import ConfigurationError
 from aerial_assets.imagery.rasters import RasterInfo, grid_shape, open_info, read_tile
 from aerial_assets.safety.redaction import short
 from aerial_assets.safety.yaml_files import load_yaml
-from aerial_assets.storage.core import is_local, join, raster_opener
+from aerial_assets.storage.backends import raster_opener
+from aerial_assets.storage.core import is_local, join
 
 MIXED = "mixed codes"
 NODATA = "nodata"

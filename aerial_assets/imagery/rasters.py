@@ -15,7 +15,7 @@ import numpy as np
 
 from aerial_assets.errors import CountyError
 from aerial_assets.imagery.decode import to_uint8, value_range
-from aerial_assets.storage.core import raster_opener
+from aerial_assets.storage.backends import raster_opener
 from aerial_assets.tables import TILES
 
 TILE_COLUMNS = TILES.names

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from aerial_assets.imagery.rasters import TILE_COLUMNS, RasterInfo, nodata_fraction, tile_windows
-from aerial_assets.storage.core import raster_opener
+from aerial_assets.storage.backends import raster_opener
 from aerial_assets.tables import TILES, TileStatus
 
 TILE_SCHEMA = TILES.ddl

@@ -90,7 +90,7 @@ def read_legend(uri: str, store: Storage | None = None) -> Legend:
     """The reference legend at ``uri``, read through ``store`` (None: the URI's backend with this process's
     environment, as on an executor)."""
     from aerial_assets.errors import StorageError
-    from aerial_assets.storage.core import storage_for
+    from aerial_assets.storage.backends import storage_for
 
     try:
         text = (store or storage_for(uri)).read_text(uri)
@@ -108,7 +108,7 @@ def reference_codes(uri: str, transform, rows: int, cols: int, crs: str, subcell
     from rasterio.transform import Affine
     from rasterio.warp import Resampling, reproject
 
-    from aerial_assets.storage.core import raster_opener
+    from aerial_assets.storage.backends import raster_opener
 
     k = max(1, int(subcells))
     fine = transform @ Affine.scale(1.0 / k, 1.0 / k)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from aerial_assets.storage.core import Storage, storage_for
+from aerial_assets.storage.backends import storage_for
+from aerial_assets.storage.core import Storage
 from aerial_assets.tables import TileStatus
 
 PROBABILITY_TOLERANCE = 1e-4

@@ -82,44 +82,6 @@ def driver_java_options(env: Mapping[str, str] | None = None, folder: str = CACH
     return f"-XX:SharedArchiveFile={path} {QUIET}" if os.path.isfile(path) else ""
 
 
-def _workload(out: str) -> None:
-    """What a graph run's driver does, in small: SQL, Arrow both ways, pandas UDFs, Parquet, a shuffle, pyspark.ml
-    fitting, saving and loading. The archive holds the classes loaded here; others load from the jars as before."""
-    import pandas as pd
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-    from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler
-    from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
-
-    from aerial_assets.spark.session import LOCAL_DRIVER_JAVA_OPTIONS, SparkSettings, session_conf
-
-    conf = session_conf(SparkSettings())
-    # a JVM that maps an archive (an older one) cannot dump a new one: the base options only
-    conf["spark.driver.defaultJavaOptions"] = f"{LOCAL_DRIVER_JAVA_OPTIONS} -XX:ArchiveClassesAtExit={out}"
-    spark = SparkSession.builder.config(map=conf).getOrCreate()
-    frame = spark.createDataFrame(pd.DataFrame({"id": range(400), "label": [f"c{i % 3}" for i in range(400)],
-                                                "x": [float(i % 17) for i in range(400)]}))
-    doubled = frame.repartition(4).mapInPandas(lambda parts: (p.assign(y=p.x * 2) for p in parts),
-                                               "id long, label string, x double, y double")
-    folder = os.path.join(os.path.dirname(out), "workload.parquet")
-    doubled.write.mode("overwrite").parquet(folder)
-    data = spark.read.parquet(folder).join(frame.select("id"), "id").orderBy("id")
-    data.groupBy("label").agg(F.count("*"), F.avg("x")).collect()
-    data.toPandas()
-    stages = [StringIndexer(inputCol="label", outputCol="target"),
-              VectorAssembler(inputCols=["x", "y"], outputCol="raw"), StandardScaler(inputCol="raw", outputCol="v")]
-    for model in (LogisticRegression(featuresCol="v", labelCol="target", maxIter=5),
-                  RandomForestClassifier(featuresCol="v", labelCol="target", numTrees=3)):
-        fitted = Pipeline(stages=[*stages, model]).fit(data)
-        path = os.path.join(os.path.dirname(out), "model")
-        fitted.write().overwrite().save(path)
-        scored = PipelineModel.load(path).transform(data)
-        MulticlassClassificationEvaluator(labelCol="target").evaluate(scored)
-    print(f"JVM {spark._jvm.java.lang.ProcessHandle.current().pid()}", flush=True)
-
-
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -143,7 +105,7 @@ def build(env: Mapping[str, str] | None = None, folder: str = CACHE_DIR, timeout
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as work:
         dump = os.path.join(work, "spark.jsa")
         env.setdefault("PYSPARK_PYTHON", sys.executable)
-        argv = [sys.executable, "-m", "aerial_assets.spark.class_archive", "--workload", dump]
+        argv = [sys.executable, "-m", "aerial_assets.spark.archive_workload", dump]
         child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         pid = next((int(line.split()[1]) for line in child.stdout.splitlines() if line.startswith("JVM ")), None)
         if child.returncode != 0 or pid is None:
@@ -157,11 +119,7 @@ def build(env: Mapping[str, str] | None = None, folder: str = CACHE_DIR, timeout
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the Spark driver's class-data-sharing archive.")
     parser.add_argument("--force", action="store_true", help="build it even if it exists")
-    parser.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.workload:
-        _workload(args.workload)
-        return 0
     path = archive_path()
     if os.path.isfile(path) and not args.force:
         print(f"JVM class archive: {path} (exists)")

@@ -18,7 +18,7 @@ from aerial_assets.errors import StorageError
 from aerial_assets.imagery.decode import ImageDecodeError, load_tile
 from aerial_assets.imagery.rasters import read_tile
 from aerial_assets.spark.part_files import write_part
-from aerial_assets.storage.core import raster_opener, storage_for
+from aerial_assets.storage.backends import raster_opener, storage_for
 from aerial_assets.tables import FEATURES, PASSTHROUGH, SPLITS, WINDOW_FEATURES, TileStatus
 
 FEATURE_SCHEMA = FEATURES.ddl

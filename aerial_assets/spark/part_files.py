@@ -38,7 +38,8 @@ def write_part(folder: str, table: pa.Table, name: str = "", **options) -> str:
     """Write ``table`` as one Parquet file under ``folder`` (a local path or a storage URI, which the executor
     reaches through the storage layer with its own credentials); return the file's name. ``options`` go to
     ``pyarrow.parquet.write_table`` (snappy compression unless given)."""
-    from aerial_assets.storage.core import is_local, join, local_path, storage_for
+    from aerial_assets.storage.backends import storage_for
+    from aerial_assets.storage.core import is_local, join, local_path
 
     name = name or part_name()
     options.setdefault("compression", "snappy")
@@ -70,7 +71,8 @@ def executor_folder(store, uri: str) -> str:
 
 def remove_unlisted(folder: str, keep: set[str]) -> list[str]:
     """Delete the part files under ``folder`` that no successful task reported (failed or speculative attempts)."""
-    from aerial_assets.storage.core import is_local, local_path, storage_for
+    from aerial_assets.storage.backends import storage_for
+    from aerial_assets.storage.core import is_local, local_path
 
     store, removed = storage_for(folder), []
     if is_local(folder) and not os.path.isdir(local_path(folder)):

@@ -16,7 +16,9 @@ Credentials and settings
     an account key, a SAS token, or ``DefaultAzureCredential`` (managed identity, workload identity, az login)
     when only the account name is set. Credentials never travel in a Spark plan: pickling an
     :class:`AzureStorage` or :class:`AzureCredentials` keeps no secret (the other side reads its environment).
-    Errors name the URI and the kind of credential, never its value (:func:`redact`).
+    Errors name the URI and the kind of credential, never its value. The credentials, and the secrets kept out of
+    every message, are :mod:`aerial_assets.storage.azure_credentials`'s; the adlfs client with bounded retries is
+    :mod:`aerial_assets.storage.azure_fs`'s.
 
 Atomic folders (``atomic_dir``)
     Blob storage has no rename, so a folder is written under a temporary prefix ``<uri>.tmp-<token>/`` and
@@ -47,8 +49,8 @@ Spark and Azure paths (``spark_path``)
     that Spark must read is downloaded once per process into a local cache (keyed by the blobs' etags).
     This needs Spark to share the driver's filesystem: local Spark or a Spark Connect server on the same host.
     ``direct``: Spark gets Hadoop URLs (:func:`spark_url`) and reads and writes Azure itself through the ABFS
-    driver of hadoop-azure; :func:`spark_hadoop_conf` is the Hadoop configuration it needs for these
-    credentials, which :func:`configure_spark_session` sets on a classic session at run time (Databricks and
+    driver of hadoop-azure; the Hadoop configuration it needs for these credentials, and setting it on a classic
+    session at run time, are :mod:`aerial_assets.spark.hadoop_azure`'s (Databricks and
     HDInsight clusters, and Spark Connect servers, carry their own). Executors still write GeoParquet parts and
     read tiles, rasters and models through this module, with the credentials of their own environment.
 """
@@ -57,7 +59,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -66,174 +67,25 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from aerial_assets.errors import ConfigurationError, StorageError
 from aerial_assets.settings import SPARK_AZURE_SCHEMES, SPARK_MODES
+from aerial_assets.storage.azure_credentials import (
+    ENV_ACCOUNT_NAME,
+    ENV_BLOB_ENDPOINT,
+    AzureCredentials,
+    connection_string_field,
+    redact,
+)
+from aerial_assets.storage.azure_fs import filesystem
 from aerial_assets.storage.core import AZURE_SCHEMES, FileEntry, Storage, file_url, join
 
-ENV_CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
-ENV_ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
-ENV_ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
-ENV_SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
-ENV_BLOB_ENDPOINT = "AZURE_STORAGE_BLOB_ENDPOINT"
-ABFS = "org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem"
-HADOOP_AZURE_PACKAGES = ("org.apache.hadoop:hadoop-azure:{hadoop}", "org.hdrhistogram:HdrHistogram:2.1.12")
 JOURNAL = ".aerial-commits"
 STREAM_COPY_BYTES = 64 * 1024 * 1024
-# Bounded waits on the Blob service. The SDK's defaults (per request up to 3 retries 15 s and more apart, a
-# 20 s connect timeout), repeated by every call of a run, made an endpoint that refuses connections take about
-# 9 minutes to fail. Now a request that cannot connect (refused, unknown host, no answer within
-# CONNECT_TIMEOUT_S) is retried once, ~3 s later, so a wrong or unreachable endpoint is reported within
-# seconds; errors of a reachable service (throttling, 5xx, a broken read) still get RETRY_TOTAL retries
-# (backoff ~3, 5, 9 s) to ride out transient trouble.
-RETRY_TOTAL = 3
-RETRY_CONNECT = 1
-RETRY_INITIAL_BACKOFF_S = 1
-RETRY_INCREMENT_BASE = 2
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 60  # between two reads of one response, not for a whole transfer
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
-
-
-def _cs_field(connection_string: str, name: str) -> str:
-    for part in connection_string.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip().lower() == name.lower():
-            return value.strip()
-    return ""
-
-
-@dataclass(frozen=True)
-class AzureCredentials:
-    """How to reach one storage account. Secrets are kept out of ``repr`` and out of pickles."""
-
-    account_name: str = ""
-    blob_endpoint: str = ""  # only for emulators and sovereign clouds, e.g. http://127.0.0.1:10000/devstoreaccount1
-    connection_string: str = field(default="", repr=False)
-    account_key: str = field(default="", repr=False)
-    sas_token: str = field(default="", repr=False)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AzureCredentials:
-        """The credentials in ``env`` (default: this process's environment), in adlfs's order of precedence:
-        connection string, then account key, then SAS token, else DefaultAzureCredential."""
-        env = os.environ if env is None else env
-        return cls(
-            account_name=env.get(ENV_ACCOUNT_NAME, ""),
-            blob_endpoint=env.get(ENV_BLOB_ENDPOINT, ""),
-            connection_string=env.get(ENV_CONNECTION_STRING, ""),
-            account_key="" if env.get(ENV_CONNECTION_STRING) else env.get(ENV_ACCOUNT_KEY, ""),
-            sas_token="" if env.get(ENV_CONNECTION_STRING) or env.get(ENV_ACCOUNT_KEY) else env.get(ENV_SAS_TOKEN, ""),
-        )
-
-    def __reduce__(self):
-        # Never pickle a secret (for example into a Spark closure): the other side uses its own environment.
-        return (AzureCredentials.from_env, ())
-
-    @property
-    def kind(self) -> str:
-        if self.connection_string:
-            return "connection string"
-        if self.account_key:
-            return "account key"
-        if self.sas_token:
-            return "SAS token"
-        return "DefaultAzureCredential"
-
-    @property
-    def source(self) -> str:
-        """Where the credential comes from, for error messages (the variable, never its value)."""
-        return {
-            "connection string": ENV_CONNECTION_STRING,
-            "account key": f"{ENV_ACCOUNT_NAME} + {ENV_ACCOUNT_KEY}",
-            "SAS token": f"{ENV_ACCOUNT_NAME} + {ENV_SAS_TOKEN}",
-            "DefaultAzureCredential": f"{ENV_ACCOUNT_NAME} (DefaultAzureCredential: managed identity, "
-                                      "AZURE_CLIENT_ID/SECRET/TENANT_ID or az login)",
-        }[self.kind]
-
-    @property
-    def account(self) -> str:
-        """The storage account name, from the settings, the connection string or the endpoint."""
-        if self.account_name:
-            return self.account_name
-        name = _cs_field(self.connection_string, "AccountName")
-        if name:
-            return name
-        endpoint = self.blob_endpoint or _cs_field(self.connection_string, "BlobEndpoint")
-        match = re.match(r"^\w+://([^/.:]+)\.blob\.", endpoint) or re.match(r"^\w+://[^/]+/([^/?]+)", endpoint)
-        return match.group(1) if match else ""
-
-    @property
-    def endpoint(self) -> str:
-        """The Blob endpoint requests go to, for messages (without any query string, so never a SAS)."""
-        endpoint = self.blob_endpoint or _cs_field(self.connection_string, "BlobEndpoint")
-        if not endpoint and self.account:
-            protocol = _cs_field(self.connection_string, "DefaultEndpointsProtocol") or "https"
-            suffix = _cs_field(self.connection_string, "EndpointSuffix") or "core.windows.net"
-            endpoint = f"{protocol}://{self.account}.blob.{suffix}"
-        return endpoint.split("?")[0].rstrip("/")
-
-    def secrets(self) -> list[str]:
-        values = [self.connection_string, self.account_key, self.sas_token.lstrip("?"),
-                  _cs_field(self.connection_string, "AccountKey"),
-                  _cs_field(self.connection_string, "SharedAccessSignature")]
-        for sas in (self.sas_token, _cs_field(self.connection_string, "SharedAccessSignature")):
-            values += re.findall(r"(?:^|[?&])sig=([^&;]+)", sas)
-        out = set()
-        for value in values:
-            if len(value) >= 6:
-                out.update({value, quote(value, safe=""), unquote(value)})
-        return sorted(out, key=len, reverse=True)
-
-    def adlfs_kwargs(self) -> dict[str, object]:
-        endpoint = self.blob_endpoint.rstrip("/")
-        if self.connection_string:
-            return {"connection_string": self.connection_string}
-        if not self.account:
-            raise StorageError(f"no Azure storage account configured: set {ENV_ACCOUNT_NAME} (with a key, a SAS "
-                               f"token or a managed identity) or {ENV_CONNECTION_STRING}")
-        if self.account_key:
-            if endpoint:
-                protocol = endpoint.split("://")[0]
-                return {"connection_string": f"DefaultEndpointsProtocol={protocol};AccountName={self.account};"
-                                             f"AccountKey={self.account_key};BlobEndpoint={endpoint};"}
-            return {"account_name": self.account, "account_key": self.account_key}
-        if self.sas_token:
-            if endpoint:
-                return {"connection_string": f"BlobEndpoint={endpoint};SharedAccessSignature={self.sas_token.lstrip('?')}"}
-            return {"account_name": self.account, "sas_token": self.sas_token}
-        kwargs: dict[str, object] = {"account_name": self.account, "anon": False}
-        if endpoint:
-            kwargs["account_host"] = endpoint.split("://", 1)[-1]
-        return kwargs
-
-
-def redact(text: str, credentials: AzureCredentials | None) -> str:
-    """``text`` with every secret of ``credentials`` (and any ``sig=`` of a SAS) replaced by ``***``."""
-    for secret in (credentials.secrets() if credentials else []):
-        text = text.replace(secret, "***")
-    text = re.sub(r"(?i)(sig=)[^&\s;'\"]+", r"\1***", text)
-    return re.sub(r"(?i)(AccountKey=)[^;\s'\"]+", r"\1***", text)
-
-
-# --- clients ------------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=16)
-def _filesystem(credentials: AzureCredentials):
-    """One adlfs client per set of credentials in a process, created on first use.
-
-    A cache of immutable clients, not a setting: executors build a storage object per call
-    (``storage_for``), and a client per call would redo the credential handshake for every tile."""
-    try:
-        return _bounded_filesystem_class()(skip_instance_cache=True, **credentials.adlfs_kwargs())
-    except StorageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - adlfs raises ValueError with the cause's text
-        raise StorageError(f"cannot set up Azure storage access with the {credentials.kind} "
-                           f"({credentials.source}): {redact(str(exc), credentials).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -276,7 +128,7 @@ class AzureStorage(Storage):
             raise StorageError(f"unknown Spark storage mode {spark_mode!r}: valid modes: {', '.join(SPARK_MODES)}")
         self._credentials = credentials
         self.spark_mode = spark_mode
-        self.spark_scheme = _checked_scheme(spark_scheme)
+        self.spark_scheme = checked_scheme(spark_scheme)
         self._writing: dict[str, str] = {}  # temporary prefix URI of an atomic_dir -> its local staging folder
         self._containers_seen: set[tuple[str, str]] = set()
         self._scratch_dir = ""
@@ -303,7 +155,7 @@ class AzureStorage(Storage):
     # --- plumbing ------------------------------------------------------------------------------------------
 
     def _fs(self):
-        return _filesystem(self.credentials)
+        return filesystem(self.credentials)
 
     def _parse(self, uri: str) -> BlobPath:
         path = parse(uri)
@@ -618,23 +470,15 @@ def _local_files(folder: str, skip_hidden: bool) -> Iterator[tuple[str, str]]:
             yield os.path.relpath(full, folder).replace(os.sep, "/"), full
 
 
-# --- Spark's own Azure access (direct mode) ----------------------------------------------------------------
+# --- the URLs Spark gets in direct mode (its Hadoop settings: aerial_assets.spark.hadoop_azure) ---------
 
-PYSPARK_HADOOP = "3.5.0"  # the Hadoop inside pyspark 4.3.0, which pom.xml's hadoop-azure matches
-
-
-def _checked_scheme(scheme: str) -> str:
+def checked_scheme(scheme: str) -> str:
     value = (scheme or "").strip().lower()
     if value not in SPARK_AZURE_SCHEMES:
         raise ConfigurationError(f"unknown AERIAL_SPARK_AZURE_SCHEME {scheme!r}: valid values: "
                                  f"{', '.join(SPARK_AZURE_SCHEMES)} (abfss: ADLS Gen2 accounts, through ABFS; wasbs: "
                                  "Blob Storage accounts, HDInsight's default file system)")
     return value
-
-
-def _hadoop_at_least(version: str, wanted: tuple[int, int]) -> bool:
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version or "")[:2])
-    return bool(numbers) and numbers >= wanted
 
 
 @dataclass(frozen=True)
@@ -659,10 +503,10 @@ class HadoopEndpoint:
         if not account:
             raise StorageError(f"the Spark path needs the storage account name ({ENV_ACCOUNT_NAME})")
         cs = credentials.connection_string
-        suffix = _cs_field(cs, "EndpointSuffix") or "core.windows.net"
-        endpoint = (credentials.blob_endpoint or _cs_field(cs, "BlobEndpoint")).split("?")[0].rstrip("/")
+        suffix = connection_string_field(cs, "EndpointSuffix") or "core.windows.net"
+        endpoint = (credentials.blob_endpoint or connection_string_field(cs, "BlobEndpoint")).split("?")[0].rstrip("/")
         if not endpoint:
-            return cls(account, suffix, "", (_cs_field(cs, "DefaultEndpointsProtocol") or "https").lower() != "http")
+            return cls(account, suffix, "", (connection_string_field(cs, "DefaultEndpointsProtocol") or "https").lower() != "http")
         protocol, _, rest = endpoint.partition("://")
         netloc = rest.split("/")[0]
         secure = protocol.lower() != "http"
@@ -693,187 +537,11 @@ def spark_url(credentials: AzureCredentials, scheme: str, container: str, key: s
     - ``wasbs``: ``wasbs://container@<account>.blob.core.windows.net/key``, HDInsight's default file system, for
       Blob Storage (flat namespace) accounts. A Hadoop before 3.5 (HDInsight) serves it with its WASB driver.
       Hadoop 3.5 removed WASB (HADOOP-19778: ``NativeAzureFileSystem`` only throws), so on a 3.5 session, local
-      Spark included, :func:`spark_hadoop_conf` maps ``wasb(s)://`` to ABFS, which serves flat-namespace
+      Spark included, :func:`aerial_assets.spark.hadoop_azure.spark_hadoop_conf` maps ``wasb(s)://`` to ABFS, which serves flat-namespace
       accounts through their Blob endpoint.
     - A plain http endpoint (an emulator) gives ``abfs://`` / ``wasb://``, and with an endpoint override the
       host is ``<account>.dfs.core.windows.net`` for both schemes (:meth:`HadoopEndpoint.host`).
     """
     endpoint = HadoopEndpoint.of(credentials)
-    scheme = _checked_scheme(scheme)
+    scheme = checked_scheme(scheme)
     return f"{endpoint.scheme(scheme)}://{container}@{endpoint.host(scheme)}/{key}"
-
-
-class HadoopConf(dict):
-    """Hadoop settings by name. Some values are secrets (an account key, a SAS): repr shows the names only."""
-
-    def __repr__(self) -> str:
-        return f"HadoopConf({sorted(self)})"
-
-    __str__ = __repr__
-
-
-def spark_hadoop_conf(credentials: AzureCredentials, scheme: str = "abfss",
-                      hadoop_version: str = PYSPARK_HADOOP) -> HadoopConf:
-    """The Hadoop configuration a Spark session needs to read and write :func:`spark_url` URLs with these
-    credentials (``hadoop_version``: the session's Hadoop).
-
-    - Credentials, scoped to the URLs' host: an account key (``AZURE_STORAGE_ACCOUNT_KEY`` or ``AccountKey`` of
-      the connection string) as ``SharedKey``; else a SAS token (``AZURE_STORAGE_SAS_TOKEN`` or
-      ``SharedAccessSignature``) as ABFS's fixed SAS (``fs.azure.sas.fixed.token.<host>``); a connection
-      string with neither is a ConfigurationError. ``DefaultAzureCredential`` gives no credential setting: the
-      cluster's own hadoop-azure configuration must authenticate (OAuth with a managed identity, HDInsight's
-      core-site), which :func:`configure_spark_session` checks.
-    - ``wasbs`` on Hadoop 3.5 or later: ``fs.wasb(s).impl`` and ``fs.AbstractFileSystem.wasb(s).impl`` map to
-      ABFS (WASB was removed); an older Hadoop keeps its own WASB driver, which reads the same key setting
-      (a SAS for WASB is ``fs.azure.sas.<container>.<host>``, not set here).
-    - ``wasbs``, or any endpoint override: a flat-namespace account through the Blob endpoint
-      (``fs.azure.account.hns.enabled.<host>=false``, ``fs.azure.fns.account.service.type.<host>=BLOB``); an
-      emulator has no dfs endpoint at all. ``abfss`` on Azure itself lets ABFS detect the account's kind.
-    - Derived from a custom Blob endpoint: ``fs.azure.abfs.endpoint`` (emulator), and for plain http
-      ``fs.azure.always.use.https=false`` with the JDK's HTTP client. These three are process-wide Hadoop
-      settings (ABFS reads them without an account scope).
-    """
-    endpoint = HadoopEndpoint.of(credentials)
-    scheme = _checked_scheme(scheme)
-    host = endpoint.host(scheme)
-    conf = HadoopConf()
-    if scheme == "wasbs" and _hadoop_at_least(hadoop_version, (3, 5)):
-        conf.update({
-            "fs.wasb.impl": ABFS,
-            "fs.wasbs.impl": "org.apache.hadoop.fs.azurebfs.SecureAzureBlobFileSystem",
-            "fs.AbstractFileSystem.wasb.impl": "org.apache.hadoop.fs.azurebfs.Abfs",
-            "fs.AbstractFileSystem.wasbs.impl": "org.apache.hadoop.fs.azurebfs.Abfss",
-        })
-    if scheme == "wasbs" or endpoint.override:
-        conf[f"fs.azure.account.hns.enabled.{host}"] = "false"
-        conf[f"fs.azure.fns.account.service.type.{host}"] = "BLOB"
-    if endpoint.override:
-        conf["fs.azure.abfs.endpoint"] = endpoint.override
-    if not endpoint.secure:
-        conf["fs.azure.always.use.https"] = "false"
-        conf["fs.azure.networking.library"] = "JDK_HTTP_URL_CONNECTION"
-    cs = credentials.connection_string
-    key = credentials.account_key or _cs_field(cs, "AccountKey")
-    sas = credentials.sas_token or _cs_field(cs, "SharedAccessSignature")
-    if key:
-        conf[f"fs.azure.account.auth.type.{host}"] = "SharedKey"
-        conf[f"fs.azure.account.key.{host}"] = key
-    elif sas:
-        conf[f"fs.azure.account.auth.type.{host}"] = "SAS"
-        conf[f"fs.azure.sas.fixed.token.{host}"] = sas.lstrip("?")
-    elif cs:
-        raise ConfigurationError(
-            f"AERIAL_SPARK_STORAGE=direct: the connection string ({ENV_CONNECTION_STRING}) of storage account "
-            f"{endpoint.account!r} has neither AccountKey nor SharedAccessSignature; Spark's ABFS driver takes an "
-            f"account key (SharedKey) or a SAS token (fixed SAS), or the cluster's own OAuth settings")
-    return conf
-
-
-def missing_driver_message(master: str, hadoop_version: str) -> str:
-    """What to do when a session asked for direct mode has no ABFS driver on its class path."""
-    if (master or "").startswith("local"):
-        return ("AERIAL_SPARK_STORAGE=direct: this local Spark session has no hadoop-azure (the ABFS driver, "
-                f"{ABFS}) on its class path: run `make jars` (Maven copies the jars that pom.xml pins into "
-                ".cache/jars, which local sessions then load), or name the jars in AERIAL_SPARK_JARS, or use "
-                "AERIAL_SPARK_STORAGE=staged")
-    packages = ",".join(p.format(hadoop=hadoop_version or PYSPARK_HADOOP) for p in HADOOP_AZURE_PACKAGES)
-    return (f"AERIAL_SPARK_STORAGE=direct: the Spark cluster ({master}, Hadoop {hadoop_version or '?'}) has no "
-            f"hadoop-azure (the ABFS driver) on its class path: give it spark.jars.packages={packages} (hadoop-azure "
-            "at the cluster's Hadoop version), or the jars in AERIAL_SPARK_JARS, or use AERIAL_SPARK_STORAGE=staged")
-
-
-def configure_spark_session(session, credentials: AzureCredentials, scheme: str = "abfss") -> bool:
-    """Give a classic Spark session what direct mode needs (:func:`spark_hadoop_conf`), at run time; returns
-    False, doing nothing, for a Spark Connect session.
-
-    Fails at once (ConfigurationError) when the session has no ABFS driver on its class path (saying to run
-    ``make jars``, or which ``spark.jars.packages`` a cluster needs) or no credential for the account. The
-    settings go on ``sparkContext.hadoopConfiguration()``, never into Spark's conf: Spark's redaction pattern
-    does not match ``fs.azure.account.key.*``, so a key there would show in the event log and the environment
-    page; executors get the Hadoop configuration inside Spark's own broadcast of it for each read and write.
-    A Spark Connect client cannot set the server's Hadoop configuration: the cluster itself must be set up for
-    the account (Databricks: Unity Catalog or the cluster's Spark config; HDInsight: its core-site), and
-    nothing is checked here.
-    """
-    from aerial_assets.spark.jobs import is_connect
-
-    if is_connect(session):
-        return False
-    context = session.sparkContext
-    hadoop = context._jsc.hadoopConfiguration()
-    version = str(context._jvm.org.apache.hadoop.util.VersionInfo.getVersion())
-    if hadoop.getClassByNameOrNull(ABFS) is None:
-        raise ConfigurationError(missing_driver_message(str(context.master), version))
-    conf = spark_hadoop_conf(credentials, scheme, version)
-    endpoint = HadoopEndpoint.of(credentials)
-    host = endpoint.host(_checked_scheme(scheme))
-    if not any(name.startswith("fs.azure.account.auth.type") for name in conf) and not any(
-            hadoop.get(name) for name in (f"fs.azure.account.auth.type.{host}", "fs.azure.account.auth.type",
-                                          f"fs.azure.account.key.{host}")):
-        raise ConfigurationError(
-            f"AERIAL_SPARK_STORAGE=direct: Spark has no credential for storage account {endpoint.account!r}: the "
-            f"ABFS driver is given an account key ({ENV_ACCOUNT_KEY}, or AccountKey in {ENV_CONNECTION_STRING}) or a "
-            f"SAS token ({ENV_SAS_TOKEN}); with {credentials.kind}, configure the cluster's hadoop-azure itself "
-            f"(fs.azure.account.auth.type.{host}=OAuth with a managed identity or a service principal)")
-    for name, value in conf.items():
-        hadoop.set(name, value)
-    if endpoint.override:
-        # ABFS logs an ERROR ("Failed to parse the date") for each emulator response whose Last-Modified time
-        # is missing (Azurite's listings): noise, not a failure
-        with contextlib.suppress(Exception):
-            jvm = context._jvm
-            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-                "org.apache.hadoop.fs.azurebfs.utils.DateTimeUtils", jvm.org.apache.logging.log4j.Level.OFF)
-    return True
-
-
-# --- adlfs with bounded retries and timeouts ---------------------------------------------------------------
-
-_BOUNDED_FS: list[type] = []
-
-
-def client_options() -> dict[str, object]:
-    """Keyword arguments for every ``BlobServiceClient``: bounded retries and timeouts (see RETRY_TOTAL)."""
-    from azure.storage.blob.aio import ExponentialRetry  # the async one: adlfs uses the aio client
-
-    return {"retry_policy": ExponentialRetry(initial_backoff=RETRY_INITIAL_BACKOFF_S,
-                                             increment_base=RETRY_INCREMENT_BASE, retry_total=RETRY_TOTAL,
-                                             retry_connect=RETRY_CONNECT, retry_read=RETRY_TOTAL, random_jitter_range=1),
-            "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
-
-
-def _bounded_filesystem_class() -> type:
-    """``adlfs.AzureBlobFileSystem`` whose Blob client has :func:`client_options`.
-
-    adlfs builds its ``BlobServiceClient`` itself with the SDK's defaults and takes no client options (its
-    ``connection_timeout``/``read_timeout`` reach uploads and downloads only, and nothing sets the retries),
-    so ``do_connect`` lets adlfs pick the URL and the credential as usual, then makes the same client with
-    these options. Built on first use: importing this module must not need adlfs.
-    """
-    if _BOUNDED_FS:
-        return _BOUNDED_FS[0]
-    import adlfs
-    from azure.storage.blob.aio import BlobServiceClient
-
-    class BoundedAzureBlobFileSystem(adlfs.AzureBlobFileSystem):
-        def do_connect(self) -> None:
-            super().do_connect()
-            options = client_options()
-            if self.connection_string is not None:
-                client = BlobServiceClient.from_connection_string(self.connection_string, **options)
-            else:  # the same choice as adlfs: a credential or key, else a SAS in the URL, else anonymous
-                credential = next((c for c in (self.credential, self.account_key) if c is not None), None)
-                url = self.account_url + (self.sas_token if credential is None and self.sas_token else "")
-                client = BlobServiceClient(url, credential=credential, _location_mode=self.location_mode, **options)
-            self.service_client = client  # adlfs's own client has not opened a connection yet: nothing to close
-
-    BoundedAzureBlobFileSystem.__module__ = __name__
-    _BOUNDED_FS.append(BoundedAzureBlobFileSystem)
-    return BoundedAzureBlobFileSystem
-
-
-def __getattr__(name: str) -> object:
-    # So that a pickled filesystem (fsspec pickles the class by name) finds its class in a fresh process.
-    if name == "BoundedAzureBlobFileSystem":
-        return _bounded_filesystem_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster import MultiPartitionKey
 
 from aerial_assets.defs.definitions import build_defs
@@ -24,6 +25,7 @@ from aerial_assets_tests.conftest import latest_metadata
 from aerial_assets_tests.sockets import answer, free_port, listening_addresses
 
 MODEL_NAME = "aerial_assets_land_use"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _client(root: Path):
@@ -82,6 +84,15 @@ def test_the_champion_is_registered_under_its_alias(graph_run):
     assert run.data.metrics["val_macro_f1"] == pytest.approx(champion["val_macro_f1"], abs=1e-12)
     model_files = {a.path for a in client.list_artifacts(version.run_id, "model")}
     assert {"model/MLmodel", "model/artifacts", "model/code", "model/requirements.txt"} <= model_files
+    mlmodel = yaml.safe_load(Path(client.download_artifacts(version.run_id, "model/MLmodel")).read_text())
+    inputs = json.loads(mlmodel["signature"]["inputs"])
+    outputs = {c["name"]: c["type"] for c in json.loads(mlmodel["signature"]["outputs"])}
+    assert inputs == [{"type": "binary", "name": "image", "required": True}]
+    assert outputs["label"] == "string" and outputs["error"] == "string"
+    assert {f"prob_{c}" for c in champion["classes"]} <= {k for k, v in outputs.items() if v == "double"}
+    assert mlmodel["saved_input_example_info"]["type"] == "dataframe"
+    requirements = Path(client.download_artifacts(version.run_id, "model/requirements.txt")).read_text()
+    assert "onnxruntime==" in requirements and "pyspark" not in requirements and "dagster" not in requirements
     assert latest_metadata(graph_run["instance"], "champion_model")["mlflow_model"].value == champion["mlflow_model"]
 
 
@@ -151,8 +162,10 @@ def test_rematerializing_a_partition_adds_a_run_and_keeps_the_earlier_ones(graph
 def test_mlflow_ui_serves_the_store_on_loopback_only(graph_run):
     port = free_port()
     env = {**os.environ, "AERIAL_DATA_ROOT": str(graph_run["root"])}
-    server = subprocess.Popen([sys.executable, "-m", "aerial_assets.tracking.ui", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    venv = Path(sys.prefix)
+    server = subprocess.Popen(["make", "-o", f"{venv}/.installed", "mlflow-ui", f"VENV={venv}", f"MLFLOW_PORT={port}"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         health = answer(f"http://127.0.0.1:{port}/health")
         assert health == "OK", "MLflow's server did not answer on 127.0.0.1"
@@ -162,7 +175,39 @@ def test_mlflow_ui_serves_the_store_on_loopback_only(graph_run):
         assert version["name"] == MODEL_NAME
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its worker, by the process group this test started
+        os.killpg(server.pid, signal.SIGTERM)  # make, the server and its worker, by the process group started here
+        server.wait(timeout=30)
+
+
+def test_runs_and_versions_go_to_an_mlflow_server_given_by_its_uri(tmp_path):
+    """MLFLOW_TRACKING_URI pointing at a real MLflow server (started here on loopback over its own store)."""
+    from mlflow import MlflowClient
+
+    from aerial_assets.tracking.mlflow_store import log_run, register_model
+
+    port = free_port()
+    env = {**os.environ, "AERIAL_DATA_ROOT": str(tmp_path / "server_root")}
+    server = subprocess.Popen([sys.executable, "-m", "aerial_assets.tracking.ui", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert answer(f"http://127.0.0.1:{port}/health") == "OK"
+        target = Target(f"http://127.0.0.1:{port}", "aerial_assets:/data/root", "served_model")
+        check_reachable(target)  # answers: no error
+        run = log_run(target, run_name="m|logistic_regression", params={"algorithm": "logistic_regression"},
+                      metrics={"test_accuracy": 0.875}, tags={"dagster.partition": "m|logistic_regression"},
+                      files={"per_class.md": b"| class |"})
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "MLmodel").write_text("flavors: {}\n")
+        version = register_model(target, str(model), run_name="champion m", params={}, metrics={}, tags={})
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        stored = client.get_run(run.run_id)
+        assert stored.data.metrics["test_accuracy"] == 0.875 and stored.info.status == "FINISHED"
+        assert [a.path for a in client.list_artifacts(run.run_id)] == ["per_class.md"]
+        assert client.get_model_version_by_alias("served_model", CHAMPION_ALIAS).version == version.version
+        assert run.url == f"http://127.0.0.1:{port}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

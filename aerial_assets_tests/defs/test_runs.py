@@ -24,8 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.events import DagsterEventType
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from aerial_assets_tests.standalone_cluster import stop_group
 
@@ -386,7 +385,8 @@ def test_an_unreachable_azure_endpoint_fails_fast_in_one_line(tmp_path):
 
     # the storage layer alone: one read gives up within seconds, naming the endpoint, never the key
     from aerial_assets.errors import StorageError
-    from aerial_assets.storage.azure import AzureCredentials, AzureStorage
+    from aerial_assets.storage.azure import AzureStorage
+    from aerial_assets.storage.azure_credentials import AzureCredentials
 
     store = AzureStorage(AzureCredentials(account_name="acct", account_key=key, blob_endpoint=endpoint))
     started = time.monotonic()

@@ -23,14 +23,13 @@ from rasterio.warp import transform_bounds
 from aerial_assets.errors import CountyError
 from aerial_assets.imagery.counties import County, parse_registry, render_registry, resolve_county
 from aerial_assets.imagery.rasters import MapGrid, open_info, write_class_geotiff
+from aerial_assets.imagery.stac_catalogs import rasters_from_stac, resolve_href
 from aerial_assets.maps.stac import (
     LAND_USE_ASSET,
     PARQUET_MEDIA_TYPE,
     geoparquet_item,
     lonlat_bbox,
     raster_item,
-    rasters_from_stac,
-    resolve_href,
     write_item,
 )
 from aerial_assets_tests.storage.test_azure import azurite  # noqa: F401 - the Azurite fixture (starts only where used)

@@ -32,8 +32,10 @@ from aerial_assets.defs.definitions import build_defs, build_resources, deployme
 from aerial_assets.defs.run import Runner
 from aerial_assets.errors import ConfigurationError, StorageError
 from aerial_assets.storage import azure as azure_storage
-from aerial_assets.storage.azure import AzureCredentials, AzureStorage
-from aerial_assets.storage.core import join, local_path, storage_for
+from aerial_assets.storage.azure import AzureStorage
+from aerial_assets.storage.azure_credentials import AzureCredentials
+from aerial_assets.storage.backends import storage_for
+from aerial_assets.storage.core import join, local_path
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.37.0"  # keep in step with the Makefile's AZURITE_VERSION
@@ -551,7 +553,8 @@ def test_whole_graph_with_tiles_rasters_and_outputs_in_azurite(azurite, tiny_til
 
 
 def test_hadoop_conf_of_direct_mode_for_each_credential_kind():
-    from aerial_assets.storage.azure import spark_hadoop_conf, spark_url
+    from aerial_assets.spark.hadoop_azure import spark_hadoop_conf
+    from aerial_assets.storage.azure import spark_url
 
     key = base64.b64encode(os.urandom(32)).decode()
     sas = "sv=2024-11-04&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=abc%2Bdef%3D"
@@ -611,7 +614,7 @@ def _fake_session(master: str, has_abfs: bool, hadoop: dict[str, str] | None = N
 
 def test_direct_mode_needs_hadoop_azure_and_a_credential_spark_can_use():
     from aerial_assets.defs.resources import StorageResource
-    from aerial_assets.storage.azure import configure_spark_session
+    from aerial_assets.spark.hadoop_azure import configure_spark_session
 
     key = base64.b64encode(os.urandom(32)).decode()
     creds = AzureCredentials(account_name=ACCOUNT, account_key=key)

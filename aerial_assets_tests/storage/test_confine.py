@@ -16,9 +16,9 @@ from rasterio.transform import from_origin
 
 from aerial_assets.errors import AerialError, CountyError, StorageError
 from aerial_assets.imagery.rasters import band_note, open_info
+from aerial_assets.imagery.stac_catalogs import rasters_from_stac
 from aerial_assets.imagery.tile_summaries import parse_tile_summary, tile_candidates
 from aerial_assets.imagery.tiling import locate_tile_files
-from aerial_assets.maps.stac import rasters_from_stac
 from aerial_assets.storage.confine import confine, container_of, is_within
 from aerial_assets.storage.core import LocalStorage
 

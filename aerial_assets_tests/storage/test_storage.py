@@ -1,7 +1,8 @@
 import pytest
 
 from aerial_assets.errors import StorageError
-from aerial_assets.storage.core import LocalStorage, join, storage_for
+from aerial_assets.storage.backends import storage_for
+from aerial_assets.storage.core import LocalStorage, join
 
 
 def test_atomic_dir_replaces_whole_folder(tmp_path):
@@ -45,7 +46,8 @@ def test_unknown_scheme_and_missing_file_are_clear():
 
 def test_azure_uris_are_served_without_reading_secrets_at_import():
     from aerial_assets.storage.azure import AzureStorage, parse
-    from aerial_assets.storage.core import is_local, raster_opener
+    from aerial_assets.storage.backends import raster_opener
+    from aerial_assets.storage.core import is_local
 
     assert isinstance(storage_for("az://container/x"), AzureStorage)
     assert isinstance(storage_for("abfss://container@acct.dfs.core.windows.net/x"), AzureStorage)
@@ -59,7 +61,7 @@ def test_azure_uris_are_served_without_reading_secrets_at_import():
 def test_azure_credentials_precedence_repr_pickle_and_redaction():
     import pickle
 
-    from aerial_assets.storage.azure import AzureCredentials, redact
+    from aerial_assets.storage.azure_credentials import AzureCredentials, redact
 
     key = "c2VjcmV0LWtleS1ub3Qtc2hvd24tYW55d2hlcmUtMTIzNDU2Nzg5MA=="
     cs = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
