@@ -731,10 +731,12 @@ def test_whole_graph_in_direct_mode_spark_reads_and_writes_azurite_itself(azurit
     assert blobs.get("run/county_tiles", {}).get("hdi_isfolder") == "true"  # a folder ABFS made in the container
     assert not [n for n in blobs if ".tmp-" in n]  # every temporary prefix, its folder markers too, removed
     assert not [n for n in blobs if n.startswith(f"{azure_storage.JOURNAL}/")]  # every commit finished
-    assert not list(cwd.iterdir())  # no local output
+    # no local output: MLflow's SQLite database only (run history, like Dagster's home); its artifacts in the data root
+    assert [str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.is_file()] == [".aerial_data/mlflow/mlflow.db"]
+    assert any(n.startswith("run/mlflow/artifacts/") and n.endswith("/model/MLmodel") for n in blobs)
 
     # the key appears nowhere: Spark's event log, Dagster's records and step logs, the run's output, the outputs
     secrets = [azurite.key.encode(), azurite.key.rstrip("=").encode()]
-    assert not _find_secret(events, secrets) and not _find_secret(home, secrets)
+    assert not _find_secret(events, secrets) and not _find_secret(home, secrets) and not _find_secret(cwd, secrets)
     assert not [s for s in secrets if s in (done.stdout + done.stderr).encode()]
     assert not [e.uri for e in store.list_files("az://direct/run") if any(s in store.read_bytes(e.uri) for s in secrets)]
