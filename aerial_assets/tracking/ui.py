@@ -1,17 +1,24 @@
 """``make mlflow-ui``: MLflow's own UI on the embedded store of the current data root, on 127.0.0.1 only.
 
 ``python -m aerial_assets.tracking.ui [--port N]`` resolves the store as the code location does
-(:func:`~aerial_assets.tracking.mlflow_store.embedded_folder`) and replaces itself with ``mlflow server``, so the
-process id ``make`` starts is the server's. With ``MLFLOW_TRACKING_URI`` set, the runs live on that server: its own
-UI shows them, and this says where.
+(:func:`~aerial_assets.tracking.mlflow_store.embedded_folder`) and runs ``mlflow server`` in a process group of its
+own, which it stops when it is stopped itself (SIGTERM, or Ctrl-C): SIGTERM to that group, then SIGKILL to whatever
+is left after a grace period. Why not leave it to ``mlflow server``: its parent process forwards the signal to its
+uvicorn child and waits for it, and when both got the signal at once (Ctrl-C reaches a terminal's whole process
+group) it was seen to hang with the child already gone, so ``make mlflow-ui`` never ended. With
+``MLFLOW_TRACKING_URI`` set, the runs live on that server: its own UI shows them, and this says where.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 
 from aerial_assets.errors import AerialError
 from aerial_assets.settings import DEFAULT_DATA_ROOT, AerialSettings
@@ -48,8 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     # processes this project never gives work to, off unless the user asks for them
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
                                                                                "false")}
-    os.execve(command[0], command, env)
-    return 0  # not reached
+    return supervise(command, env)
+
+
+def supervise(command: list[str], env: dict[str, str], grace_s: float = 15.0) -> int:
+    """Run ``command`` in a new process group until it exits or this process is asked to stop; then stop the whole
+    group (SIGTERM, SIGKILL after ``grace_s``). Returns the server's exit status (0 when stopped on request)."""
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while server.poll() is None and not stop.wait(0.5):
+        pass
+    if server.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):  # the server's own children, and a server that hung
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    return 0 if stop.is_set() else server.returncode
 
 
 if __name__ == "__main__":
