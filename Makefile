@@ -28,7 +28,7 @@ RUN_ARGS ?=
 # PYTEST_WORKERS= runs them in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: mlflow-ui docs docs-serve docs-screenshots install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
+.PHONY: mlflow-ui docs docs-serve docs-screenshots install demo demo-naip run test ui lint clean bench-county bench-accuracy bench-features bench-ood bench-cluster azurite jars test-fast jvm-archive yarn-jars yarn yarn-stop
 
 install: $(STAMP)  ## create the venv and install everything (make demo and make test do it when needed)
 
@@ -115,13 +115,16 @@ clean:  ## remove the venv, the default data root and the JVM class archive
 	rm -rf $(VENV) .aerial_data .pytest_cache .cache/jvm
 
 bench-county: $(STAMP)  ## Middlesex-size county (65,563 tiles) and half of it: time per stage, peak memory
-	$(BIN)/python -m benchmarks.bench_county
+	$(BIN)/python -m benchmarks.bench_county $(BENCH_ARGS)
 
 demo-naip: $(STAMP)  ## the demo model on ten real NAIP vintages (needs ../shared/datasets/naip_nd): maps and change
 	env -u AERIAL_TRAINING_TILES AERIAL_COUNTIES=examples/naip_nd.yaml $(BIN)/python -m aerial_assets.defs.run
 
 bench-accuracy: $(STAMP)  ## AID-30 comparison, 50/50 split seed 0 (needs ../shared/datasets/aid): leaderboard + wall time
 	$(BIN)/python -m benchmarks.bench_accuracy
+
+bench-ood: $(STAMP)  ## out-of-distribution flags: AID-trained and NAIP-trained models on NAIP vintages (needs ../shared/datasets)
+	$(BIN)/python -m benchmarks.bench_ood $(BENCH_ARGS)
 
 bench-features: $(STAMP)  ## featurization speed per backbone: bare onnxruntime loop vs tile_features on Spark; peak memory
 	$(BIN)/python -m benchmarks.bench_features $(BENCH_ARGS)

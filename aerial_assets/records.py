@@ -109,6 +109,8 @@ class LabeledTilesSummary(SideFile):
     block_size_m: float | None = None
     resized: int = 0
     mode_converted: int = 0
+    gsd_m: float | None = None  # metres per pixel of the tiles, when known (declared, or from tile positions)
+    gsd_source: str = "unknown"
 
 
 class ClassMapping(Record):
@@ -189,6 +191,21 @@ class FeaturesIdentity(Record):
 
 # --- training ---------------------------------------------------------------------------------------------
 
+class OodRecord(Record):
+    """The out-of-distribution model stored beside a classifier (``novelty.npz``): its threshold and where the
+    threshold came from (:mod:`aerial_assets.training.novelty`)."""
+
+    threshold: float
+    quantile: float
+    heldout: str        # "validation" or "train fifth"
+    n_heldout: int
+    n_fit: int
+    shrinkage: float
+    rank: int
+    training_gsd_m: float | None = None  # metres per pixel of the training tiles, when known
+    training_gsd_source: str = "unknown"
+
+
 class ClassifierRecord(SideFile):
     """``land_use_classifiers/<backbone>/<algorithm>/classifier.json``: a fitted classifier."""
 
@@ -206,6 +223,7 @@ class ClassifierRecord(SideFile):
     fit_seconds: float
     train_counts: dict[str, int] = Field(default_factory=dict)
     upstream: FeaturesIdentity | None = None
+    ood: OodRecord | None = None  # None: trained before the out-of-distribution model existed
 
 
 class ReportRecord(Record):
@@ -219,6 +237,17 @@ class ReportRecord(Record):
     recall: list[float]
     f1: list[float]
     support: list[int]
+
+
+class OodTestRecord(Record):
+    """The test split seen by the out-of-distribution model: how many tiles it flags, and whether the flag marks
+    the errors more than the correct predictions (accuracy of the tiles in and out of distribution)."""
+
+    threshold: float
+    share_out: float
+    n_out: int
+    accuracy_in: float | None = None   # None: no tile on that side
+    accuracy_out: float | None = None
 
 
 class MetricsRecord(SideFile):
@@ -238,6 +267,7 @@ class MetricsRecord(SideFile):
     upstream: FeaturesIdentity | None = None
     calibration: dict[str, Any] = Field(default_factory=dict)
     mlflow_run_id: str | None = None  # the MLflow run of this evaluation (None with AERIAL_MLFLOW=0)
+    ood: OodTestRecord | None = None  # the test split through the out-of-distribution model (None: no such model)
 
 
 class ChampionRecord(SideFile):
@@ -262,6 +292,7 @@ class ChampionRecord(SideFile):
     upstream: FeaturesIdentity | None = None
     left_out: dict[str, str] = Field(default_factory=dict)
     mlflow_model: str | None = None  # "<registered name>/<version>" of this champion (None with AERIAL_MLFLOW=0)
+    ood: OodRecord | None = None  # its out-of-distribution model (novelty.npz in the bundle); None: trained before it
 
 
 # --- counties and maps ------------------------------------------------------------------------------------
@@ -281,6 +312,28 @@ class CountyTilesSummary(SideFile):
 
     def count(self, status: TileStatus) -> int:
         return int(self.counts.get(status, 0))
+
+
+class ImageryTrust(Record):
+    """How far a county's scored tiles are from the training tiles: the out-of-distribution count and the causes
+    that can be measured (ground sample distance, upsampling on read). Built by :mod:`aerial_assets.maps.trust`."""
+
+    ood_threshold: float | None = None       # None: the model predates out-of-distribution scores
+    n_out_of_distribution: int | None = None
+    training_gsd_m: float | None = None
+    training_gsd_source: str = "unknown"
+    county_gsd_m: float | None = None        # median over the scored tiles' rasters; None for ready-made tile files
+    input_size: int = 224                    # the backbone's input, in pixels
+    n_upsampled: int | None = None           # tiles whose window is resampled more than 2x up to the input
+    n_size_known: int = 0                    # tiles whose window size in pixels is known before decoding
+
+    def ood_share(self, n_tiles: int) -> float | None:
+        if self.n_out_of_distribution is None or n_tiles <= 0:
+            return None
+        return self.n_out_of_distribution / n_tiles
+
+    def upsampled_share(self) -> float | None:
+        return None if self.n_upsampled is None or not self.n_size_known else self.n_upsampled / self.n_size_known
 
 
 class PredictionsSummary(SideFile):
@@ -303,6 +356,7 @@ class PredictionsSummary(SideFile):
     champion: bool = True
     run_id: str = ""
     engine: str = "onnxruntime"  # where the backbone graph ran (AERIAL_FEATURIZE_ENGINE)
+    trust: ImageryTrust = Field(default_factory=ImageryTrust)  # out of distribution, resolution, upsampling
 
 
 class LandUseMapSummary(SideFile):
@@ -321,6 +375,8 @@ class LandUseMapSummary(SideFile):
     counts: list[int]
     smoothing: bool
     tiles_changed_by_smoothing: int
+    min_confidence: float | None = None  # below it a tile is marked low confidence (land_use_trust.tif: 1)
+    trust_counts: dict[str, int] = Field(default_factory=dict)  # tiles trusted / low confidence / out of distribution
 
 
 class ChangeSummary(SideFile):

@@ -72,6 +72,11 @@ class AerialSettings(BaseSettings):
     label_map: str = _field(
         "AERIAL_LABEL_MAP", "", "Data", "YAML mapping the folders' classes onto your taxonomy.",
         "unset: classes are the folder names")
+    training_gsd_m: float = _field(
+        "AERIAL_TRAINING_GSD_M", 0.0, "Data",
+        "Metres per pixel of the labelled tiles, when they are not cut from rasters (for example `0.6`): the "
+        "out-of-distribution check compares it with each county's imagery.",
+        "unset: known only for tiles with a `tile_positions.csv`")
     weights_dir: str = _field(
         "AERIAL_WEIGHTS_DIR", "", "Data",
         "Folder of user-supplied weights files (`resnet18`, `alexnet`).", "`$AERIAL_DATA_ROOT/weights`")
@@ -187,6 +192,13 @@ class AerialSettings(BaseSettings):
         if isinstance(value, str) and not value.strip().isdigit():
             raise ValueError("is not a whole number: set it to the cluster's task slots (executor cores in total), "
                              "or leave it unset to ask Spark")
+        return value
+
+    @field_validator("training_gsd_m", mode="after")
+    @classmethod
+    def _positive_gsd(cls, value):
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("is not a positive number of metres per pixel (for example 0.6), or unset")
         return value
 
     @field_validator("deployment", "spark_storage", "spark_azure_scheme", mode="before")

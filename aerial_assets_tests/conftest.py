@@ -98,7 +98,7 @@ def shared_dataset(name: str) -> Path:
 SLOW_FIXTURES = {"spark", "graph_run", "connect_server", "azurite", "cluster", "mobilenet", "tiny_county"}
 SLOW_MODULES = {"test_ui", "test_cli", "test_runs", "test_remote", "test_cluster", "test_faults", "test_graph",
                 "test_nets", "test_zoo", "test_comparison", "test_counties", "test_integrity", "test_bad_input",
-                "test_line_mismatch"}
+                "test_line_mismatch", "test_web_map_trust"}
 
 
 def pytest_configure(config):

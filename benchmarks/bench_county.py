@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--bare-tiles", type=int, default=8000, help="windows in the bare loop (the yardstick)")
+    parser.add_argument("--ood-cost", action=argparse.BooleanOptionalAction, default=True,
+                        help="score the first county again without, then with, the out-of-distribution score")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_county_")
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((key, n, times, memory.peak))
             print("peak memory by process: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
                                                           for k, v in sorted(memory.breakdown.items())), flush=True)
-    _, (first_county, first_n) = next(iter(counties.items()))
+    first_key, (first_county, first_n) = next(iter(counties.items()))
+    ood_cost = _ood_cost(defs, instance, first_key) if args.ood_cost else None
     print("bare loop over the county's windows (the yardstick) ...", flush=True)
     model = Path(os.environ["AERIAL_DATA_ROOT"], "backbone_models", "mobilenet_v2", "model.onnx").read_bytes()
     bare = bare_window_loop(model, first_county.rasters[0], min(args.bare_tiles, first_n), tile_px)
@@ -174,8 +177,32 @@ def main(argv: list[str] | None = None) -> int:
         (_, n0, t0, p0), (_, n1, t1, p1) = rows
         print(f"\nratio full/half: tiles {n0 / n1:.2f}, time {sum(t0.values()) / sum(t1.values()):.2f}, "
               f"peak memory {p0 / p1:.2f}")
+    if ood_cost is not None:
+        without, with_score = ood_cost
+        print(f"\nout-of-distribution score, {first_key} ({first_n} tiles) scored again, side by side:\n")
+        print("| county_predictions | s | tiles/s |")
+        print("|---|---:|---:|")
+        print(f"| without the score (ood_score=False) | {without:.0f} | {first_n / without:.0f} |")
+        print(f"| with the score (the default) | {with_score:.0f} | {first_n / with_score:.0f} |")
+        print(f"\ncost of the score: {100 * (with_score / without - 1):+.1f} % of the scoring time")
     print(f"work folder: {workdir}")
     return 0
+
+
+def _ood_cost(defs, instance, key: str) -> tuple[float, float] | None:
+    """Seconds of ``county_predictions[key]`` without the out-of-distribution score, then with it (both after a
+    first scoring of the county, so neither pays for cold caches)."""
+    from aerial_assets.defs.run import Runner
+
+    seconds = []
+    for flag in (False, True):
+        runner = Runner(defs, instance, {"ops": {"county_predictions": {"config": {"ood_score": flag}}}})
+        started = time.monotonic()
+        if not runner.run(["county_predictions"], key):
+            print(f"county_predictions failed for {key} (ood_score={flag})", file=sys.stderr)
+            return None
+        seconds.append(time.monotonic() - started)
+    return seconds[0], seconds[1]
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "bench-accuracy": "The model comparison on AID-30 (50/50 split, seed 0): accuracy, macro-F1, calibration, times.",
     "bench-county": "A Middlesex-size county (65,563 tiles) and half of it: time per stage and peak memory.",
     "bench-features": "Featurization speed per backbone: bare onnxruntime against `tile_features` on Spark; engines.",
+    "bench-ood": "Out-of-distribution flags: AID-trained and NAIP-trained models on NAIP vintages, AID's test split.",
     "bench-cluster": "Scale-out: local Spark against standalone clusters of 1 and 2 workers, YARN; fixed cost.",
 }
 PACKAGES = ("pyspark", "dagster", "onnxruntime", "synapseml", "numpy")

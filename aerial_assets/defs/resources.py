@@ -264,6 +264,7 @@ class TrainingTilesResource(ConfigurableResource):
 
     uri: str = ""
     label_map: str = ""
+    gsd_m: float = 0.0  # AERIAL_TRAINING_GSD_M: metres per pixel of the tiles, 0 = not declared
     demo_per_class: int = 50
     demo_size: int = 224
 
@@ -340,14 +341,15 @@ class CountyRegistryResource(ConfigurableResource):
                 with tempfile.TemporaryDirectory() as scratch:
                     local = os.path.join(scratch, "county.tif")
                     demo_data.write_county_raster(local, rows=self.demo_rows, cols=self.demo_cols,
-                                                  tile_px=self.demo_tile_px, resolution=self.demo_resolution)
+                                                  tile_px=self.demo_tile_px, resolution=self.demo_resolution,
+                                                  jpeg_quality=demo_data.JPEG_QUALITY)
                     with open(local, "rb") as handle:
                         store.write_bytes(uri, handle.read())
             return uri
         path = local_path(uri)
         if not os.path.exists(path):
             demo_data.write_county_raster(path, rows=self.demo_rows, cols=self.demo_cols, tile_px=self.demo_tile_px,
-                                          resolution=self.demo_resolution)
+                                          resolution=self.demo_resolution, jpeg_quality=demo_data.JPEG_QUALITY)
         return path
 
     def get(self, storage: StorageResource, key: str) -> County:

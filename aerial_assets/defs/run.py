@@ -31,9 +31,10 @@ from aerial_assets.defs.run_guard import (  # noqa: E402
 )
 from aerial_assets.defs.settings import RunDefaults, data_root  # noqa: E402
 from aerial_assets.errors import AerialError, ConfigurationError, CountyError, StorageError  # noqa: E402
-from aerial_assets.imagery.counties import County, earlier_vintages, resolve_county  # noqa: E402
+from aerial_assets.imagery.counties import County, resolve_county  # noqa: E402
 from aerial_assets.imagery.tile_summaries import parse_tile_summary  # noqa: E402
-from aerial_assets.records import ChampionRecord  # noqa: E402
+from aerial_assets.maps.change import change_plan  # noqa: E402
+from aerial_assets.records import ChampionRecord, PredictionsSummary  # noqa: E402
 from aerial_assets.safety import csv_files  # noqa: E402
 from aerial_assets.safety.redaction import redact  # noqa: E402
 from aerial_assets.safety.yaml_files import load_yaml  # noqa: E402
@@ -320,10 +321,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         assets = ["county_tiles", "county_predictions", "county_land_use_map"]
         # the map against the county's reference land cover, where one is registered
         runner.run([*assets, "county_map_agreement"] if registry[key].reference else assets, key)
-    # Change between vintages, once every vintage of an area is scored.
-    for key in keys:
-        if earlier_vintages(registry, registry[key]):
-            runner.run(["county_land_use_change"], key)
+    # Change between vintages, once every vintage of an area is scored; a vintage whose baseline has no predictions
+    # (--counties left it out) is skipped with a line, not failed.
+    layout, store = resources["storage"].layout, resources["storage"].storage
+    changes, skipped = change_plan(registry, keys, lambda base: PredictionsSummary.exists(
+        store, layout.county_predictions(base)))
+    for key, base in skipped.items():
+        print(f"==> not computing county_land_use_change [{key}]: its baseline {base} has no predictions (add {base} "
+              "to --counties)", flush=True)
+    for key in changes:
+        runner.run(["county_land_use_change"], key)
     return report(runner, resources, keys, env.get("DAGSTER_HOME", ""))
 
 
@@ -346,6 +353,10 @@ def report(runner: Runner, resources: Mapping[str, object], counties: Sequence[s
             print(f"  GeoTIFF: {join(layout.county_map(key), 'land_use.tif')}")
             if store.exists(join(layout.county_map(key), "land_use.html")):
                 print(f"  interactive map: {join(layout.county_map(key), 'land_use.html')}")
+        if store.exists(PredictionsSummary.uri(layout.county_predictions(key))):
+            scored = PredictionsSummary.read(store, layout.county_predictions(key))
+            if (share := scored.trust.ood_share(scored.n_tiles)) is not None:
+                print(f"  out of distribution: {100 * share:.1f} % of {scored.n_tiles} tiles (marked on the map)")
         change = join(layout.county_change(key), "change.png")
         if store.exists(change):
             print(f"Change map of {key}: {change}")

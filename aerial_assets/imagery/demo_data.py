@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 DEMO_CLASSES = ("Barren", "Cultivated", "Developed", "Forest", "Herbaceous", "Shrub")
+JPEG_QUALITY = 75  # the demo's training tiles are JPEG files (Pillow's default quality); its county goes through the same
 DEMO_CRS = "EPSG:26919"  # NAD83 / UTM zone 19N, as for Middlesex County, MA
 DEMO_ORIGIN = (305_000.0, 4_720_000.0)  # upper-left corner (metres), inside Middlesex County
 
@@ -131,7 +132,10 @@ def write_training_tiles(root: str, per_class: int = 50, size: int = 224, seed: 
         os.makedirs(folder, exist_ok=True)
         for i in range(per_class):
             buf = io.BytesIO()
-            Image.fromarray(paint_tile(label, rng, size)).save(buf, format="JPEG" if fmt == "jpg" else "PNG")
+            if fmt == "jpg":
+                Image.fromarray(paint_tile(label, rng, size)).save(buf, format="JPEG", quality=JPEG_QUALITY)
+            else:
+                Image.fromarray(paint_tile(label, rng, size)).save(buf, format="PNG")
             with open(os.path.join(folder, f"{label.lower()}_{i:03d}.{fmt}"), "wb") as handle:
                 handle.write(buf.getvalue())
             count += 1
@@ -155,12 +159,15 @@ def county_layout(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 
 def write_county_raster(path: str, rows: int = 10, cols: int = 12, tile_px: int = 224, resolution: float = 1.0,
                         seed: int = 0, bands: int = 3, dtype: str = "uint8", layout: np.ndarray | None = None,
-                        nodata_tiles: int = 0) -> np.ndarray:
+                        nodata_tiles: int = 0, jpeg_quality: int | None = None) -> np.ndarray:
     """Write a tiled, compressed GeoTIFF mosaic painted from :func:`county_layout`; returns the layout.
 
     The raster is written one tile-row at a time, so memory stays at one strip whatever the size.
     ``dtype="uint16"`` writes 16-bit samples (x 257, as a 16-bit sensor would); ``bands=4`` adds a
-    near-infrared band; the last ``nodata_tiles`` tiles are left empty (0, the nodata value).
+    near-infrared band; the last ``nodata_tiles`` tiles are left empty (0, the nodata value). ``jpeg_quality``:
+    each tile goes through a JPEG round trip first, as the demo's training tiles (JPEG files) do, so that the
+    county looks like them to the out-of-distribution model (lossless tiles are, to ImageNet features, another
+    kind of image than JPEG ones).
     """
     import rasterio
     from rasterio.transform import from_origin
@@ -182,6 +189,10 @@ def write_county_raster(path: str, rows: int = 10, cols: int = 12, tile_px: int 
                 if r * cols + c >= rows * cols - nodata_tiles:
                     continue
                 tile = paint_tile(DEMO_CLASSES[layout[r, c]], rng, tile_px)
+                if jpeg_quality is not None:
+                    buf = io.BytesIO()
+                    Image.fromarray(tile).save(buf, format="JPEG", quality=jpeg_quality)
+                    tile = np.asarray(Image.open(buf).convert("RGB"))
                 if nodata_tiles:
                     tile = np.maximum(tile, 1)  # 0 is reserved for nodata
                 strip[:3, :, c * tile_px:(c + 1) * tile_px] = np.moveaxis(tile, -1, 0)

@@ -1,6 +1,7 @@
 """Land-use change between two vintages of an area: which vintage to compare with, and the tile-by-tile
 transitions, computed on Spark without collecting tiles. No Dagster import."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,22 @@ def choose_baseline(registry: dict[str, County], county: County, wanted: str = "
         raise CountyError(f"county {county.key} has no earlier vintage to compare with: register the area with "
                           "'vintages:' (see docs/user-guide/counties.md) or set the baseline config")
     return earlier[-1].key
+
+
+def change_plan(registry: dict[str, County], keys: list[str], scored: Callable[[str], bool]
+                ) -> tuple[list[str], dict[str, str]]:
+    """Which of ``keys`` get their change computed by ``make run``: the vintages with an earlier one whose
+    baseline is ``scored``; and the skipped ones with the baseline they lack (``--counties`` left it out)."""
+    run, skipped = [], {}
+    for key in keys:
+        if not earlier_vintages(registry, registry[key]):
+            continue
+        base = choose_baseline(registry, registry[key])
+        if scored(base):
+            run.append(key)
+        else:
+            skipped[key] = base
+    return run, skipped
 
 
 @dataclass
@@ -65,9 +82,16 @@ def transitions(before, after, classes: list[str], base: str, key: str) -> Trans
     grid_def = grid_of(before.unionByName(after))
     if grid_def is None:
         raise CountyError(f"{base} and {key} have no scored tile: check county_tiles (all nodata?)")
-    pairs = with_cells(after, grid_def).join(
-        with_cells(before, grid_def).select("r", "c", F.col("predicted_index").alias("predicted_index_before")),
-        ["r", "c"])
+    flagged = "in_distribution" in before.columns and "in_distribution" in after.columns
+    kept_before = [F.col("predicted_index").alias("predicted_index_before")]
+    if flagged:
+        kept_before.append(F.col("in_distribution").alias("in_distribution_before"))
+    pairs = with_cells(after, grid_def).join(with_cells(before, grid_def).select("r", "c", *kept_before), ["r", "c"])
+    # a transition is not to be trusted when its tile is out of distribution in either vintage
+    pairs = pairs.withColumn("out_of_distribution", (
+        (F.coalesce(F.col("in_distribution"), F.lit(True)) == F.lit(False))
+        | (F.coalesce(F.col("in_distribution_before"), F.lit(True)) == F.lit(False))) if flagged
+        else F.lit(None).cast("boolean"))
     label_of = F.array(*[F.lit(c) for c in classes])
     pairs = (pairs.withColumn("from_label", F.element_at(label_of, F.col("predicted_index_before") + 1))
                   .withColumn("to_label", F.element_at(label_of, F.col("predicted_index") + 1))

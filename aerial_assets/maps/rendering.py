@@ -119,13 +119,46 @@ def cell_label(cell_size: float | tuple[float, float], crs_name: str) -> str:
     return f"cell = one {cell_x:g} x {cell_y:g} m tile"
 
 
+#: values of the trust grid (``land_use_trust.tif``): how far to believe each cell's colour
+TRUSTED, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION = 0, 1, 2
+#: the veils drawn over untrusted cells, and their legend entries
+TRUST_VEILS = {OUT_OF_DISTRIBUTION: ((0.15, 0.15, 0.15, 0.6), "out of distribution: not to be trusted"),
+               LOW_CONFIDENCE: ((1.0, 1.0, 1.0, 0.55), "low confidence")}
+
+
+def _trust_overlay(ax, trust: np.ndarray | None, extent, mapped: int, labels: dict[int, str] | None = None) -> list:
+    """Veil the cells whose colour is not to be trusted (dark: out of distribution; pale: low confidence) and
+    return their legend entries with their share of the ``mapped`` cells."""
+    from matplotlib.patches import Patch
+
+    if trust is None:
+        return []
+    rgba = np.zeros((*trust.shape, 4))
+    handles = []
+    mapped = max(mapped, 1)
+    for value, (colour, label) in TRUST_VEILS.items():
+        cells = trust == value
+        rgba[cells] = colour
+        label = (labels or {}).get(value, label)
+        handles.append(Patch(facecolor=colour[:3], alpha=colour[3], edgecolor="black", linewidth=0.5,
+                             hatch="xx" if value == OUT_OF_DISTRIBUTION else None,
+                             label=f"{label} ({100 * int(cells.sum()) / mapped:.0f} %)"))
+    ax.imshow(rgba, interpolation="nearest", extent=extent)
+    ood = (trust == OUT_OF_DISTRIBUTION).astype(float)
+    if ood.any():  # hatching as well as the veil: readable in grey-scale prints
+        ax.contourf(ood, levels=[0.5, 1.5], colors="none", hatches=["xx"], extent=extent, origin="upper")
+    return handles
+
+
 def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: float | tuple[float, float],
-            extent: tuple[float, float, float, float], crs_name: str, nodata: int = 255) -> bytes:
+            extent: tuple[float, float, float, float], crs_name: str, nodata: int = 255,
+            trust: np.ndarray | None = None) -> bytes:
     """A land-use map: one cell per tile, class colours with a legend, a title and a scale bar.
 
     ``extent`` is (left, right, bottom, top) in the CRS units (metres for projected CRSs, degrees for a
     geographic one); ``cell_size_m`` is the cell size in those units, or its (width, height) for cells that are
-    not square.
+    not square. ``trust`` (same shape, :data:`TRUSTED` ...): cells out of distribution or of low confidence are
+    veiled, with legend entries, so a reader sees where not to believe the colour.
     """
     colours = class_colours(classes)
     masked = np.ma.masked_equal(grid, nodata)
@@ -146,6 +179,7 @@ def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: f
     total = max(int(counts.sum()), 1)
     handles = [Patch(color=c, label=f"{name} ({100 * counts[i] / total:.0f} %)")
                for i, (name, c) in enumerate(zip(classes, colours, strict=True))]
+    handles += _trust_overlay(ax, trust, extent, total)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     left, right, bottom, top = extent
     bar = _nice_length((right - left) / 4)
@@ -161,8 +195,10 @@ def map_png(grid: np.ndarray, classes: Sequence[str], title: str, cell_size_m: f
 
 
 def change_png(grid: np.ndarray, classes: Sequence[str], title: str, extent: tuple[float, float, float, float],
-               crs_name: str, unchanged: int = 254, nodata: int = 255) -> bytes:
-    """Change map: tiles that changed in the colour of their new class, unchanged tiles light grey."""
+               crs_name: str, unchanged: int = 254, nodata: int = 255, untrusted: np.ndarray | None = None) -> bytes:
+    """Change map: tiles that changed in the colour of their new class, unchanged tiles light grey.
+    ``untrusted`` (boolean, same shape): transitions whose tile is out of distribution in either vintage, veiled
+    and hatched."""
     colours = class_colours(classes)
     rgba = np.zeros((*grid.shape, 4))
     for i, colour in enumerate(colours):
@@ -179,6 +215,11 @@ def change_png(grid: np.ndarray, classes: Sequence[str], title: str, extent: tup
     ax.ticklabel_format(useOffset=False, style="plain")
     changed = [(name, colours[i]) for i, name in enumerate(classes) if (grid == i).any()]
     handles = [Patch(color="#e0e0e0", label="unchanged")] + [Patch(color=c, label=f"became {n}") for n, c in changed]
+    if untrusted is not None:
+        veil = np.where(untrusted & (grid != unchanged) & (grid != nodata), OUT_OF_DISTRIBUTION, nodata)
+        changed_cells = int(((grid != unchanged) & (grid != nodata)).sum())
+        handles += _trust_overlay(ax, veil, extent, changed_cells, {
+            OUT_OF_DISTRIBUTION: "changed, out of distribution in either vintage"})[:1]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _to_png(fig)
 

@@ -67,22 +67,27 @@ class MapLayer:
     popup_fields: Sequence[str]  # column names shown in the popup, after the label
     model_id: str = ""
     fill_label: str = ""  # label of value -1 (e.g. "unchanged"), drawn light grey
+    trust: Sequence[str] = ()  # labels of trust values 1, 2, ... (low confidence, out of distribution); () = none
 
 
 class TileArrays:
     """Accumulates tiles frame by frame into the page's column arrays (rounded: 1e-6 deg is ~0.1 m)."""
 
-    def __init__(self, fields: Sequence[str]):
+    def __init__(self, fields: Sequence[str], trust: bool = False):
         self.fields = list(fields)
         self.bounds: list[float] = []
         self.values: list[int] = []
+        self.trust: list[int] | None = [] if trust else None
         self.extra: list[list] = [[] for _ in self.fields]
 
     def add(self, frame: pd.DataFrame) -> None:
-        """``frame``: min_lon, min_lat, max_lon, max_lat, value (int, -1 for the fill label), the popup fields."""
+        """``frame``: min_lon, min_lat, max_lon, max_lat, value (int, -1 for the fill label), the popup fields,
+        and ``trust`` (0 trusted, 1 low confidence, 2 out of distribution) when the layer marks it."""
         corners = frame[["min_lon", "min_lat", "max_lon", "max_lat"]].to_numpy(float).round(6)
         self.bounds.extend(corners.ravel().tolist())
         self.values.extend(int(v) for v in frame["value"])
+        if self.trust is not None:
+            self.trust.extend(int(v) for v in frame["trust"].fillna(0))
         for i, name in enumerate(self.fields):
             column = frame[name]
             values = column.round(3) if column.dtype.kind == "f" else column.astype(str)
@@ -93,6 +98,8 @@ class TileArrays:
 
     def to_json(self) -> str:
         payload = {"b": self.bounds, "v": self.values, "f": self.fields, "x": self.extra}
+        if self.trust is not None:
+            payload["t"] = self.trust
         # "</" would end the inline <script>; JSON allows the escaped form
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
@@ -103,6 +110,7 @@ _SCRIPT = """
   var data = {{ this.data }};
   var layer = {{ this.layer }};
   var renderer = L.canvas({padding: 0.5});
+  var TRUST = [{line: "#ffffff", dash: "2 2", opacity: 0.35}, {line: "#000000", dash: "4 3", opacity: 0.2}];
   var group = L.featureGroup();
   function text(tag, content, style) {
     var el = document.createElement(tag);
@@ -114,6 +122,11 @@ _SCRIPT = """
     var box = document.createElement("div");
     var v = data.v[i];
     box.appendChild(text("b", v < 0 ? layer.fill_label : layer.labels[v]));
+    var t = data.t ? data.t[i] : 0;
+    if (t > 0) {
+      box.appendChild(document.createElement("br"));
+      box.appendChild(text("span", layer.trust[t - 1], "color:#b00"));
+    }
     for (var k = 0; k < data.f.length; k++) {
       var value = data.x[k][i];
       if (value === null) { continue; }
@@ -130,8 +143,13 @@ _SCRIPT = """
     var b = data.b.slice(4 * i, 4 * i + 4);
     var v = data.v[i];
     var colour = v < 0 ? "#d9d9d9" : layer.colours[v];
-    var rect = L.rectangle([[b[1], b[0]], [b[3], b[2]]], {renderer: renderer, stroke: false,
-                                                          fillColor: colour, fillOpacity: 0.75});
+    var t = data.t ? data.t[i] : 0;
+    var style = {renderer: renderer, stroke: false, fillColor: colour, fillOpacity: 0.75};
+    if (t > 0) {  // untrusted: faded fill and an outline, dashed for out of distribution
+      style = {renderer: renderer, stroke: true, weight: 1, color: TRUST[t - 1].line, dashArray: TRUST[t - 1].dash,
+               fillColor: colour, fillOpacity: TRUST[t - 1].opacity};
+    }
+    var rect = L.rectangle([[b[1], b[0]], [b[3], b[2]]], style);
     rect.bindPopup((function (j) { return function () { return popup(j); }; })(i));
     group.addLayer(rect);
   }
@@ -151,6 +169,15 @@ _SCRIPT = """
       row.appendChild(text("span", entry[0]));
       box.appendChild(row);
     });
+    (layer.trust || []).forEach(function (label, k) {
+      if (!label) { return; }
+      var row = document.createElement("div");
+      row.className = "aerial-legend-trust";
+      row.appendChild(text("span", "\u00a0\u00a0\u00a0\u00a0", "background:rgba(150,150,150," + TRUST[k].opacity
+                           + ");outline:1px dashed " + (k ? "#000" : "#999") + ";margin-right:6px"));
+      row.appendChild(text("span", label));
+      box.appendChild(row);
+    });
     return box;
   };
   legend.addTo(map);
@@ -165,7 +192,7 @@ def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int =
     from branca.element import MacroElement
     from jinja2 import Template
 
-    arrays = TileArrays(layer.popup_fields)
+    arrays = TileArrays(layer.popup_fields, trust=bool(layer.trust))
     for frame in frames:
         arrays.add(frame)
         if len(arrays) > max_tiles:
@@ -178,7 +205,7 @@ def tiles_html(frames: Iterable[pd.DataFrame], layer: MapLayer, max_tiles: int =
     fmap = LeafletOnlyMap(location=[0, 0], zoom_start=2, tiles="OpenStreetMap", control_scale=True,
                           prefer_canvas=True)
     settings = {"labels": list(layer.labels), "colours": list(layer.colours), "title": layer.title,
-                "model_id": layer.model_id, "fill_label": layer.fill_label}
+                "model_id": layer.model_id, "fill_label": layer.fill_label, "trust": list(layer.trust)}
 
     class Tiles(MacroElement):
         """The tiles, legend and popups: a script rendered after the map it draws on (its parent)."""

@@ -110,6 +110,7 @@ class JobProgress:
         self._thread: threading.Thread | None = None
         self._handler = None
         self.stages: dict[int, StageProgress] = {}
+        self.job_ids: set[int] = set()  # the Spark jobs the action ran (classic sessions; empty over Connect)
 
     # --- reporting --------------------------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class JobProgress:
     def _poll(self) -> None:
         tracker = self.session.sparkContext.statusTracker()
         for job_id in tracker.getJobIdsForGroup(self.group):
+            self.job_ids.add(job_id)
             job = tracker.getJobInfo(job_id)
             for stage_id in (job.stageIds if job else []):
                 info = tracker.getStageInfo(stage_id)

@@ -18,14 +18,15 @@ OUTPUT_LAYOUT: tuple[tuple[str, str], ...] = (
     ("labeled_tiles/", "catalog.parquet, quarantine.csv, summary.json, label_map.json"),
     ("backbone_models/<backbone>/", "model.onnx, backbone.json"),
     ("tile_features/<backbone>/", "features.parquet/, quarantine.csv, summary.json"),
-    ("land_use_classifiers/<backbone>/<algorithm>/", "pipeline_model/, classifier.json"),
+    ("land_use_classifiers/<backbone>/<algorithm>/", "pipeline_model/, novelty.npz (the out-of-distribution model), classifier.json"),
     ("classifier_metrics/<backbone>/<algorithm>/", "metrics.json, confusion.png, <algorithm>_predictions_test_set.csv"),
     ("model_leaderboard/", "leaderboard.csv"),
-    ("champion_model/", "model.onnx, pipeline_model/, champion.json"),
+    ("champion_model/", "model.onnx, pipeline_model/, novelty.npz, champion.json"),
     ("county_tiles/<county>/", "tiles.parquet/, summary.json"),
     ("county_predictions/<county>/", "predictions.parquet/ (GeoParquet), predictions.stac.json, quarantine.csv, "
                                      "summary.json"),
-    ("county_land_use_map/<county>/", "land_use.png, land_use.tif (COG), land_use.html, land_use.stac.json, "
+    ("county_land_use_map/<county>/", "land_use.png, land_use.tif (COG), land_use_trust.tif (0 trusted, 1 low "
+                                      "confidence, 2 out of distribution), land_use.html, land_use.stac.json, "
                                       "summary.json"),
     ("county_land_use_change/<county>/", "transitions.parquet/ (a Parquet dataset written by Spark), "
                                          "transition_matrix.csv, change.png, change.tif, change.html"),
@@ -44,6 +45,7 @@ CATALOG = "catalog.parquet"
 FEATURES = "features.parquet"
 MODEL = "model.onnx"
 PIPELINE = "pipeline_model"
+NOVELTY = "novelty.npz"
 LEADERBOARD = "leaderboard.csv"
 TILES = "tiles.parquet"
 PREDICTIONS = "predictions.parquet"

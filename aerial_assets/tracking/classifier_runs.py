@@ -46,6 +46,10 @@ def run_metrics(record: MetricsRecord) -> dict[str, float]:
     for key in ("ece", "max_gap"):
         if record.calibration.get(key) is not None:
             metrics[key] = float(record.calibration[key])
+    if record.ood is not None:
+        metrics["test_ood_share"] = record.ood.share_out
+        metrics.update({f"test_accuracy_{side}_distribution": value for side, value in
+                        (("in", record.ood.accuracy_in), ("out_of", record.ood.accuracy_out)) if value is not None})
     return metrics
 
 

@@ -389,12 +389,13 @@ def evaluate_splits(model, df, classes: Sequence[str], splits: Sequence[str]) ->
     return out
 
 
-def split_predictions(model, df, classes: Sequence[str], split: str = "test"):
+def split_predictions(model, df, classes: Sequence[str], split: str = "test", extra: Sequence[str] = ()):
     """Per-tile predictions of one split (the original sample's ``<model>_predictions_test_set.csv``):
     ``tile_id``, ``label``, ``pred_label`` and the probability of every class, as a pandas frame.
 
     Collected to the driver, like the catalog the split comes from (which the driver already holds as one
-    table): one row per held-out tile, not per county tile."""
+    table): one row per held-out tile, not per county tile. ``extra``: columns of ``df`` to keep (computed in
+    the same pass, such as the out-of-distribution score)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
@@ -403,7 +404,7 @@ def split_predictions(model, df, classes: Sequence[str], split: str = "test"):
     probability = vector_to_array("probability")
     return scored.select(
         "tile_id", "label", F.element_at(names, F.col("prediction").cast("int") + 1).alias("pred_label"),
-        *[probability[i].alias(f"prob_{c}") for i, c in enumerate(classes)],
+        *[probability[i].alias(f"prob_{c}") for i, c in enumerate(classes)], *extra,
     ).orderBy("tile_id").toPandas()
 
 

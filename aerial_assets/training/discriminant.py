@@ -111,10 +111,15 @@ def _as_matrix(column: pd.Series) -> np.ndarray:
     return np.stack(column.to_numpy()).astype(np.float64)
 
 
-def partial_sums(n_classes: int, features_col: str, label_col: str
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def partial_sums(n_classes: int, features_col: str, label_col: str, unit: bool = False
                  ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """``mapInPandas`` function of pass 1: one partition's Σ x xᵀ (as rows ``(gram, i)``) and, per class, the
-    count and Σ x (as rows ``(class, k)``)."""
+    count and Σ x (as rows ``(class, k)``); ``unit``: of the rows scaled to unit length."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         gram = None
@@ -123,6 +128,7 @@ def partial_sums(n_classes: int, features_col: str, label_col: str
             if frame.empty:
                 continue
             x = _as_matrix(frame[features_col])
+            x = unit_rows(x) if unit else x
             y = frame[label_col].to_numpy().astype(np.int64)
             if gram is None:
                 gram = np.zeros((x.shape[1], x.shape[1]))
@@ -149,20 +155,66 @@ def _add_up(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["kind", "key", "count", "vec"])
 
 
-def fourth_moments(means: np.ndarray, features_col: str, label_col: str
+def fourth_moments(means: np.ndarray, features_col: str, label_col: str, unit: bool = False
                    ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """``mapInPandas`` function of pass 2: one partition's Σ ‖x - m_y‖⁴."""
+    """``mapInPandas`` function of pass 2: one partition's Σ ‖x - m_y‖⁴ (``unit``: of unit-length rows)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         total = 0.0
         for frame in frames:
             if frame.empty:
                 continue
-            centred = _as_matrix(frame[features_col]) - means[frame[label_col].to_numpy().astype(np.int64)]
+            x = _as_matrix(frame[features_col])
+            centred = (unit_rows(x) if unit else x) - means[frame[label_col].to_numpy().astype(np.int64)]
             total += float(np.sum(np.sum(centred * centred, axis=1) ** 2))
         yield pd.DataFrame({"total": [total]})
 
     return run
+
+
+@dataclass(frozen=True)
+class ClassTotals:
+    """Pass 1's totals over a DataFrame of rows ``(x array<double>, y long)``, and pass 2 on demand."""
+
+    gram: np.ndarray    # Σ x xᵀ, (d, d)
+    sums: np.ndarray    # Σ x per class, (classes, d)
+    counts: np.ndarray  # rows per class
+    fourth_moment_of: Callable[[np.ndarray], float]  # Σ ‖x - m_y‖⁴ for given class means (a Spark job)
+
+
+def class_totals(rows, n_classes: int, who: str, unit: bool = False) -> ClassTotals:
+    """Pass 1 on Spark (module docstring): the totals a shared-covariance Gaussian model needs, added up on the
+    executors. ``n_classes`` 0: one more than the largest label. Also used by the novelty model
+    (:mod:`aerial_assets.training.novelty`), which fits the same Gaussian model of the features scaled to unit
+    length (``unit``: scaled in the tasks, with numpy; a Spark SQL expression recomputing the norm per element
+    was quadratic in the features)."""
+    from pyspark.sql import functions as F
+
+    n, width, top_label = rows.agg(F.count("*"), F.max(F.size("x")), F.max("y")).first()  # one job
+    if not n:
+        raise ValueError(f"{who}: no training rows")
+    d = int(width)
+    n_classes = n_classes or int(top_label) + 1
+    parts = max(1, min(task_slots(rows.sparkSession), n // (2 * d)))
+    stats = (rows.coalesce(parts)
+             .mapInPandas(partial_sums(n_classes, "x", "y", unit), _STATS_SCHEMA)
+             .groupBy((F.col("key") / _BLOCK_ROWS).cast("long").alias("block"), "kind")
+             .applyInPandas(_add_up, _STATS_SCHEMA)
+             .toPandas())
+    gram = np.zeros((d, d))
+    sums = np.zeros((n_classes, d))
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for kind, key, count, vec in stats.itertuples(index=False):
+        if kind == _GRAM:
+            gram[key] = vec
+        else:
+            sums[key], counts[key] = vec, count
+
+    def fourth_moment_of(means: np.ndarray) -> float:
+        return float(rows.mapInPandas(fourth_moments(means, "x", "y", unit), "total double")
+                     .agg(F.sum("total")).first()[0])
+
+    return ClassTotals(gram, sums, counts, fourth_moment_of)
 
 
 class _DiscriminantParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol):
@@ -192,32 +244,9 @@ class ShrinkageLDA(Estimator, _DiscriminantParams, DefaultParamsReadable, Defaul
 
         features, label = self.getFeaturesCol(), self.getLabelCol()
         rows = dataset.select(vector_to_array(F.col(features)).alias("x"), F.col(label).cast("long").alias("y"))
-        n, width, top_label = rows.agg(F.count("*"), F.max(F.size("x")), F.max("y")).first()  # one job
-        if not n:
-            raise ValueError("ShrinkageLDA: no training rows")
-        d = int(width)
-        n_classes = self.getOrDefault(self.numClasses) or int(top_label) + 1
-        parts = max(1, min(task_slots(dataset.sparkSession), n // (2 * d)))
-        stats = (rows.coalesce(parts)
-                 .mapInPandas(partial_sums(n_classes, "x", "y"), _STATS_SCHEMA)
-                 .groupBy((F.col("key") / _BLOCK_ROWS).cast("long").alias("block"), "kind")
-                 .applyInPandas(_add_up, _STATS_SCHEMA)
-                 .toPandas())
-        gram = np.zeros((d, d))
-        sums = np.zeros((n_classes, d))
-        counts = np.zeros(n_classes, dtype=np.int64)
-        for kind, key, count, vec in stats.itertuples(index=False):
-            if kind == _GRAM:
-                gram[key] = vec
-            else:
-                sums[key], counts[key] = vec, count
-
-        def fourth_moment_of(means: np.ndarray) -> float:
-            return float(rows.mapInPandas(fourth_moments(means, "x", "y"), "total double")
-                         .agg(F.sum("total")).first()[0])
-
+        totals = class_totals(rows, self.getOrDefault(self.numClasses), "ShrinkageLDA")
         fixed = self.getOrDefault(self.shrinkage)
-        result = solve(gram, sums, counts, fourth_moment_of, None if fixed < 0 else fixed)
+        result = solve(totals.gram, totals.sums, totals.counts, totals.fourth_moment_of, None if fixed < 0 else fixed)
         model = ShrinkageLDAModel(coefficients=result.coefficients.tolist(), intercepts=result.intercepts.tolist(),
                                   fittedShrinkage=result.shrinkage)
         return self._copyValues(model)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from aerial_assets.errors import TrainingDataError
 from aerial_assets.safety import csv_files
+from aerial_assets.storage.core import join
 
 POSITIONS_FILE = "tile_positions.csv"
 Strategy = Literal["auto", "stratified", "blocks", "raster"]
@@ -119,3 +120,21 @@ def assign_group_splits(usable: pd.DataFrame, groups: pd.Series, test_fraction: 
                 f"with whole spatial groups, class(es) {', '.join(missing)} get no {split} tile: their tiles sit in "
                 "too few blocks; lower block_size_m, add tiles of that class, or set split_strategy: stratified")
     return pd.Series(splits.to_numpy(), index=usable.index)
+
+
+def training_gsd(declared: float, table: pd.DataFrame, root: str, positions: pd.DataFrame | None
+                  ) -> tuple[float | None, str]:
+    """Metres per pixel of the training tiles, and how it is known: declared (``AERIAL_TRAINING_GSD_M``) wins;
+    else the median of the tiles' widths in metres (``tile_positions.csv``) over their widths in pixels (the
+    catalog, as stored); else unknown. The out-of-distribution check compares it with each county's imagery."""
+    if declared > 0:
+        return float(declared), "declared (AERIAL_TRAINING_GSD_M)"
+    if positions is None or positions.empty:
+        return None, "unknown"
+    uris = positions["filename"].map(lambda name: join(root, name))
+    widths = table.set_index("uri")["width"].reindex(uris).to_numpy(dtype=float)
+    metres = (positions["right"] - positions["left"]).to_numpy(dtype=float)
+    usable = np.isfinite(widths) & (widths > 0) & (metres > 0)
+    if not usable.any():
+        return None, "unknown"
+    return round(float(np.median(metres[usable] / widths[usable])), 4), f"{POSITIONS_FILE} ({int(usable.sum())} tiles)"

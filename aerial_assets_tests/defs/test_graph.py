@@ -131,3 +131,13 @@ def test_real_naip_vintages_go_through_the_whole_county_path(graph_run, spark):
     assert runner.run(["county_land_use_change"], "nd@2020")
     summary = json.loads((root / "county_land_use_change" / "nd@2020" / "summary.json").read_text())
     assert summary["baseline"] == "nd@2014" and sum(map(sum, summary["matrix"])) == 320
+    # a transition is out of distribution when its tile is in either vintage
+    pairs = pd.read_parquet(root / "county_land_use_change" / "nd@2020" / "transitions.parquet")
+    after = pd.read_parquet(root / "county_predictions" / "nd@2020" / "predictions.parquet",
+                            columns=["tile_id", "in_distribution"])
+    merged = pairs.merge(after, on="tile_id")
+    assert len(merged) == 320 and pairs["out_of_distribution"].notna().all()
+    assert merged.loc[~merged["in_distribution"], "out_of_distribution"].all()
+    changed_ood = int((pairs["changed"] & pairs["out_of_distribution"]).sum())
+    meta = latest_metadata(instance, "county_land_use_change", "nd@2020")
+    assert meta["tiles_changed_out_of_distribution"].value == changed_ood

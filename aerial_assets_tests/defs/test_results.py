@@ -73,6 +73,7 @@ def test_interactive_map_loads_offline_in_chromium_with_classes_tiles_and_popups
     assert basemap  # the base layer was asked for (and failed, offline) without breaking the page
     for name in summary["classes"]:
         assert name in legend
+    assert "low confidence (< 0.5)" in legend and "out of distribution: not to be trusted" in legend
     assert n_drawn == summary["n_tiles"] == 30
     assert summary["model_id"] in popup and "prob_" in popup
     assert any(name in popup.splitlines()[0] for name in summary["classes"])
@@ -117,8 +118,9 @@ def test_prediction_checks_pass_on_the_run(graph_run):
         evaluation = record.event_log_entry.dagster_event.event_specific_data
         if evaluation.asset_key == AssetKey("county_predictions"):
             latest[evaluation.check_name] = evaluation.passed
+    # the out-of-distribution check stays quiet on the demo county (scored by a model trained on demo tiles)
     assert latest == {"county_predictions_probabilities": True, "county_predictions_quarantine_share": True,
-                      "county_predictions_geoparquet": True}
+                      "county_predictions_geoparquet": True, "county_predictions_in_distribution": True}
 
 
 def _rewrite(part: Path, change) -> None:
@@ -250,6 +252,99 @@ def test_classifier_metrics_write_the_test_set_predictions_per_tile(graph_run):
     assert (frame["label"] == frame["pred_label"]).mean() == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     np.testing.assert_allclose(frame[probs].sum(axis=1), 1.0, atol=1e-6)
     assert frame["filepath"].map(lambda p: Path(p).exists()).all()
+    # the out-of-distribution score of every test tile, its flag, and the report of both in metrics.json
+    threshold = json.loads((graph_run["root"] / "land_use_classifiers" / "mobilenet_v2" / "logistic_regression" /
+                            "classifier.json").read_text())["ood"]["threshold"]
+    assert frame["ood_score"].notna().all() and (frame["in_distribution"] == (frame["ood_score"] <= threshold)).all()
+    assert metrics["ood"]["n_out"] == int((~frame["in_distribution"]).sum())
+    assert metrics["ood"]["share_out"] == pytest.approx((~frame["in_distribution"]).mean())
+
+
+def test_out_of_distribution_model_is_fitted_on_train_and_thresholded_on_held_out_tiles(graph_run):
+    """Its threshold is a high quantile of held-out tiles' distances, never of the rows it was fitted on: the
+    validation split, or (this tiny catalog has fewer than 20 validation tiles) a fifth of the training tiles
+    left out of the fit; it travels with the champion."""
+    from aerial_assets.training.novelty import NoveltyModel
+
+    root = graph_run["root"]
+    folder = root / "land_use_classifiers" / "mobilenet_v2" / "linear_discriminant"
+    record = json.loads((folder / "classifier.json").read_text())
+    catalog = json.loads((root / "labeled_tiles" / "summary.json").read_text())
+    model = NoveltyModel.from_bytes((folder / "novelty.npz").read_bytes())
+    assert catalog["per_split"]["validation"] < 20
+    assert record["ood"]["heldout"] == "train fifth" == model.heldout
+    assert record["ood"]["n_heldout"] == model.n_heldout > 0
+    assert record["ood"]["n_fit"] + record["ood"]["n_heldout"] == catalog["per_split"]["train"]
+    assert record["ood"]["threshold"] == model.threshold > 0
+    assert record["ood"]["training_gsd_source"] == "unknown" and record["ood"]["training_gsd_m"] is None
+    champion = json.loads((root / "champion_model" / "champion.json").read_text())
+    bundled = NoveltyModel.from_bytes((root / "champion_model" / "novelty.npz").read_bytes())
+    champion_folder = root / "land_use_classifiers" / "mobilenet_v2" / champion["algorithm"]
+    assert champion["ood"] == json.loads((champion_folder / "classifier.json").read_text())["ood"]
+    assert bundled.threshold == champion["ood"]["threshold"]
+    # fitted once per backbone: every classifier of the same features, views and classes reuses it
+    records = [json.loads((root / "land_use_classifiers" / "mobilenet_v2" / a / "classifier.json").read_text())["ood"]
+               for a in ("logistic_regression", "random_forest", "mlp", "linear_discriminant")]
+    assert all(r == records[0] for r in records)
+
+
+def test_county_predictions_carry_the_score_from_the_scoring_pass_and_the_maps_mark_untrusted_tiles(graph_run):
+    import pandas as pd
+
+    root = graph_run["root"]
+    threshold = json.loads((root / "champion_model" / "champion.json").read_text())["ood"]["threshold"]
+    frame = pd.read_parquet(root / "county_predictions" / "tiny" / "predictions.parquet")
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == 30 and ok["ood_score"].notna().all()
+    assert (ok["in_distribution"] == (ok["ood_score"] <= threshold)).all()
+    meta = _materialization(graph_run, "county_predictions")
+    summary = json.loads((root / "county_predictions" / "tiny" / "summary.json").read_text())
+    n_out = int((~ok["in_distribution"]).sum())
+    assert summary["trust"]["n_out_of_distribution"] == n_out
+    assert summary["trust"]["ood_threshold"] == threshold
+    # the demo county: 64 px windows at 3.5 m, 3.5x upsampled to MobileNet's 224 px
+    assert summary["trust"]["n_upsampled"] == summary["trust"]["n_size_known"] == 30
+    assert summary["trust"]["county_gsd_m"] == pytest.approx(3.5)
+    item = json.loads((root / "county_predictions" / "tiny" / "predictions.stac.json").read_text())
+    assert item["properties"]["aerial:ood_share"] == pytest.approx(n_out / 30)
+    assert meta["ood_share"].value == pytest.approx(round(n_out / 30, 4))
+    with rasterio.open(root / "county_land_use_map" / "tiny" / "land_use_trust.tif") as ds:
+        trust = ds.read(1)
+    map_summary = json.loads((root / "county_land_use_map" / "tiny" / "summary.json").read_text())
+    top = ok[[c for c in ok.columns if c.startswith("prob_")]].max(axis=1)
+    assert int((trust == 2).sum()) == n_out == map_summary["trust_counts"]["out of distribution"]
+    assert int((trust == 1).sum()) == int(((top < 0.5) & ok["in_distribution"]).sum())
+    assert int((trust <= 2).sum()) == 30
+
+
+def test_the_score_adds_no_spark_job_and_changes_no_prediction(graph_run, tiny_county):
+    """The score is computed in the scoring pass: the same county scored without it runs as many Spark jobs (the
+    pixels are read and featurized once either way) and predicts the same classes and probabilities."""
+    import pandas as pd
+    import yaml
+
+    from aerial_assets.defs.partitions import county_partitions
+    from aerial_assets.defs.run import Runner
+
+    root = graph_run["root"]
+    registry = root / "counties.yaml"
+    doc = yaml.safe_load(registry.read_text())
+    doc["counties"]["tiny_no_score"] = {"name": "Tiny, without the score", "rasters": [str(tiny_county[0])]}
+    registry.write_text(yaml.safe_dump(doc))
+    graph_run["instance"].add_dynamic_partitions(county_partitions.name, ["tiny_no_score"])
+    runner = Runner(graph_run["defs"], graph_run["instance"],
+                    {"ops": {"county_predictions": {"config": {"ood_score": False}}}})
+    assert runner.run(["county_tiles", "county_predictions"], "tiny_no_score")
+    with_score = latest_metadata(graph_run["instance"], "county_predictions", "tiny")
+    without = latest_metadata(graph_run["instance"], "county_predictions", "tiny_no_score")
+    assert with_score["scoring_spark_jobs"].value == without["scoring_spark_jobs"].value
+    assert str(without["ood_share"].value).startswith("unknown")
+    scored = pd.read_parquet(root / "county_predictions" / "tiny" / "predictions.parquet").sort_values("tile_id")
+    plain = pd.read_parquet(root / "county_predictions" / "tiny_no_score" / "predictions.parquet").sort_values("tile_id")
+    assert plain["ood_score"].isna().all() and plain["in_distribution"].isna().all()
+    assert list(plain["predicted_label"]) == list(scored["predicted_label"])
+    probs = [c for c in scored.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(plain[probs].to_numpy(), scored[probs].to_numpy(), atol=1e-12)
 
 
 def test_a_county_scored_with_a_chosen_model_and_a_sample(graph_run, tiny_county):

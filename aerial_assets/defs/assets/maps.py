@@ -27,6 +27,9 @@ from aerial_assets.imagery.rasters import MapGrid, write_class_geotiff
 from aerial_assets.maps.change import UNCHANGED, choose_baseline, stale_change_inputs, transitions
 from aerial_assets.maps.map_cells import frames_of, grid_of, paint, with_cells
 from aerial_assets.maps.rendering import (
+    LOW_CONFIDENCE,
+    OUT_OF_DISTRIBUTION,
+    TRUSTED,
     change_png,
     class_colours,
     hex_to_rgb,
@@ -55,6 +58,8 @@ class LandUseMapConfig(Config):
 
     smoothing: bool = False
     interactive_max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=0)
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0, description=(
+        "tiles whose predicted class has a probability below this are marked low confidence on the maps"))
 
 
 LONLAT = ["min_lon", "min_lat", "max_lon", "max_lat"]
@@ -68,6 +73,30 @@ def _scored(spark: SparkResource, storage: StorageResource, key: str, extra: tup
     path = store.spark_path(layout.predictions(key))
     return (spark.session.read.parquet(path).filter(f"status = '{TileStatus.OK}'")
             .select("tile_id", "left", "right", "bottom", "top", "predicted_index", *LONLAT, *extra))
+
+
+def _has_ood(spark: SparkResource, storage: StorageResource, key: str) -> bool:
+    """Whether the county's predictions carry out-of-distribution flags (predictions of a model trained before
+    they existed do not). Reads the Parquet footers only."""
+    path = storage.storage.spark_path(storage.layout.predictions(key))
+    return "in_distribution" in spark.session.read.parquet(path).columns
+
+
+def _trust(scored, classes: list[str], min_confidence: float, ood: bool):
+    """``scored`` with a ``trust`` column: 2 out of distribution, 1 low confidence (the champion's top class
+    probability below ``min_confidence``), 0 trusted (the values of ``land_use_trust.tif``)."""
+    from pyspark.sql import functions as F
+
+    probs = [F.col(f"prob_{c}") for c in classes]
+    top = F.greatest(*probs) if len(probs) > 1 else probs[0]
+    trust = F.when(top < F.lit(min_confidence), F.lit(LOW_CONFIDENCE)).otherwise(F.lit(TRUSTED))
+    if ood:
+        trust = F.when(F.col("in_distribution") == F.lit(False), F.lit(OUT_OF_DISTRIBUTION)).otherwise(trust)
+    return scored.withColumn("trust", trust.cast("int"))
+
+
+TRUST_CLASSES = ["trusted", "low confidence", "out of distribution"]
+TRUST_COLOURS = [(26, 150, 65), (253, 174, 97), (64, 64, 64)]
 
 
 def _html_map(tmp_store: Storage, uri: str, final_uri: str, frames, layer: MapLayer, n_tiles: int,
@@ -115,10 +144,16 @@ def county_land_use_map(
             raise no_scored_tiles(storage, key)
         raw = paint(with_cells(scored, grid_def), grid_def, "predicted_index", NODATA)
         grid = plurality_smooth(raw, len(classes), NODATA) if config.smoothing else raw
+        ood = _has_ood(spark, storage, key)
+        probs = tuple(f"prob_{c}" for c in classes)
+        flagged = _trust(_scored(spark, storage, key, probs + (("in_distribution",) if ood else ())), classes,
+                         config.min_confidence, ood)
+        trust = paint(with_cells(flagged, grid_def), grid_def, "trust", NODATA)
+        trust_counts = {name: int((trust == value).sum()) for value, name in enumerate(TRUST_CLASSES)}
         changed = int((grid != raw).sum())
         colours = class_colours(classes)
         title = f"Predicted land use: {key} (model {model_id}){', smoothed 3x3' if config.smoothing else ''}"
-        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, crs, NODATA)
+        png = map_png(grid, classes, title, (grid_def.cell_x, grid_def.cell_y), grid_def.extent, crs, NODATA, trust)
         counts = np.bincount(grid[grid != NODATA].ravel(), minlength=len(classes))
         shares = pd.DataFrame({"class": classes, "tiles": counts.astype(int),
                                "share_%": np.round(100 * counts / max(counts.sum(), 1), 1)})
@@ -127,13 +162,16 @@ def county_land_use_map(
             tmp_store = storage.storage
             _write_geotiff(tmp_store, join(tmp, "land_use.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"predicted land-use class ({model_id})")
+            _write_geotiff(tmp_store, join(tmp, "land_use_trust.tif"), trust, grid_def, crs, TRUST_COLOURS,
+                           TRUST_CLASSES, f"trust in the land-use class: 0 trusted, 1 low confidence (top "
+                           f"probability < {config.min_confidence:g}), 2 out of distribution ({model_id})")
             tmp_store.write_bytes(join(tmp, "land_use.png"), png)
-            probs = tuple(f"prob_{c}" for c in classes)
-            tiles = _scored(spark, storage, key, probs).withColumnRenamed(
-                "predicted_index", "value")
-            layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id)
+            tiles = flagged.withColumnRenamed("predicted_index", "value")
+            layer = MapLayer(f"Predicted land use: {key}", classes, colours, probs, model_id,
+                             trust=(f"low confidence (< {config.min_confidence:g})",
+                                    "out of distribution: not to be trusted"))
             html_entry = _html_map(tmp_store, join(tmp, "land_use.html"), join(out, "land_use.html"),
-                                   frames_of(tiles, [*LONLAT, "value", *probs]), layer, summary.n_tiles,
+                                   frames_of(tiles, [*LONLAT, "value", *probs, "trust"]), layer, summary.n_tiles,
                                    config.interactive_max_tiles)
             write_item(raster_item(join(tmp, "land_use.tif"), f"{key}-land_use", summary.year,
                                    {"aerial:county": key, "aerial:model_id": model_id,
@@ -145,6 +183,8 @@ def county_land_use_map(
                 cell_x=grid_def.cell_x, cell_y=grid_def.cell_y,
                 cell_m=grid_def.cell_x if grid_def.square and not is_geographic_crs(crs) else None,
                 counts=counts.tolist(), smoothing=config.smoothing, tiles_changed_by_smoothing=changed,
+                min_confidence=config.min_confidence, trust_counts=trust_counts if ood else
+                {k: v for k, v in trust_counts.items() if k != "out of distribution"},
             ).write(tmp_store, tmp)
         context.log.info(f"map of {key}: {join(out, 'land_use.png')}")
         return {
@@ -160,6 +200,9 @@ def county_land_use_map(
             "grid_cols": grid_def.cols,
             "smoothing": config.smoothing,
             "tiles_changed_by_smoothing": changed,
+            "map_trust_geotiff": MetadataValue.path(join(out, "land_use_trust.tif")),
+            "tiles_low_confidence": trust_counts["low confidence"],
+            "tiles_out_of_distribution": trust_counts["out of distribution"] if ood else "unknown: no scores",
         }
 
     return run_per_county(context, work)
@@ -202,31 +245,42 @@ def county_land_use_change(
         classes = after_summary.classes
         if before_summary.classes != classes:
             raise CountyError(f"{base} and {key} were scored by models with different classes; re-score {base}")
-        before = _scored(spark, storage, base)
-        after = _scored(spark, storage, key)
+        ood = _has_ood(spark, storage, base) and _has_ood(spark, storage, key)
+        flags = ("in_distribution",) if ood else ()
+        before = _scored(spark, storage, base, flags)
+        after = _scored(spark, storage, key, flags)
         change = transitions(before, after, classes, base, key)
         pairs, grid_def, matrix = change.pairs, change.grid, change.matrix
         n_pairs, n_changed = change.n_pairs, change.n_changed
         grid = paint(pairs, grid_def, "value", NODATA)
+        untrusted = (paint(pairs.filter("out_of_distribution"), grid_def, "value", NODATA) != NODATA) if ood else None
+        n_changed_ood = int((untrusted & (grid != UNCHANGED) & (grid != NODATA)).sum()) if ood else None
         colours = class_colours(classes)
         title = f"Land-use change {base} -> {key} ({n_changed} of {n_pairs} tiles changed)"
         crs = after_summary.crs
-        png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA)
+        png = change_png(grid, classes, title, grid_def.extent, crs, UNCHANGED, NODATA, untrusted)
         table = pd.DataFrame(matrix, index=[f"from {c}" for c in classes], columns=classes)
         became = change.became(classes)
         out = layout.county_change(key)
         with store.atomic_dir(out) as tmp:
             tmp_store = storage.storage
             # Written by the executors (a Parquet dataset folder): no per-tile row passes through the driver.
-            pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed").write.parquet(
+            pairs.select("tile_id", "left", "bottom", "right", "top", "from_label", "to_label", "changed",
+                         "out_of_distribution").write.parquet(
                 tmp_store.spark_path(join(tmp, "transitions.parquet")))
             tmp_store.write_text(join(tmp, "transition_matrix.csv"), csv_files.to_csv(table, index=True))
             tmp_store.write_bytes(join(tmp, "change.png"), png)
             changes = change.for_web_map()
             layer = MapLayer(f"Land-use change {base} -> {key}", [f"became {c}" for c in classes], colours,
-                             ("from_label", "to_label"), after_summary.model_id, fill_label="unchanged")
+                             ("from_label", "to_label"), after_summary.model_id, fill_label="unchanged",
+                             trust=("", "out of distribution in either vintage") if ood else ())
+            if ood:  # trust 2 marks a transition out of distribution (the web map's dashed outline)
+                from pyspark.sql import functions as F
+
+                changes = changes.withColumn("trust", F.when(F.col("out_of_distribution"), 2).otherwise(0))
             html_entry = _html_map(tmp_store, join(tmp, "change.html"), join(out, "change.html"),
-                                   frames_of(changes, [*LONLAT, "value", "from_label", "to_label"]), layer, n_pairs,
+                                   frames_of(changes, [*LONLAT, "value", "from_label", "to_label",
+                                                       *(("trust",) if ood else ())]), layer, n_pairs,
                                    config.interactive_max_tiles)
             _write_geotiff(tmp_store, join(tmp, "change.tif"), grid, grid_def, crs,
                            [hex_to_rgb(c) for c in colours], classes, f"land-use class gained since {base}",
@@ -243,6 +297,7 @@ def county_land_use_change(
             "change_map": MetadataValue.md(markdown_image(png, f"land-use change {base} to {key}")),
             "transitions": MetadataValue.path(join(out, "transitions.parquet")),
             "change_html": html_entry,
+            "tiles_changed_out_of_distribution": n_changed_ood if n_changed_ood is not None else "unknown: no scores",
         }
 
     return run_per_county(context, work)

@@ -30,11 +30,13 @@ from aerial_assets.imagery.tiling import TILE_SCHEMA, file_tile_rows, locate_til
 from aerial_assets.maps.geoparquet import PART_SCHEMA, part_writer, write_empty
 from aerial_assets.maps.prediction_checks import PROBABILITY_TOLERANCE, PredictionsReport, inspect_predictions
 from aerial_assets.maps.stac import geoparquet_item, lonlat_bbox, write_item
+from aerial_assets.maps.trust import imagery_trust, likely_causes, stac_properties, trust_warning
 from aerial_assets.records import (
     BackboneRecord,
     ChampionRecord,
     ClassifierRecord,
     CountyTilesSummary,
+    OodRecord,
     PredictionsSummary,
     view_choice,
 )
@@ -45,11 +47,12 @@ from aerial_assets.spark.jobs import JobProgress, task_count
 from aerial_assets.spark.part_files import executor_folder, keep_reported
 from aerial_assets.spark.synapseml import ONNX_MODEL_CLASS, require
 from aerial_assets.storage.core import is_local, join
-from aerial_assets.storage.layout import MODEL, PIPELINE, PREDICTIONS, QUARANTINE, TILES
+from aerial_assets.storage.layout import MODEL, NOVELTY, PIPELINE, PREDICTIONS, QUARANTINE, TILES
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import PASSTHROUGH, TileStatus
 from aerial_assets.tables import TILES as TILES_TABLE
 from aerial_assets.training.classifiers import load_pipeline, with_vectors
+from aerial_assets.training.novelty import NoveltyModel, novelty_scorer
 
 
 class CountyTilesConfig(Config):
@@ -174,6 +177,10 @@ PREDICTION_COLUMNS = {
     "predicted_label": "the champion's class (null when quarantined)", "predicted_index": "index of that class",
     "status": "ok, or quarantined with a reason", "reason": "why the tile's pixels could not be scored",
     "model_id": "the model that made the prediction", "vintage": "the imagery's year",
+    "ood_score": "Mahalanobis distance of the tile's features to the nearest training class (out-of-distribution "
+                 "score)",
+    "in_distribution": "false when ood_score is above the model's threshold (99th percentile of held-out training "
+                       "tiles): the imagery is unlike the training tiles, and the label is not to be trusted",
     "geometry": "the tile polygon, WKB, in the county's CRS (GeoParquet primary column)",
     "bbox": "GeoParquet 1.1 covering column: the tile's xmin, ymin, xmax, ymax",
 }
@@ -187,6 +194,9 @@ class ScoringConfig(FeaturizeConfig):
 
     model_id: str = ""
     sample_frac: float = Field(default=1.0, gt=0.0, le=1.0)
+    ood_score: bool = Field(default=True, description="compute each tile's out-of-distribution score in the "
+                            "scoring pass (False only to measure its cost: the maps then cannot mark untrusted "
+                            "tiles and the check reports the share as unknown)")
     views: view_choice("the model's") = Field(default=0, description="rotated/flipped views per county tile: 0 (default) = as many as the "
                        "model was trained on; 1, 4 or 8 to trade accuracy for speed (each view is one inference; a "
                        "model trained with augmentation has seen single views, so 1 view is a valid, faster choice)")
@@ -203,6 +213,9 @@ class ScoringModel:
     feature_dim: int
     views: int
     algorithm: str
+    input_size: int = 224
+    novelty_uri: str | None = None  # the out-of-distribution model; None: the model predates it
+    ood: OodRecord | None = None
 
 
 def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
@@ -213,9 +226,13 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
         for name in (PIPELINE, MODEL):  # the bundle as champion_model wrote it, or one line saying what to redo
             verify(store, layout.champion(), name, "champion_model")
         champion = ChampionRecord.read(store, layout.champion())
+        if champion.ood is not None:
+            verify(store, layout.champion(), NOVELTY, "champion_model")
         return ScoringModel(champion.model_id, layout.champion_onnx(),
                             layout.champion_pipeline(), champion.classes,
-                            champion.backbone_record.feature_dim, champion.views, champion.algorithm)
+                            champion.backbone_record.feature_dim, champion.views, champion.algorithm,
+                            champion.backbone_record.input_size,
+                            join(layout.champion(), NOVELTY) if champion.ood is not None else None, champion.ood)
     board = csv_files.read_csv(store.read_text(layout.leaderboard_csv()))
     hit = board[(board["model_id"] == wanted) | (board["backbone"] + "|" + board["algorithm"] == wanted)]
     if hit.empty:
@@ -228,10 +245,12 @@ def scoring_model(storage: StorageResource, wanted: str) -> ScoringModel:
         raise ConfigurationError(f"model {hit['model_id'].iloc[0]} ({backbone}|{algorithm}) is no longer stored: "
                                  f"that partition now holds {info.model_id}; re-materialize the leaderboard")
     verify(store, folder, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")
+    if info.ood is not None:
+        verify(store, folder, NOVELTY, f"land_use_classifiers[{backbone}|{algorithm}]")
     record = BackboneRecord.read(store, layout.backbone_model(backbone))
     return ScoringModel(info.model_id, layout.backbone_onnx(backbone),
                         layout.classifier_pipeline(backbone, algorithm), info.classes, record.feature_dim, info.views,
-                        algorithm)
+                        algorithm, record.input_size, join(folder, NOVELTY) if info.ood is not None else None, info.ood)
 
 
 @asset(
@@ -274,6 +293,14 @@ def county_predictions(
         def featurize(part):
             return part.mapInPandas(featurizer, WINDOW_FEATURE_SCHEMA)
     label_of = F.array(*[F.lit(c) for c in classes])
+    novelty = (NoveltyModel.from_bytes(store.read_bytes(chosen.novelty_uri))
+               if chosen.novelty_uri and config.ood_score else None)
+    if not config.ood_score:
+        context.log.warning("ood_score=False: no out-of-distribution scores (the maps cannot mark untrusted tiles)")
+    elif novelty is None:
+        context.log.warning(f"{model_id} was trained before out-of-distribution scores existed: its predictions "
+                            "carry none; re-materialize land_use_classifiers to get them")
+    ood_scorer = novelty_scorer(novelty) if novelty is not None else None
 
     def score(part, year: int | None):
         feats = featurize(part)
@@ -281,10 +308,16 @@ def county_predictions(
         # Unreadable tiles get a zero vector so that one pass scores everything; their outputs are nulled.
         feats = feats.withColumn("features", F.when(ok, F.col("features")).otherwise(
             F.array_repeat(F.lit(0.0).cast("float"), dim)))
+        # the out-of-distribution score in the same pass, from the same features (no second read of any tile)
+        feats = feats.withColumn("ood", ood_scorer(F.col("features")) if ood_scorer is not None
+                                 else F.lit(None).cast("double"))
         scored = model.transform(with_vectors(feats)).withColumn("p", vector_to_array("probability"))
         cols = [F.when(ok, F.element_at(label_of, F.col("prediction").cast("int") + 1)).alias("predicted_label"),
                 F.when(ok, F.col("prediction").cast("int")).alias("predicted_index")]
         cols += [F.when(ok, F.col("p")[i]).alias(f"prob_{c}") for i, c in enumerate(classes)]
+        threshold = novelty.threshold if novelty is not None else None
+        cols += [F.when(ok, F.col("ood")).alias("ood_score"),
+                 F.when(ok & F.col("ood").isNotNull(), F.col("ood") <= F.lit(threshold)).alias("in_distribution")]
         return scored.select(*PASSTHROUGH, *cols, "status", "reason").withColumn(
             "model_id", F.lit(model_id)).withColumn("vintage", F.lit(year).cast("int"))
 
@@ -298,6 +331,9 @@ def county_predictions(
             tiles = tiles.filter((F.abs(F.xxhash64("tile_id")) % 1_000_000) < int(config.sample_frac * 1_000_000))
             n_tiles = int(round(n_tiles * config.sample_frac))  # the expected count, for the job's width
         n_tasks = task_count(n_tiles, spark.task_parallelism(), config.tiles_per_task)
+        # window sizes in pixels, per raster (header data: no pixel is read): how much each tile is resampled
+        sizes = [(int(r["raster_index"]), int(r["width_px"]), int(r["count"])) for r in
+                 tiles.groupBy("raster_index", "width_px").count().collect()]
         out = layout.county_predictions(key)
         started = time.monotonic()
         with store.atomic_dir(out) as tmp:
@@ -305,7 +341,8 @@ def county_predictions(
             scored = score(tiles.repartition(n_tasks), tile_summary.year)
             arrow_schema = to_arrow_schema(scored.schema)
             # One job: read windows, featurize, classify and write GeoParquet, all on the executors.
-            with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info, tasks=n_tasks):
+            with JobProgress(session, n_tiles, f"scoring {key} with {model_id}", context.log.info,
+                             tasks=n_tasks) as progress:
                 parts = scored.mapInPandas(part_writer(folder, tile_summary.crs, arrow_schema),
                                            PART_SCHEMA).collect()
             stray = keep_reported(folder, parts, lambda: write_empty(folder, tile_summary.crs, arrow_schema))
@@ -316,9 +353,11 @@ def county_predictions(
                 for label, count in json.loads(part["counts"]).items():
                     counts[label] = counts.get(label, 0) + int(count)
             n_rows, n_ok = sum(int(p["rows"]) for p in parts), sum(int(p["n_ok"]) for p in parts)
-            bad = (session.read.parquet(store.spark_path(join(tmp, PREDICTIONS)))
-                   .filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
+            written = session.read.parquet(store.spark_path(join(tmp, PREDICTIONS)))
+            bad = (written.filter(F.col("status") != TileStatus.OK.value).select("tile_id", "reason").toPandas()
                    if n_rows > n_ok else pd.DataFrame({"tile_id": [], "reason": []}))
+            n_out = (int(written.filter(F.col("in_distribution") == F.lit(False)).count())
+                     if novelty is not None else None)
             storage.storage.write_text(join(tmp, QUARANTINE), csv_files.to_csv(bad))
             write_manifest(storage.storage, tmp, [PREDICTIONS])
             seconds = time.monotonic() - started
@@ -326,7 +365,9 @@ def county_predictions(
                 county=key, model_id=model_id, classes=classes, counts=counts, views=views, crs=tile_summary.crs,
                 year=tile_summary.year, area=tile_summary.area, n_tiles=int(sum(counts.values())),
                 n_quarantined=len(bad), seconds=seconds, spark_tasks=n_tasks, sample_frac=config.sample_frac,
-                champion=not config.model_id.strip(), run_id=context.run_id, engine=spark.featurize_engine)
+                champion=not config.model_id.strip(), run_id=context.run_id, engine=spark.featurize_engine,
+                trust=imagery_trust(sizes, tile_summary, chosen.input_size, n_out,
+                                    novelty.threshold if novelty is not None else None, chosen.ood))
             summary.write(storage.storage, tmp)
             boxes = [p for p in parts if p["file"]]
             native = ([min(p["min_x"] for p in boxes), min(p["min_y"] for p in boxes),
@@ -334,7 +375,8 @@ def county_predictions(
             crs = tile_summary.crs
             write_item(geoparquet_item(join(tmp, PREDICTIONS), f"{key}-predictions",
                                        lonlat_bbox(native, crs) if native else None, crs, tile_summary.year,
-                                       {"aerial:county": key, "aerial:model_id": model_id},
+                                       {"aerial:county": key, "aerial:model_id": model_id,
+                                        **stac_properties(summary.trust, summary.n_tiles)},
                                        schema=arrow_schema, row_count=n_rows, native_bbox=native),
                        join(tmp, "predictions.stac.json"))
         context.log.info(f"{key}: scored {n_tiles} tiles in {n_tasks} Spark tasks, {seconds:.1f} s")
@@ -352,9 +394,12 @@ def county_predictions(
             "dagster/row_count": summary.n_tiles,
             "n_quarantined": len(bad),
             "spark_tasks": n_tasks,
+            # read, featurize, classify, out-of-distribution score, write: one Spark job (classic sessions count it)
+            **({"scoring_spark_jobs": len(progress.job_ids)} if progress.job_ids else {}),
             "engine": spark.featurize_engine,
             "tiles_per_second": round(n_tiles / max(seconds, 1e-9), 1),
             "counts_per_class": MetadataValue.json(counts),
+            **_trust_metadata(summary),
             "crs": tile_summary.crs,
         }
 
@@ -427,4 +472,56 @@ def county_predictions_geoparquet(context, storage: StorageResource) -> AssetChe
         description="every part is GeoParquet in the county's CRS" if not problems else "; ".join(problems[:5]),
         metadata={"parts": sum(r.parts for _, r in reports.values()), "n_problems": len(problems),
                   "crs": ", ".join(sorted({s.crs for s, _ in reports.values()}))},
+    )
+
+
+def _trust_metadata(summary: PredictionsSummary) -> dict[str, object]:
+    """The county's out-of-distribution figures as materialization metadata (plotted across runs in the UI)."""
+    trust = summary.trust
+    share, upsampled = trust.ood_share(summary.n_tiles), trust.upsampled_share()
+    return {
+        "ood_share": round(share, 4) if share is not None else "unknown: no out-of-distribution scores",
+        **({} if trust.n_out_of_distribution is None else {"n_out_of_distribution": trust.n_out_of_distribution}),
+        "gsd_m": trust.county_gsd_m if trust.county_gsd_m is not None else "unknown",
+        "training_gsd_m": trust.training_gsd_m if trust.training_gsd_m is not None else "unknown",
+        "upsampled_share": round(upsampled, 4) if upsampled is not None else "unknown",
+    }
+
+
+class InDistributionConfig(Config):
+    """``max_share``: the largest share of a county's tiles that may be out of distribution before the check
+    warns (the map is still made; its out-of-distribution tiles are marked)."""
+
+    max_share: float = Field(default=0.10, ge=0.0, le=1.0)
+
+
+@asset_check(asset=county_predictions, partitions_def=county_partitions,
+             description="Warns when more than a configured share (default 10 %) of the county's tiles are out of "
+                         "distribution, naming the causes it can measure (resolution, upsampling).")
+def county_predictions_in_distribution(context, config: InDistributionConfig, storage: StorageResource
+                                       ) -> AssetCheckResult:
+    """The most common way a land-use map misleads: a model applied to imagery unlike its training tiles
+    (another resolution, another sensor). The leaderboard's accuracy says nothing about such tiles; this check
+    says how many there are and what can be measured about why."""
+    summaries = {k: PredictionsSummary.read(storage.storage, storage.layout.county_predictions(k))
+                 for k in context.partition_keys}
+    warnings = [w for k, s in summaries.items()
+                if (w := trust_warning(k, s.trust, s.n_tiles, config.max_share)) is not None]
+    unknown = [k for k, s in summaries.items() if s.trust.ood_share(s.n_tiles) is None]
+    shares = [v for s in summaries.values() if (v := s.trust.ood_share(s.n_tiles)) is not None]
+    if warnings:
+        description = " | ".join(warnings)
+    elif unknown:
+        description = (f"{', '.join(unknown)}: no out-of-distribution scores (scored with ood_score=False, or "
+                       "by a model that predates them: re-materialize land_use_classifiers, then the county)")
+    else:
+        description = f"out-of-distribution share within the limit ({100 * max(shares, default=0.0):.1f} %)"
+    first = next(iter(summaries.values()))
+    return AssetCheckResult(
+        passed=not warnings and not unknown,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"ood_share": max(shares, default=0.0), "max_share": config.max_share,
+                  "causes": "; ".join(likely_causes(first.trust)) if len(summaries) == 1 else
+                  " | ".join(f"{k}: {'; '.join(likely_causes(s.trust))}" for k, s in summaries.items())},
     )

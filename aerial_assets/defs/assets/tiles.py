@@ -33,6 +33,7 @@ from aerial_assets.training.spatial_splits import (
     assign_group_splits,
     groups_of,
     parse_positions,
+    training_gsd,
 )
 
 
@@ -124,6 +125,10 @@ def labeled_tiles(
         n_groups = int(usable["tile_id"].map(groups).nunique())
         context.log.info(f"spatial split ({strategy}): {n_groups} groups of whole tiles")
     catalog.check_splits(table)
+    gsd_m, gsd_source = training_gsd(training_tiles.gsd_m, table, root,
+                                      positions if strategy != "stratified" else
+                                      (parse_positions(store.read_text(positions_uri), positions_uri)
+                                       if store.exists(positions_uri) else None))
     table, mapping_report = _apply_label_map(table, training_tiles.load_label_map(storage))
     catalog.check_class_names(table)
     duplicates = catalog.find_duplicates(table).counts()
@@ -137,7 +142,7 @@ def labeled_tiles(
         quarantined=len(quarantine), per_split=counts, **conversions,
         classes=sorted(table.loc[table["status"] == TileStatus.OK, "label"].unique().tolist()),
         duplicates=duplicates, split_strategy=strategy, spatial_groups=n_groups,
-        block_size_m=config.block_size_m if strategy == "blocks" else None,
+        block_size_m=config.block_size_m if strategy == "blocks" else None, gsd_m=gsd_m, gsd_source=gsd_source,
     )
     with storage.storage.atomic_dir(out) as tmp:
         buf = io.BytesIO()
@@ -158,6 +163,8 @@ def labeled_tiles(
             "n_validation": int(counts.get("validation", 0)),
             "n_test": int(counts.get("test", 0)),
             "split_strategy": strategy,
+            "gsd_m": gsd_m if gsd_m is not None else "unknown",
+            "gsd_source": gsd_source,
             "spatial_groups": n_groups,
             "n_excluded_by_sample_frac": int(counts.get(catalog.EXCLUDED, 0)),
             "n_quarantined": len(quarantine),

@@ -8,6 +8,7 @@ what is stored now (:mod:`aerial_assets.training.provenance`); the ranking is
 
 import io
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 from dagster import (
@@ -28,19 +29,29 @@ from aerial_assets.defs.partitions import by_backbone, classifier_partitions, ev
 from aerial_assets.defs.resources import MlflowResource, SparkResource, StorageResource
 from aerial_assets.errors import AerialError
 from aerial_assets.maps.rendering import confusion_png, markdown_image
-from aerial_assets.records import BackboneRecord, ChampionRecord, ClassifierRecord, MetricsRecord, ReportRecord
+from aerial_assets.records import (
+    BackboneRecord,
+    ChampionRecord,
+    ClassifierRecord,
+    LabeledTilesSummary,
+    MetricsRecord,
+    OodRecord,
+    ReportRecord,
+)
 from aerial_assets.safety import csv_files
 from aerial_assets.serving.spark_models import EXPORTABLE
 from aerial_assets.spark.jobs import executor_cores
 from aerial_assets.spark.synapseml import LIGHTGBM_CLASS, require
 from aerial_assets.storage.core import join
-from aerial_assets.storage.layout import FEATURES, LEADERBOARD, MODEL, PIPELINE
+from aerial_assets.storage.layout import FEATURES, LEADERBOARD, MODEL, NOVELTY, PIPELINE
 from aerial_assets.storage.manifest import verify, write_manifest
 from aerial_assets.tables import TileStatus
 from aerial_assets.tracking.champion import register_champion
 from aerial_assets.tracking.classifier_runs import run_metrics, run_params, run_tags
 from aerial_assets.tracking.mlflow_store import log_run, quiet
 from aerial_assets.training.classifiers import (
+    ALGORITHMS,
+    LABEL_COL,
     SYNAPSEML_ALGORITHMS,
     ClassifierParams,
     class_list,
@@ -53,6 +64,7 @@ from aerial_assets.training.classifiers import (
 )
 from aerial_assets.training.leaderboard import LEADERBOARD_COLUMNS, leaderboard_frame, pick_champion
 from aerial_assets.training.metrics import ClassificationReport, calibration
+from aerial_assets.training.novelty import NoveltyModel, fit_with_threshold, novelty_scorer, ood_on_test
 from aerial_assets.training.provenance import (
     catalog_sha,
     computed_views,
@@ -128,6 +140,13 @@ def land_use_classifiers(
                         threads=executor_cores(spark.session))
     fit_seconds = time.monotonic() - started
     train.unpersist()
+    ood = _sibling_ood(storage, backbone, algorithm, upstream, views, classes)
+    novelty_seconds = 0.0
+    if ood is None:
+        ood, novelty_seconds = _fit_ood(spark, storage, backbone, rows if not augment else None, views, classes)
+    else:
+        context.log.info(f"out-of-distribution model reused from another classifier of {backbone} (same features, "
+                         "views and classes)")
     if features_identity(storage.storage, storage.layout, backbone) != upstream:  # replaced while fitting: the record would be a lie
         raise AerialError(f"tile_features[{backbone}] was re-materialized while {backbone}|{algorithm} was being "
                           f"trained: re-materialize land_use_classifiers for partition {backbone}|{algorithm}")
@@ -136,12 +155,13 @@ def land_use_classifiers(
     out = storage.layout.classifier(backbone, algorithm)
     with storage.storage.atomic_dir(out) as tmp:
         model.write().overwrite().save(storage.storage.spark_path(join(tmp, PIPELINE)))
-        write_manifest(storage.storage, tmp, [PIPELINE], checksums=True)
+        storage.storage.write_bytes(join(tmp, NOVELTY), ood.model.to_bytes())
+        write_manifest(storage.storage, tmp, [PIPELINE, NOVELTY], checksums=True)
         ClassifierRecord(
             model_id=model_id, backbone=backbone, algorithm=algorithm, classes=classes, params=search.chosen,
             search=search.to_dict(), n_train=n_train_tiles, n_train_rows=sum(counts.values()), views=views,
             augmentation=params.augmentation, fit_seconds=round(fit_seconds, 3), train_counts=counts,
-            upstream=upstream,
+            upstream=upstream, ood=ood.record,
         ).write(storage.storage, tmp)
     context.log.info(f"trained {model_id} on {n_train_tiles} tiles ({views} view(s), {params.augmentation}) "
                      f"in {fit_seconds:.1f} s; chosen {search.chosen}")
@@ -154,11 +174,69 @@ def land_use_classifiers(
             "views": views,
             "augmentation": params.augmentation,
             "fit_seconds": round(fit_seconds, 3),
+            "ood_threshold": round(ood.record.threshold, 4),
+            "ood_threshold_from": f"{ood.record.quantile:.0%} of {ood.record.n_heldout} {ood.record.heldout} tiles",
+            "ood_fit_seconds": round(novelty_seconds, 3),
             "params": MetadataValue.json(search.chosen),
             "search": MetadataValue.json(search.to_dict()),
             **upstream.model_dump(),
         }
     )
+
+
+@dataclass(frozen=True)
+class _Ood:
+    model: NoveltyModel
+    record: OodRecord
+
+
+def _sibling_ood(storage: StorageResource, backbone: str, algorithm: str, upstream, views: int, classes: list[str]
+                 ) -> _Ood | None:
+    """The out-of-distribution model another classifier of the same backbone already fitted on the same features
+    (same fingerprint, views and classes): the model is a function of those alone, so it is reused, not refitted
+    (one d x d pass per backbone instead of one per algorithm)."""
+    store, layout = storage.storage, storage.layout
+    for other in ALGORITHMS:
+        folder = layout.classifier(backbone, other)
+        if other == algorithm or not ClassifierRecord.exists(store, folder):
+            continue
+        info = ClassifierRecord.read(store, folder)
+        if info.ood is None or (info.upstream, info.views, info.classes) != (upstream, views, classes):
+            continue
+        try:
+            verify(store, folder, NOVELTY, f"land_use_classifiers[{backbone}|{other}]")
+            return _Ood(NoveltyModel.from_bytes(store.read_bytes(join(folder, NOVELTY))), info.ood)
+        except AerialError:  # damaged or being replaced: fit anew
+            continue
+    return None
+
+
+def _fit_ood(spark: SparkResource, storage: StorageResource, backbone: str, rows, views: int, classes: list[str]
+             ) -> tuple[_Ood, float]:
+    """The out-of-distribution model of the classifier's training tiles (:mod:`aerial_assets.training.novelty`):
+    one row per tile, its views averaged as scoring averages them (``rows``: those rows when the classifier
+    trained on them, None to read them); threshold on the validation split."""
+    started = time.monotonic()
+    if rows is None:
+        rows, _ = _rows(spark, storage, backbone, views, augment=False)
+    indexed = with_vectors(rows, classes)
+    model = fit_with_threshold(indexed.filter("split = 'train'"), indexed.filter("split = 'validation'"),
+                               len(classes), LABEL_COL)
+    tiles = LabeledTilesSummary.read(storage.storage, storage.layout.labeled_tiles())
+    record = OodRecord(threshold=model.threshold, quantile=model.quantile, heldout=model.heldout,
+                       n_heldout=model.n_heldout, n_fit=model.n_fit, shrinkage=round(model.shrinkage, 6),
+                       rank=len(model.variances), training_gsd_m=tiles.gsd_m, training_gsd_source=tiles.gsd_source)
+    return _Ood(model, record), time.monotonic() - started
+
+
+def _stored_novelty(storage: StorageResource, info: ClassifierRecord) -> NoveltyModel | None:
+    """The classifier's out-of-distribution model, checked against its manifest; None for a classifier trained
+    before the model existed (its predictions then carry no score, and say so)."""
+    if info.ood is None:
+        return None
+    folder = storage.layout.classifier(info.backbone, info.algorithm)
+    verify(storage.storage, folder, NOVELTY, f"land_use_classifiers[{info.backbone}|{info.algorithm}]")
+    return NoveltyModel.from_bytes(storage.storage.read_bytes(join(folder, NOVELTY)))
 
 
 def _report_metadata(prefix: str, rep: ClassificationReport) -> dict[str, object]:
@@ -203,12 +281,21 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
     test, validation = reports["test"], reports["validation"]
     png = confusion_png(test.matrix, classes, f"{backbone} + {algorithm}: test accuracy {test.accuracy:.3f}")
     out = layout.classifier_metrics(backbone, algorithm)
-    predictions = split_predictions(model, rows, classes, "test")
+    from pyspark.sql import functions as F
+
+    novelty = _stored_novelty(storage, info)
+    scored_rows = rows if novelty is None else rows.withColumn("ood_score", novelty_scorer(novelty)(F.col("features")))
+    predictions = split_predictions(model, scored_rows, classes, "test", extra=[] if novelty is None else ["ood_score"])
+    ood_test = None
+    if novelty is not None:
+        predictions["in_distribution"] = predictions["ood_score"] <= novelty.threshold
+        ood_test = ood_on_test(predictions, novelty.threshold)
     catalog_rows = pd.read_parquet(io.BytesIO(store.read_bytes(layout.catalog())),
                                    columns=["tile_id", "uri"])
     predictions = predictions.merge(catalog_rows, on="tile_id", how="left").rename(columns={"uri": "filepath"})
     predictions = predictions[["tile_id", "filepath", "label", "pred_label",
-                               *[c for c in predictions.columns if c.startswith("prob_")]]]
+                               *[c for c in predictions.columns if c.startswith("prob_")],
+                               *([] if novelty is None else ["ood_score", "in_distribution"])]]
     csv_name = f"{algorithm}_predictions_test_set.csv"
     prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
     calib = calibration(predictions[prob_columns].max(axis=1).to_numpy(),
@@ -217,7 +304,7 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
         backbone=backbone, algorithm=algorithm, model_id=info.model_id, n_train=info.n_train,
         fit_seconds=info.fit_seconds, test=ReportRecord(**test.to_dict()),
         validation=ReportRecord(**validation.to_dict()), views=views, augmentation=info.augmentation,
-        params=info.params, upstream=upstream, calibration=calib.to_dict(),
+        params=info.params, upstream=upstream, calibration=calib.to_dict(), ood=ood_test,
     )
     csv_text = csv_files.to_csv(predictions)
     run = None
@@ -245,6 +332,10 @@ def classifier_metrics(context: AssetExecutionContext, spark: SparkResource, sto
             "views": views,
             "ece": calib.ece,
             "max_calibration_gap": calib.max_gap,
+            **({} if ood_test is None else {
+                "test_ood_share": round(ood_test.share_out, 4), "test_n_out_of_distribution": ood_test.n_out,
+                **{f"test_accuracy_{side}_distribution": round(v, 4) for side, v in
+                   (("in", ood_test.accuracy_in), ("out_of", ood_test.accuracy_out)) if v is not None}}),
             "per_class": MetadataValue.md(test.per_class_markdown()),
             "test_predictions": MetadataValue.path(join(out, csv_name)),
             "confusion_matrix": MetadataValue.md(markdown_image(png, f"confusion matrix {backbone} {algorithm}")),
@@ -347,7 +438,7 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource, mlf
         test_accuracy=float(best["accuracy"]), test_macro_f1=float(best["macro_f1"]),
         test_ece=None if pd.isna(best["ece"]) else float(best["ece"]),
         backbone_record=BackboneRecord.read(store, layout.backbone_model(backbone)),
-        upstream=info.upstream, left_out=left_out,
+        upstream=info.upstream, left_out=left_out, ood=info.ood,
     )
     out = layout.champion()
     verify(store, clf_dir, PIPELINE, f"land_use_classifiers[{backbone}|{algorithm}]")  # never bundle a broken copy
@@ -358,7 +449,12 @@ def champion_model(context: AssetExecutionContext, storage: StorageResource, mlf
         store_tmp = storage.storage
         store_tmp.copy_tree(layout.backbone_onnx(backbone), join(tmp, MODEL))
         store_tmp.copy_tree(layout.classifier_pipeline(backbone, algorithm), join(tmp, PIPELINE))
-        write_manifest(store_tmp, tmp, [MODEL, PIPELINE], checksums=True)
+        bundled = [MODEL, PIPELINE]
+        if info.ood is not None:
+            verify(store, clf_dir, NOVELTY, f"land_use_classifiers[{backbone}|{algorithm}]")
+            store_tmp.copy_tree(join(clf_dir, NOVELTY), join(tmp, NOVELTY))
+            bundled.append(NOVELTY)
+        write_manifest(store_tmp, tmp, bundled, checksums=True)
         record.write(store_tmp, tmp)
     metrics_png = store.read_bytes(join(layout.classifier_metrics(backbone, algorithm), "confusion.png"))
     context.log.info(f"champion: {info.model_id} ({why})")
